@@ -1,0 +1,240 @@
+"""Per-segment analysis: one decode pass over a work unit (a file, or a window of a long file),
+split at scene cuts, face models on the analysis grid, per-frame signals, segment statistics.
+
+Pure with respect to Ray: `analyse_unit(unit, cfg, models, speech)` takes a plain record and
+returns plain records; the Ray actor in `pipeline.py` only holds the models.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from . import signals as sig
+from .backends.base import FaceModels
+from .config import FilterConfig
+from .errors import ClipError
+from .reasons import Reason, Stage2Reason
+from .scenes import SceneCutDetector
+from .video import analysis_size, iter_frames
+
+
+@dataclass
+class _Accumulator:
+    """Per-frame signals of one segment while it is being decoded."""
+
+    start_s: float
+    cut_before: bool
+    t: list = field(default_factory=list)
+    n_faces: list = field(default_factory=list)       # -1 where the detector did not run
+    lms: list = field(default_factory=list)           # (P, 3) or None
+    box: list = field(default_factory=list)
+    sharp: list = field(default_factory=list)
+    lip_energy: list = field(default_factory=list)
+    eye: list = field(default_factory=list)
+    cam: list = field(default_factory=list)
+    oof: list = field(default_factory=list)
+    prev_crop: Optional[np.ndarray] = None
+
+
+def _nan_stat(fn, x) -> float:
+    x = np.asarray(x, np.float64)
+    x = x[np.isfinite(x)]
+    return float(fn(x)) if x.size else float("nan")
+
+
+def _every(rate_hz: float, fps: float) -> int:
+    return max(1, int(round(fps / rate_hz)))
+
+
+def analyse_unit(unit: dict, cfg: FilterConfig, models: FaceModels, speech=None) -> list[dict]:
+    """Analyse one work unit. Returns one result per segment: {'row': stats, 'tracks': arrays}.
+
+    unit: {clip_id, path, start_s, end_s, probe: {...}} (probe as `probe.probe_file` returns).
+    A per-clip failure raises ClipError; the caller turns it into a rejection row.
+    """
+    a = cfg.analysis
+    probe = unit["probe"]
+    src_w, src_h = int(probe["width"]), int(probe["height"])
+    size = analysis_size(src_w, src_h, a.max_side)
+    to_src = src_w / size[0]
+    scheme = models.landmarks.scheme
+    det_every = _every(a.detect_fps, a.fps)
+    seg_every = _every(a.segmentation_fps, a.fps)
+    cuts = SceneCutDetector(cfg.segment.scene_threshold, min_gap=max(1, int(round(0.5 * a.fps)))) if cfg.segment.scene_cut else None
+    cam = sig.CameraMotion()
+    models.landmarks.reset()
+
+    segments: list[_Accumulator] = []
+    acc = _Accumulator(start_s=unit["start_s"], cut_before=False)
+    person = None
+    k = 0
+    for t, rgb in iter_frames(unit["path"], unit["start_s"], unit["end_s"], a.fps, size,
+                              probe.get("rotation", 0)):
+        if cuts is not None:
+            is_cut, _ = cuts(rgb)
+            if is_cut and acc.t:
+                segments.append(acc)
+                acc = _Accumulator(start_s=t, cut_before=True)
+                models.landmarks.reset()
+                cam.reset()
+                person = None
+                k = 0
+        gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        n_faces = -1
+        if k % det_every == 0:
+            n_faces = int(len(models.detector.detect(rgb)))
+        if k % seg_every == 0 or person is None:
+            person = models.segmenter.person_mask(rgb)
+        lm = models.landmarks.landmarks(rgb)
+        acc.t.append(t)
+        acc.n_faces.append(n_faces)
+        acc.cam.append(cam(gray, person))
+        if lm is not None:
+            box = sig.landmark_box(lm, scheme)
+            crop = sig.mouth_crop(gray, lm, scheme, a.lip_crop_px)
+            acc.lms.append(lm)
+            acc.box.append(box)
+            acc.oof.append(sig.out_of_frame(box, size[0], size[1]))
+            acc.sharp.append(sig.sharpness(gray, box, a.face_crop_px) if k % det_every == 0 else np.nan)
+            acc.lip_energy.append(sig.crop_energy(acc.prev_crop, crop))
+            acc.prev_crop = crop
+            acc.eye.append(sig.eye_openness(lm, scheme))
+        else:
+            acc.lms.append(None)
+            acc.box.append(np.full(4, np.nan, np.float32))
+            acc.oof.append(False)
+            acc.sharp.append(np.nan)
+            acc.lip_energy.append(np.nan)
+            acc.prev_crop = None
+            acc.eye.append(np.nan)
+        k += 1
+    if acc.t or not segments:
+        segments.append(acc)
+    if not segments[0].t:
+        raise ClipError(Reason.TOO_FEW_FRAMES, "no frame decoded in the segment range")
+
+    results = []
+    for i, s in enumerate(segments):
+        end = segments[i + 1].start_s if i + 1 < len(segments) else unit["end_s"]
+        results.append(_summarise(s, end, unit, cfg, scheme, size, to_src, speech))
+    return results
+
+
+def _summarise(s: _Accumulator, end_s: float, unit: dict, cfg: FilterConfig, scheme, size,
+               to_src: float, speech) -> dict:
+    a = cfg.analysis
+    n = len(s.t)
+    t = np.asarray(s.t, np.float64)
+    P = scheme.n_points
+    lms = np.full((n, P, 3), np.nan, np.float32)                  # (T, P, 3)
+    for i, lm in enumerate(s.lms):
+        if lm is not None:
+            lms[i] = lm
+    has = np.isfinite(lms[:, 0, 0])
+    n_face = int(has.sum())
+    det = np.asarray(s.n_faces)
+    det_ran = det >= 0
+    row = {
+        "start_s": float(s.start_s), "end_s": float(end_s), "duration_s": float(end_s - s.start_s),
+        "scene_cut_before": bool(s.cut_before),
+        "n_analysed": n, "analysis_fps": float(a.fps),
+        "analysis_width": int(size[0]), "analysis_height": int(size[1]),
+        "landmark_scheme": scheme.name,
+        "face_fraction": n_face / n if n else 0.0,
+        "detected_face_fraction": float(np.mean(det[det_ran] >= 1)) if det_ran.any() else 0.0,
+        "multi_face_fraction": float(np.mean(det[det_ran] >= 2)) if det_ran.any() else 0.0,
+        "max_faces": int(det.max()) if n else 0,
+    }
+    pose = np.full((n, 6), np.nan, np.float32)
+    mouth = np.full(n, np.nan, np.float32)
+    disp = np.full(n, np.nan, np.float32)
+    sizes = np.full(n, np.nan, np.float32)
+    if n_face >= 2:
+        ref = np.nanmedian(lms[has], axis=0)                      # (P, 3) the segment's mean face
+        ref_size = sig.face_size(ref, scheme)
+        for i in np.flatnonzero(has):
+            pose[i] = sig.head_pose(lms[i], ref, scheme)
+            mouth[i] = sig.mouth_opening(sig.pose_normalise(lms[i], ref, scheme), scheme, ref_size)
+            sizes[i] = sig.face_size(lms[i], scheme)
+        disp = sig.rigid_displacement(lms, scheme, sizes).astype(np.float32)
+    boxes = np.asarray(s.box, np.float32)                          # (T, 4) analysis px
+    box_h = boxes[:, 3] - boxes[:, 1]
+    # Head speed: RMS displacement of the rigid points over a ~0.4 s lag, in face sizes per
+    # second. The lag keeps landmark jitter (frame to frame) from looking like motion.
+    lag = max(1, int(round(0.4 * a.fps)))
+    speed = np.full(n, np.nan, np.float32)
+    if n > lag:
+        idx = list(scheme.rigid)
+        d = np.sqrt(np.mean(np.sum((lms[lag:, idx, :2] - lms[:-lag, idx, :2]) ** 2, -1), -1))
+        fs = np.nanmedian(sizes) if np.isfinite(sizes).any() else np.nan
+        speed[lag:] = d / fs / np.maximum(t[lag:] - t[:-lag], 1e-3)
+    lip_e = np.asarray(s.lip_energy, np.float32)
+    cam = np.asarray(s.cam, np.float32)
+    row.update({
+        "face_px": _nan_stat(np.median, box_h) * to_src,
+        "face_rel": _nan_stat(np.median, box_h) / size[1],
+        "out_of_frame_fraction": float(np.mean(np.asarray(s.oof)[has])) if n_face else 0.0,
+        "sharpness": _nan_stat(np.median, s.sharp),
+        "camera_motion": _nan_stat(np.median, cam) * a.fps,
+        "head_motion": _nan_stat(np.mean, speed),
+        "head_extent": _nan_stat(lambda x: np.sqrt(np.mean(x ** 2)), disp),
+        "head_speed_mean": _nan_stat(np.mean, speed),
+        "head_speed_std": _nan_stat(np.std, speed),
+        "yaw_std": _nan_stat(np.std, pose[:, 0]), "pitch_std": _nan_stat(np.std, pose[:, 1]),
+        "roll_std": _nan_stat(np.std, pose[:, 2]),
+        "yaw_mean": _nan_stat(np.mean, pose[:, 0]), "pitch_mean": _nan_stat(np.mean, pose[:, 1]),
+        "mouth_open_mean": _nan_stat(np.mean, mouth), "mouth_open_std": _nan_stat(np.std, mouth),
+        "lip_energy": _nan_stat(np.mean, lip_e),
+        "eye_open_mean": _nan_stat(np.mean, s.eye),
+    })
+    row.update(_audio_stats(unit, s.start_s, end_s, t, mouth, cfg, speech))
+    tracks = {
+        "t": t, "n_faces": det.astype(np.int16),
+        "box": boxes * to_src, "landmarks": lms * to_src, "pose": pose,
+        "mouth_open": mouth, "eye_open": np.asarray(s.eye, np.float32),
+        "lip_energy": lip_e, "head_displacement": disp, "head_speed": speed, "camera_motion": cam,
+        "sharpness": np.asarray(s.sharp, np.float32),
+    }
+    return {"row": row, "tracks": tracks}
+
+
+def _audio_stats(unit, start_s, end_s, t, mouth, cfg: FilterConfig, speech) -> dict:
+    """Speech presence, loudness and audio-visual agreement; `audio_error` holds a stage-2 reason."""
+    from . import audio as au
+
+    out = {"speech_ratio": float("nan"), "loudness_db": float("nan"), "av_corr": float("nan"),
+           "av_lag_s": float("nan"), "av_corr_zero": float("nan"), "audio_error": ""}
+    if not unit["probe"].get("has_audio"):
+        out["audio_error"] = Stage2Reason.NO_AUDIO.value
+        return out
+    sr = cfg.audio.sample_rate
+    try:
+        wav = au.load_audio(unit["path"], start_s, end_s, sr)
+    except ClipError as e:
+        out["audio_error"] = str(e.reason)
+        return out
+    out["loudness_db"] = au.loudness_dbfs(wav)
+    if speech is not None:
+        out["speech_ratio"] = speech.speech_ratio(wav, sr)
+    env = au.envelope(wav, sr, t - start_s)
+    out.update(au.av_sync(mouth, env, cfg.analysis.fps, cfg.audio.max_lag_s))
+    return out
+
+
+def timed(fn, *args, **kwargs):
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0
+
+
+def load_models(cfg: FilterConfig, weights_dir: Optional[str] = None):
+    """(FaceModels, SpeechDetector) for one worker: call once per actor."""
+    from .audio import SpeechDetector
+    from .backends import build_models
+
+    models = build_models(cfg.analysis.backend, weights_dir, cfg.analysis.min_detection_confidence)
+    return models, SpeechDetector(cfg.audio.vad_threshold)

@@ -1,0 +1,160 @@
+"""`ifmdm-data`: the data stages. Thin: parses arguments, calls the library, prints a summary.
+
+Errors a user can fix are printed in one line (exit 2); a failed run exits 1.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+from .errors import IfmdmError
+
+EPILOG = """\
+examples:
+  ifmdm-data sample sample/                      # make the labelled sample set (no downloads)
+  ifmdm-data filter sample/ -o manifests/        # local Ray, all cores, bundled mediapipe models
+  ifmdm-data filter clips.csv -o s3-mounted/manifests --ray-address auto --workers 64
+  ifmdm-data decide manifests/ --config strict.yaml   # new thresholds, no re-analysis
+"""
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true", help="log what each stage does")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="ifmdm-data",
+        description="Curate raw talking-head videos into IF-MDM training data.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
+
+    p = sub.add_parser("sample", help="write the labelled sample clip set (astronaut face + espeak-ng speech)",
+                       description="Make a small labelled clip set with no downloads: one clip per "
+                                   "expected outcome (coarse, lip, hard, static, no face, two faces, "
+                                   "no audio, too short, a scene cut, dubbed audio) and labels.csv.")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--size", type=int, default=256, help="frame size in pixels (default 256)")
+    p.add_argument("--seed", type=int, default=0)
+    _add_common(p)
+
+    p = sub.add_parser("filter", help="probe, analyse and sort clips into coarse/lip/hard manifests",
+                       description="Probe every input, cut long videos and scene cuts into segments, "
+                                   "analyse faces, landmarks, segmentation, head and lip motion and "
+                                   "speech on Ray, and write Parquet manifests: clips.parquet (every "
+                                   "segment, every statistic), coarse/lip/hard.parquet, rejected.parquet "
+                                   "(reason codes), tracks/ (per-frame) and summary.json. Re-running "
+                                   "with the same -o resumes: finished work units are skipped.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", help="folders (recursive), globs, video files, or .csv/.parquet "
+                                             "lists with a 'path' column")
+    p.add_argument("-o", "--out", required=True, help="manifest folder")
+    p.add_argument("--config", help="YAML with any subset of the keys of the shipped "
+                                    "ifmdm_data/configs/filter.yaml")
+    p.add_argument("--workers", type=int, help="analysis actors (default: all CPUs of the Ray cluster)")
+    p.add_argument("--analysis-fps", type=float, help="face-mesh / lip-motion rate (default 12.5)")
+    p.add_argument("--backend", choices=["mediapipe", "fan", "facexlib"],
+                   help="face models: mediapipe (bundled, default), fan (face-alignment S3FD + FAN-68), "
+                        "facexlib (RetinaFace + BiSeNet parsing); the last two need --weights-dir")
+    p.add_argument("--weights-dir", help="folder with the weight files of the fan / facexlib backends")
+    p.add_argument("--ray-address", help="Ray cluster address ('auto' inside a cluster); default: "
+                                         "$RAY_ADDRESS, else a local Ray started for this run")
+    p.add_argument("--overwrite", action="store_true", help="discard earlier results in the output folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_common(p)
+
+    p = sub.add_parser("decide", help="re-decide subsets and reasons of a finished manifest with a new config",
+                       description="Recompute subsets, reasons and stage2_ok from the statistics in "
+                                   "clips.parquet with the thresholds of --config (no video is read).")
+    p.add_argument("manifests", help="manifest folder written by `filter`")
+    p.add_argument("--config", help="YAML config (decide.* keys are used)")
+    _add_common(p)
+
+    p = sub.add_parser("inspect", help="print one line per segment of a manifest (optionally beside labels)",
+                       description="Print file, time range, subset or reasons, and stage-2 status of "
+                                   "every segment; with --labels (the sample set's labels.csv), also the "
+                                   "expected outcome and whether it matches.")
+    p.add_argument("manifests", help="manifest folder written by `filter`")
+    p.add_argument("--labels", help="labels.csv of `ifmdm-data sample`")
+    _add_common(p)
+
+    for name, issue in (("shard", "WebDataset shards"), ("report", "the HTML report")):
+        p = sub.add_parser(name, help=f"{issue} (not built yet)")
+        p.add_argument("args", nargs="*")
+        _add_common(p)
+    return ap
+
+
+def print_summary(s: dict, out: str) -> None:
+    w = sys.stdout.write
+    w(f"\n{s['inputs']} files -> {s['segments']} segments in {s.get('elapsed_s', 0):.1f} s "
+      f"({s.get('files_per_s') or 0:.2f} files/s, {s.get('workers', '?')} workers)\n")
+    w(f"  accepted  {s['accepted']:6d}   " + "  ".join(f"{k} {v}" for k, v in s["subsets"].items())
+      + f"   ({s['hours_accepted']:.3f} h)\n")
+    w(f"  rejected  {s['rejected']:6d}\n")
+    for reason, n in s["rejected_by_reason"].items():
+        w(f"    {reason:<20s}{n:6d}\n")
+    w(f"  stage 2 ok {s['stage2_ok']:5d} of the accepted\n")
+    for reason, n in s["stage2_by_reason"].items():
+        w(f"    {reason:<20s}{n:6d}\n")
+    w(f"manifests: {out}/clips.parquet, coarse/lip/hard/rejected.parquet, tracks/, summary.json\n")
+
+
+def _load_cfg(args):
+    from .config import load_config
+    cfg = load_config(getattr(args, "config", None))
+    if getattr(args, "analysis_fps", None):
+        if args.analysis_fps <= 0:
+            raise IfmdmError("--analysis-fps must be > 0")
+        cfg.analysis.fps = args.analysis_fps
+    if getattr(args, "backend", None):
+        cfg.analysis.backend = args.backend
+    return cfg
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if not args.cmd:
+        ap.print_help()
+        return 2
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.cmd == "sample":
+            from .sample import make_sample_set
+            t0 = time.time()
+            labels = make_sample_set(args.out, seed=args.seed, size=args.size, progress=True)
+            print(f"sample set written in {time.time() - t0:.1f} s; labels: {labels}")
+        elif args.cmd == "filter":
+            from .pipeline import run_filter
+            if args.workers is not None and args.workers < 1:
+                raise IfmdmError("--workers must be >= 1")
+            s = run_filter(args.inputs, args.out, _load_cfg(args), workers=args.workers,
+                           ray_address=args.ray_address, weights_dir=args.weights_dir,
+                           overwrite=args.overwrite, progress=not args.no_progress)
+            print_summary(s, args.out)
+        elif args.cmd == "decide":
+            from .manifest import redecide
+            counts = redecide(args.manifests, _load_cfg(args))
+            print_summary({"inputs": counts["files"], **counts}, args.manifests)
+        elif args.cmd == "inspect":
+            from .inspect import inspect_manifest
+            ok = inspect_manifest(args.manifests, args.labels)
+            return 0 if ok else 1
+        else:
+            print(f"ifmdm-data {args.cmd}: not built yet (tracked in the project's issues)", file=sys.stderr)
+            return 2
+    except IfmdmError as e:
+        print(f"ifmdm-data {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ifmdm-data {args.cmd}: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Filter configuration: dataclasses with defaults, loaded from YAML and validated.
+
+The shipped defaults are `ifmdm_data/configs/filter.yaml` (the same values as the
+dataclass defaults below, with comments). A user file overrides any subset of keys.
+
+Thresholds in `decide` are either absolute numbers or dataset quantiles written as
+`{quantile: 0.3}`: the value is then the 0.3-quantile of that statistic over the segments of
+this run that passed the face checks (computed at the end of `filter`, and again by
+`ifmdm-data decide` when a user re-decides without re-running the analysis).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from .errors import ConfigError
+
+Threshold = Union[float, dict]
+
+
+@dataclass
+class SegmentConfig:
+    max_duration_s: float = 20.0      # longer videos are cut into windows of at most this
+    min_duration_s: float = 2.5       # shorter segments are rejected `too_short`
+    scene_cut: bool = True            # split segments at detected scene cuts
+    scene_threshold: float = 0.35     # HSV-histogram distance between analysed frames
+    min_short_side: int = 128         # smaller videos are rejected `low_resolution`
+
+
+@dataclass
+class AnalysisConfig:
+    backend: str = "mediapipe"        # mediapipe | fan | facexlib (see backends.build_models)
+    fps: float = 12.5                 # face mesh and lip motion rate
+    max_side: int = 640               # frames are downscaled so their long side is at most this
+    detect_fps: float = 2.5           # face counting (full-range detector) rate
+    segmentation_fps: float = 2.5     # person segmentation rate
+    min_detection_confidence: float = 0.5
+    lip_crop_px: int = 32             # pose-normalised mouth crop used for lip motion energy
+    face_crop_px: int = 128           # face crop used for sharpness
+
+
+@dataclass
+class AudioConfig:
+    sample_rate: int = 16000
+    vad_threshold: float = 0.8        # silero speech probability (0.8 keeps music out)
+    max_lag_s: float = 0.4            # AV sync: search lags in [-max_lag_s, max_lag_s]
+
+
+@dataclass
+class DecideConfig:
+    min_face_fraction: float = 0.8         # a face in at least this fraction of analysed frames
+    max_multi_face_fraction: float = 0.2   # two or more faces in at most this fraction
+    min_face_px: float = 64.0              # median face-box height in source pixels
+    max_out_of_frame_fraction: float = 0.2
+    min_sharpness: Threshold = 15.0        # median Laplacian variance of the face crop
+    max_camera_motion: Threshold = 0.05    # median background shift, fraction of diagonal / s
+    head_motion_min: Threshold = 0.14      # head moves: mean head speed, face sizes / s
+    lip_motion_min: Threshold = 0.02       # lips move: std of mouth opening, face sizes
+    min_speech_ratio: float = 0.3          # stage 2: fraction of the segment with speech
+    min_av_corr: float = 0.15              # stage 2: mouth / speech-envelope correlation
+    max_av_lag_s: float = 0.4              # stage 2: |best lag| above this is out of sync
+
+
+@dataclass
+class FilterConfig:
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    decide: DecideConfig = field(default_factory=DecideConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+DEFAULT_CONFIG_PATH = Path(__file__).parent / "configs" / "filter.yaml"
+
+
+def _check_threshold(value: Any, key: str, source: str) -> Threshold:
+    if isinstance(value, bool):
+        raise ConfigError(f"{source}: '{key}' must be a number or {{quantile: q}}, got {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, dict) and set(value) == {"quantile"}:
+        q = value["quantile"]
+        if not isinstance(q, (int, float)) or not 0.0 <= q <= 1.0:
+            raise ConfigError(f"{source}: '{key}.quantile' must be in [0, 1], got {q!r}")
+        return {"quantile": float(q)}
+    raise ConfigError(f"{source}: '{key}' must be a number or {{quantile: q}}, got {value!r}")
+
+
+def _build(cls, data: Any, prefix: str, source: str):
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: '{prefix or 'top level'}' must be a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key '{prefix}{unknown[0]}' (known: {', '.join(known)})")
+    kwargs = {}
+    defaults = cls()
+    for name, f in known.items():
+        if name not in data:
+            continue
+        key = f"{prefix}{name}"
+        value = data[name]
+        default = getattr(defaults, name)
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value, key + ".", source)
+        elif f.type in ("Threshold", Threshold):
+            kwargs[name] = _check_threshold(value, key, source)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{source}: '{key}' must be true or false, got {value!r}")
+            kwargs[name] = value
+        elif isinstance(default, (int, float)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{source}: '{key}' must be a number, got {value!r}")
+            if value < 0:
+                raise ConfigError(f"{source}: '{key}' must be >= 0, got {value!r}")
+            kwargs[name] = type(default)(value)
+        elif isinstance(default, str):
+            if not isinstance(value, str):
+                raise ConfigError(f"{source}: '{key}' must be a string, got {value!r}")
+            kwargs[name] = value
+        else:  # pragma: no cover - all fields are covered above
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def config_from_dict(data: Any, source: str = "<dict>") -> FilterConfig:
+    cfg = _build(FilterConfig, data, "", source)
+    if cfg.analysis.backend not in ("mediapipe", "fan", "facexlib"):
+        raise ConfigError(f"{source}: 'analysis.backend' must be mediapipe, fan or facexlib, "
+                          f"got {cfg.analysis.backend!r}")
+    if cfg.analysis.fps <= 0 or cfg.analysis.detect_fps <= 0 or cfg.analysis.segmentation_fps <= 0:
+        raise ConfigError(f"{source}: analysis rates (fps, detect_fps, segmentation_fps) must be > 0")
+    if cfg.segment.max_duration_s <= cfg.segment.min_duration_s:
+        raise ConfigError(f"{source}: 'segment.max_duration_s' must be larger than 'segment.min_duration_s'")
+    return cfg
+
+
+def load_config(path: str | Path | None = None) -> FilterConfig:
+    """Load the shipped defaults, then the user's file (any subset of keys) on top."""
+    if path is None:
+        path = DEFAULT_CONFIG_PATH
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    return config_from_dict(data, str(path))

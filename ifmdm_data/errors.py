@@ -1,0 +1,44 @@
+"""Errors a user can cause. The CLI prints them in one line and exits non-zero.
+
+Errors of one clip never raise out of the pipeline: they become rejection rows.
+"""
+
+
+class IfmdmError(Exception):
+    """Base class: a problem the user can fix; the message says what to do."""
+
+
+class ConfigError(IfmdmError):
+    """A config file or value is invalid (the message names the key and the file)."""
+
+
+class InputError(IfmdmError):
+    """An input argument (path, glob, list file) is unusable."""
+
+
+class MissingWeightsError(IfmdmError):
+    """A model weight file is not where it must be (the message names file and folder)."""
+
+    def __init__(self, filename: str, folder: str, what: str, hint: str = ""):
+        self.filename = filename
+        self.folder = folder
+        msg = (f"missing weight file '{filename}' for {what}: put it at "
+               f"{folder.rstrip('/')}/{filename}")
+        if hint:
+            msg += f" ({hint})"
+        super().__init__(msg)
+
+
+class ClipError(Exception):
+    """A per-clip failure that becomes a rejection row with `reason` (a Reason value)."""
+
+    def __init__(self, reason, detail: str = ""):
+        self.reason = reason
+        self.detail = detail
+        self.record: dict = {}
+        super().__init__(f"{reason}: {detail}" if detail else str(reason))
+
+    def with_record(self, record: dict) -> "ClipError":
+        """Attach what was learned before the failure (probe fields) to the rejection row."""
+        self.record = dict(record)
+        return self

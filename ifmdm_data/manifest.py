@@ -1,0 +1,78 @@
+"""Finalise `filter`: merge the parts into clips.parquet, decide, write the subsets, the
+rejections and the run summary. Pure: no Ray, no video decoding."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import FilterConfig
+from .decide import decide
+from .reasons import SUBSETS
+from .schema import CLIP_COLUMNS, clips_table, write_parquet_atomic
+
+
+def write_json_atomic(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def _index_segments(df: pd.DataFrame) -> pd.DataFrame:
+    df = df.sort_values(["path", "start_s"], kind="stable").reset_index(drop=True)
+    df["segment_index"] = df.groupby("clip_id").cumcount().astype("int32")
+    df["n_segments"] = df.groupby("clip_id")["segment_id"].transform("size").astype("int32")
+    return df
+
+
+def _records(df: pd.DataFrame) -> list[dict]:
+    recs = []
+    for rec in df.to_dict("records"):
+        for k, v in rec.items():
+            if isinstance(v, np.ndarray):
+                rec[k] = v.tolist()
+            elif isinstance(v, float) and np.isnan(v) and k in ("subset",):
+                rec[k] = None
+        recs.append(rec)
+    return recs
+
+
+def write_manifests(df: pd.DataFrame, out_dir: str | Path, cfg: FilterConfig) -> dict:
+    """Decide and write clips / coarse / lip / hard / rejected .parquet. Returns counts."""
+    out = Path(out_dir)
+    df = _index_segments(df)
+    df, thresholds = decide(df, cfg)
+    table = clips_table(_records(df))
+    write_parquet_atomic(table, out / "clips.parquet")
+    for name in SUBSETS:
+        write_parquet_atomic(table.filter(pd.Series(df["subset"] == name).to_numpy()), out / f"{name}.parquet")
+    write_parquet_atomic(table.filter((~df["accepted"].astype(bool)).to_numpy()), out / "rejected.parquet")
+    reasons = Counter(r for rs in df["reasons"] for r in rs)
+    s2 = Counter(r for rs, ok in zip(df["stage2_reasons"], df["accepted"]) if ok for r in rs)
+    return {
+        "segments": int(len(df)),
+        "files": int(df["clip_id"].nunique()),
+        "accepted": int(df["accepted"].sum()),
+        "subsets": {s: int((df["subset"] == s).sum()) for s in SUBSETS},
+        "rejected": int((~df["accepted"].astype(bool)).sum()),
+        "rejected_by_reason": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+        "stage2_ok": int((df["stage2_ok"] & df["accepted"]).sum()),
+        "stage2_by_reason": dict(sorted(s2.items(), key=lambda kv: -kv[1])),
+        "thresholds": thresholds,
+        "hours_accepted": float(df.loc[df["accepted"], "duration_s"].sum() / 3600.0),
+    }
+
+
+def redecide(manifest_dir: str | Path, cfg: FilterConfig) -> dict:
+    """Re-run the decisions on an existing clips.parquet with a new config (no analysis)."""
+    from .schema import read_clips
+
+    df = read_clips(manifest_dir)
+    return write_manifests(df, manifest_dir, cfg)

@@ -1,0 +1,189 @@
+"""`filter` on Ray Data: probe every file (tasks), analyse every work unit (an actor pool
+whose actors load the face models once), then finalise the manifests on the driver.
+
+Only small records travel through Ray: frames are decoded and analysed inside one task.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from .config import FilterConfig
+from .errors import ClipError, InputError
+from .inputs import clip_id, resolve_inputs
+from .manifest import write_json_atomic, write_manifests
+from .reasons import Reason
+from .work import PartStore, failure_row, plan_units, run_unit
+
+log = logging.getLogger("ifmdm_data")
+
+
+# ------------------------------------------------------------------------------------------
+# Ray stages (thin wrappers over work.py / probe.py)
+# ------------------------------------------------------------------------------------------
+
+def _probe_row(item: dict) -> dict:
+    from .probe import probe_file
+
+    try:
+        rec, err, detail = probe_file(item["path"]), "", ""
+    except ClipError as e:
+        rec, err, detail = e.record, str(e.reason), e.detail
+    return {"path": item["path"], "clip_id": item["clip_id"], "probe_json": json.dumps(rec),
+            "probe_error": err, "probe_detail": detail}
+
+
+class AnalyseActor:
+    """Holds one set of face models and the VAD per actor; analyses one unit per call."""
+
+    def __init__(self, cfg: dict, out_dir: str, weights_dir: str | None):
+        import cv2
+        import torch
+
+        from .analyse import load_models
+        from .config import config_from_dict
+
+        torch.set_num_threads(1)
+        cv2.setNumThreads(1)
+        self.cfg = config_from_dict(cfg)
+        self.store = PartStore(out_dir)
+        self.models, self.speech = load_models(self.cfg, weights_dir)
+        self.backend = "/".join(self.models.names.values())
+
+    def __call__(self, batch: dict) -> dict:
+        out = {"unit_id": [], "segments": []}
+        for unit_json in batch["unit_json"]:
+            unit = json.loads(unit_json)
+            rows = run_unit(unit, self.cfg, self.models, self.speech, self.store, self.backend)
+            out["unit_id"].append(unit["unit_id"])
+            out["segments"].append(len(rows))
+        return out
+
+
+# ------------------------------------------------------------------------------------------
+# Driver
+# ------------------------------------------------------------------------------------------
+
+def init_ray(address: str | None, workers: int | None, verbose: bool = False) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=verbose)
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, log_to_driver=verbose)
+
+
+def _fingerprint(cfg: FilterConfig, backend_weights: str | None) -> dict:
+    d = cfg.to_dict()
+    return {"segment": d["segment"], "analysis": d["analysis"], "audio": d["audio"],
+            "weights_dir": os.path.abspath(backend_weights) if backend_weights else None}
+
+
+def _check_resume(out: Path, fp: dict, overwrite: bool) -> None:
+    import shutil
+
+    marker = out / "_work" / "run.json"
+    if overwrite and out.exists():
+        for name in ("_work", "tracks"):
+            shutil.rmtree(out / name, ignore_errors=True)
+    if marker.exists():
+        old = json.loads(marker.read_text())
+        if old != fp:
+            raise InputError(f"{out} holds results of a different analysis configuration; "
+                             f"use --overwrite to start again, or another -o folder "
+                             f"(decision thresholds alone can change: `ifmdm-data decide {out}`)")
+    write_json_atomic(fp, marker)
+
+
+def run_filter(inputs: list[str], out_dir: str, cfg: FilterConfig, workers: int | None = None,
+               ray_address: str | None = None, weights_dir: str | None = None,
+               overwrite: bool = False, progress: bool = True) -> dict:
+    """The whole `filter` stage. Returns the run summary (also saved as OUT/summary.json)."""
+    import ray
+
+    t_start = time.time()
+    paths = resolve_inputs(inputs)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_resume(out, _fingerprint(cfg, weights_dir), overwrite)
+    if cfg.analysis.backend != "mediapipe":  # fail before starting Ray when weights are missing
+        from .backends.base import check_weights
+        check_weights(cfg.analysis.backend, weights_dir)
+    store = PartStore(out)
+    init_ray(ray_address, workers, verbose=log.isEnabledFor(logging.INFO))
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    ctx.max_errored_blocks = -1          # a unit whose worker keeps crashing becomes a row
+    n_workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+    # 1. probe (cached: OUT/_work/probe.parquet)
+    probe_cache = out / "_work" / "probe.parquet"
+    probed = pd.read_parquet(probe_cache) if probe_cache.exists() else pd.DataFrame(
+        columns=["path", "clip_id", "probe_json", "probe_error", "probe_detail"])
+    todo = sorted(set(paths) - set(probed["path"]))
+    if todo:
+        log.info("probing %d files", len(todo))
+        items = [{"path": p, "clip_id": clip_id(p)} for p in todo]
+        ds = ray.data.from_items(items, override_num_blocks=min(len(items), 8 * n_workers))
+        new = ds.map(_probe_row, num_cpus=0.5).to_pandas()
+        probed = pd.concat([probed, new], ignore_index=True)
+        from .schema import write_parquet_atomic
+        import pyarrow as pa
+        write_parquet_atomic(pa.Table.from_pandas(probed, preserve_index=False), probe_cache)
+    probed = probed[probed["path"].isin(paths)]
+
+    # 2. plan work units; files that failed the probe are rows at once
+    done = store.done()
+    units = []
+    for r in probed.itertuples():
+        rec = json.loads(r.probe_json)
+        if r.probe_error:
+            uid = f"{r.clip_id}_w0000"
+            if uid not in done:
+                store.write(uid, [failure_row(r.clip_id, r.path, r.probe_error, r.probe_detail, rec)])
+            continue
+        units += [u for u in plan_units(r.clip_id, r.path, rec, cfg.segment.max_duration_s)
+                  if u["unit_id"] not in done]
+    log.info("%d files, %d work units to analyse (%d already done)", len(paths), len(units), len(done))
+
+    # 3. analyse on an actor pool
+    if units:
+        import numpy as np
+        ds = ray.data.from_items([{"unit_json": json.dumps(u, allow_nan=True)} for u in units],
+                                 override_num_blocks=len(units))
+        ds = ds.map_batches(
+            AnalyseActor, batch_size=1, num_cpus=1,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=min(n_workers, len(units))),
+            fn_constructor_kwargs={"cfg": cfg.to_dict(), "out_dir": str(out.resolve()),
+                                   "weights_dir": weights_dir},
+            max_restarts=-1, max_task_retries=1)
+        for _ in ds.iter_batches(batch_size=None):
+            pass
+        # units whose worker died twice: a row each, never a silent loss
+        done = store.done()
+        for u in units:
+            if u["unit_id"] not in done:
+                store.write(u["unit_id"], [failure_row(u["clip_id"], u["path"], Reason.WORKER_CRASH,
+                                                       "worker process died on this unit twice",
+                                                       u["probe"], u["start_s"], u["end_s"])])
+
+    # 4. finalise
+    df = store.read_all()
+    df = df[df["path"].isin(set(paths))]
+    counts = write_manifests(df, out, cfg)
+    elapsed = time.time() - t_start
+    summary = {"inputs": len(paths), **counts, "elapsed_s": round(elapsed, 2),
+               "files_per_s": round(len(paths) / elapsed, 3) if elapsed else None,
+               "workers": n_workers, "backend": cfg.analysis.backend, "config": cfg.to_dict()}
+    write_json_atomic(summary, out / "summary.json")
+    return summary

@@ -1,0 +1,168 @@
+"""The one definition of the `filter` artefacts: the clips manifest and the per-frame tracks.
+
+Writer (`manifest.py`), readers (`ifmdm-data shard`, the trainer, the report) and tests use
+these schemas. Every column is documented here; the Parquet files carry the descriptions as
+field metadata, so `pyarrow.parquet.read_schema(path)` shows them too.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+F32, F64, I32, I64, STR, BOOL = pa.float32(), pa.float64(), pa.int32(), pa.int64(), pa.string(), pa.bool_()
+
+_CLIP_COLUMNS = [
+    # identity
+    ("segment_id", STR, "stable id: <clip_id>_<start in ms, 9 digits>; no dots (WebDataset key)"),
+    ("clip_id", STR, "stable id of the input file: first 16 hex of sha1(absolute path)"),
+    ("path", STR, "absolute path of the input file"),
+    ("segment_index", I32, "index of the segment within its file, in time order"),
+    ("n_segments", I32, "number of segments of its file"),
+    ("start_s", F64, "segment start in seconds (stream time, from 0)"),
+    ("end_s", F64, "segment end in seconds"),
+    ("duration_s", F64, "end_s - start_s"),
+    ("scene_cut_before", BOOL, "the segment starts at a detected scene cut"),
+    # probe
+    ("file_size", I64, "bytes"),
+    ("container_duration_s", F64, "duration of the whole file (container)"),
+    ("fps", F64, "average video frame rate"),
+    ("vfr", BOOL, "variable frame rate (average and nominal rates differ)"),
+    ("width", I32, "displayed width in pixels (after rotation)"),
+    ("height", I32, "displayed height in pixels (after rotation)"),
+    ("rotation", I32, "display rotation applied, degrees clockwise"),
+    ("vcodec", STR, "video codec"),
+    ("has_audio", BOOL, "the file has an audio stream"),
+    ("acodec", STR, "audio codec"),
+    ("audio_sr", I32, "audio sample rate of the file"),
+    # analysis
+    ("n_analysed", I32, "frames analysed (at analysis_fps)"),
+    ("analysis_fps", F32, "analysis frame rate"),
+    ("landmark_scheme", STR, "mp478 (mediapipe mesh) or ibug68 (FAN)"),
+    ("face_fraction", F32, "fraction of analysed frames with a landmark track"),
+    ("detected_face_fraction", F32, "fraction of detector frames with at least one face"),
+    ("multi_face_fraction", F32, "fraction of detector frames with two or more faces"),
+    ("max_faces", I32, "most faces seen in one frame"),
+    ("face_px", F32, "median face-box height, source pixels"),
+    ("face_rel", F32, "median face-box height / frame height"),
+    ("out_of_frame_fraction", F32, "fraction of face frames whose box leaves the frame"),
+    ("sharpness", F32, "median Laplacian variance of the face crop (128 px)"),
+    ("camera_motion", F32, "median background shift, fraction of the frame diagonal per second"),
+    ("head_motion", F32, "mean head speed: rigid landmarks, face sizes per second over 0.4 s"),
+    ("head_extent", F32, "RMS displacement of rigid landmarks from their mean, face sizes"),
+    ("head_speed_mean", F32, "stage-2 motion statistic: mean head speed (face sizes / s)"),
+    ("head_speed_std", F32, "stage-2 motion statistic: std of head speed"),
+    ("yaw_mean", F32, "mean yaw relative to the segment's median face, degrees"),
+    ("pitch_mean", F32, "mean pitch, degrees"),
+    ("yaw_std", F32, "std of yaw, degrees"),
+    ("pitch_std", F32, "std of pitch, degrees"),
+    ("roll_std", F32, "std of roll, degrees"),
+    ("mouth_open_mean", F32, "mean pose-normalised inner-lip gap, face sizes"),
+    ("mouth_open_std", F32, "std of the mouth opening: the lip-motion statistic"),
+    ("lip_energy", F32, "mean frame difference inside the pose-normalised mouth crop, [0, 1]"),
+    ("eye_open_mean", F32, "mean lid gap / eye width"),
+    # audio
+    ("speech_ratio", F32, "fraction of the segment with speech (silero-vad)"),
+    ("loudness_db", F32, "RMS level, dBFS"),
+    ("av_corr", F32, "best correlation of mouth opening and speech envelope within +-max lag"),
+    ("av_lag_s", F32, "lag of av_corr; positive: audio lags video"),
+    ("av_corr_zero", F32, "correlation at lag 0"),
+    ("audio_error", STR, "audio problem found by the analysis (no_audio, audio_decode_error)"),
+    # decisions
+    ("head_moves", BOOL, "head_motion >= decide.head_motion_min"),
+    ("lip_moves", BOOL, "mouth_open_std >= decide.lip_motion_min"),
+    ("subset", STR, "coarse | lip | hard; null when rejected"),
+    ("accepted", BOOL, "in a stage-1 subset"),
+    ("reasons", pa.list_(STR), "rejection reason codes (Reason), empty when accepted"),
+    ("stage2_ok", BOOL, "usable for stage 2 (speech, in sync)"),
+    ("stage2_reasons", pa.list_(STR), "stage-2 reason codes (Stage2Reason)"),
+    ("error", STR, "detail of a decode / analysis failure"),
+    ("backend", STR, "face models used: detector/landmarks/segmenter"),
+    ("analysis_s", F32, "seconds spent analysing this segment's work unit"),
+]
+
+CLIPS_SCHEMA = pa.schema([pa.field(n, t, metadata={"description": d}) for n, t, d in _CLIP_COLUMNS])
+CLIP_COLUMNS = [n for n, _, _ in _CLIP_COLUMNS]
+DECISION_COLUMNS = ["head_moves", "lip_moves", "subset", "accepted", "reasons", "stage2_ok",
+                    "stage2_reasons"]
+
+_TRACK_COLUMNS = [
+    ("t", F64, "frame time, seconds from the start of the file"),
+    ("n_faces", pa.int16(), "faces counted by the detector; -1 where it did not run"),
+    ("box", pa.list_(F32, 4), "face box [x0, y0, x1, y1], source pixels; NaN without a face"),
+    ("landmarks", pa.list_(F32), "flattened (P, 3) landmarks, source pixels; NaN without a face"),
+    ("pose", pa.list_(F32, 6), "[yaw, pitch, roll (deg), tx, ty (face sizes), log scale]"),
+    ("mouth_open", F32, "pose-normalised inner-lip gap, face sizes"),
+    ("eye_open", F32, "lid gap / eye width"),
+    ("lip_energy", F32, "mouth-crop difference to the previous frame"),
+    ("head_speed", F32, "face sizes per second over 0.4 s"),
+    ("camera_motion", F32, "background shift to the previous frame, fraction of diagonal"),
+    ("sharpness", F32, "Laplacian variance of the face crop (detector frames only)"),
+]
+TRACKS_SCHEMA = pa.schema([pa.field(n, t, metadata={"description": d}) for n, t, d in _TRACK_COLUMNS])
+
+
+def clips_table(rows: list[dict]) -> pa.Table:
+    """Rows (dicts with any subset of the columns) -> a table with exactly CLIPS_SCHEMA."""
+    cols = {n: [r.get(n) for r in rows] for n in CLIP_COLUMNS}
+    for n in ("reasons", "stage2_reasons"):
+        cols[n] = [list(v) if v is not None else [] for v in cols[n]]
+    return pa.Table.from_pydict(cols, schema=CLIPS_SCHEMA)
+
+
+def tracks_table(tracks: dict, meta: dict) -> pa.Table:
+    import numpy as np
+
+    n = len(tracks["t"])
+    lms = np.asarray(tracks["landmarks"], np.float32).reshape(n, -1)
+    cols = {
+        "t": tracks["t"], "n_faces": tracks["n_faces"],
+        "box": list(np.asarray(tracks["box"], np.float32)), "landmarks": list(lms),
+        "pose": list(np.asarray(tracks["pose"], np.float32)),
+    }
+    for k in ("mouth_open", "eye_open", "lip_energy", "head_speed", "camera_motion", "sharpness"):
+        cols[k] = np.asarray(tracks[k], np.float32)
+    table = pa.Table.from_pydict(cols, schema=TRACKS_SCHEMA)
+    return table.replace_schema_metadata({k.encode(): str(v).encode() for k, v in meta.items()})
+
+
+def write_parquet_atomic(table: pa.Table, path: str | Path) -> None:
+    """Write to a hidden temporary file in the same folder, then rename: a reader never sees
+    a half-written file under the final name, and a killed writer leaves only a .tmp file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_clips(path: str | Path):
+    """Read clips.parquet (or a subset file) as a pandas DataFrame, checking the schema."""
+    from .errors import InputError
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "clips.parquet"
+    if not path.is_file():
+        raise InputError(f"no manifest at {path}: run `ifmdm-data filter INPUTS -o {path.parent}` first")
+    table = pq.read_table(path)
+    missing = [n for n in CLIP_COLUMNS if n not in table.column_names]
+    if missing:
+        raise InputError(f"{path} is not a clips manifest of this version (missing: {', '.join(missing[:5])})")
+    return table.to_pandas()
+
+
+def read_tracks(path: str | Path):
+    """Read one segment's tracks: (DataFrame, metadata dict)."""
+    table = pq.read_table(path)
+    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    return table.to_pandas(), meta

@@ -1,0 +1,52 @@
+"""Shared fixtures: one local Ray per session, the sample set and its filtered manifests."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+ROOT = Path(__file__).resolve().parents[1]
+MEDIA = ROOT.parent / "shared" / "media"
+
+
+def media(*parts: str) -> Path:
+    """A file of ../shared/media, or skip the test with the reason."""
+    p = MEDIA.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"real media not found at {p} (../shared/media is absent)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 * 1024,
+             log_to_driver=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory):
+    from ifmdm_data.sample import make_sample_set
+
+    out = tmp_path_factory.mktemp("sample")
+    make_sample_set(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sample_manifests(ray_session, sample_dir, tmp_path_factory):
+    from ifmdm_data.config import load_config
+    from ifmdm_data.pipeline import run_filter
+
+    out = tmp_path_factory.mktemp("manifests")
+    summary = run_filter([str(sample_dir)], str(out), load_config(), workers=2, progress=False)
+    return out, summary

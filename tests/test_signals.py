@@ -1,0 +1,88 @@
+"""Per-frame signal functions on constructed inputs with known answers."""
+import numpy as np
+import pytest
+
+from ifmdm_data import signals as sig
+from ifmdm_data.backends.base import SCHEMES
+from ifmdm_data.scenes import SceneCutDetector
+
+MP = SCHEMES["mp478"]
+
+
+def _rot(yaw, pitch, roll):
+    y, p, r = np.radians([yaw, pitch, roll])
+    ry = np.array([[np.cos(y), 0, np.sin(y)], [0, 1, 0], [-np.sin(y), 0, np.cos(y)]])
+    rx = np.array([[1, 0, 0], [0, np.cos(p), -np.sin(p)], [0, np.sin(p), np.cos(p)]])
+    rz = np.array([[np.cos(r), -np.sin(r), 0], [np.sin(r), np.cos(r), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _face(seed=0):
+    rng = np.random.default_rng(seed)
+    lm = rng.normal(0, 40, (478, 3)).astype(np.float32) + np.array([200, 200, 0], np.float32)
+    lm[33], lm[263] = [160, 180, 0], [240, 180, 0]   # eyes 80 px apart
+    for (top, bot) in MP.inner_lips:
+        lm[top], lm[bot] = [200, 260, 0], [200, 262, 0]
+    return lm
+
+
+def test_similarity_align_recovers_transform():
+    src = np.random.default_rng(1).normal(size=(30, 3))
+    r = _rot(10, -5, 3)
+    dst = 1.7 * src @ r.T + np.array([1.0, -2.0, 0.5])
+    s, rr, t = sig.similarity_align(src, dst)
+    assert s == pytest.approx(1.7, rel=1e-6)
+    np.testing.assert_allclose(rr, r, atol=1e-6)
+
+
+def test_head_pose_reports_rotation_and_translation():
+    ref = _face()
+    c = ref[list(MP.rigid)].mean(0)
+    moved = (ref - c) @ _rot(12, 0, 0).T + c + np.array([8.0, 0, 0])
+    pose = sig.head_pose(moved.astype(np.float32), ref, MP)
+    assert pose[0] == pytest.approx(12, abs=0.5)          # yaw
+    assert abs(pose[2]) < 0.5                             # roll
+    assert pose[3] == pytest.approx(8 / 80, abs=0.01)     # tx in face sizes (eyes 80 px apart)
+
+
+def test_mouth_opening_is_pose_normalised():
+    ref = _face()
+    opened = ref.copy()
+    for (top, bot) in MP.inner_lips:
+        opened[bot, 1] += 16                              # 0.2 face sizes wider
+    closed_v = sig.mouth_opening(sig.pose_normalise(ref, ref, MP), MP, 80)
+    c = ref[list(MP.rigid)].mean(0)
+    turned = (opened - c) @ _rot(0, 0, 20).T * 1.5 + c   # rolled and closer to the camera
+    open_v = sig.mouth_opening(sig.pose_normalise(turned.astype(np.float32), ref, MP), MP, 80)
+    assert open_v - closed_v == pytest.approx(16 / 80, abs=0.01)
+
+
+def test_scene_cut_detector_finds_cut_not_motion():
+    rng = np.random.default_rng(0)
+    a = np.zeros((64, 64, 3), np.uint8); a[..., 0] = 200
+    b = np.zeros((64, 64, 3), np.uint8); b[..., 2] = 200; b[:, :32, 1] = 180
+    frames = [np.roll(a + rng.integers(0, 10, a.shape, dtype=np.uint8), k, 1) for k in range(10)]
+    frames += [np.roll(b, k, 0) for k in range(10)]
+    det = SceneCutDetector(0.35)
+    cuts = [i for i, f in enumerate(frames) if det(f)[0]]
+    assert cuts == [10]
+
+
+def test_camera_motion_sees_pan_but_not_static():
+    rng = np.random.default_rng(0)
+    tex = (rng.random((400, 600)) * 255).astype(np.uint8)
+    import cv2
+    tex = cv2.GaussianBlur(tex, (5, 5), 0)
+    cam = sig.CameraMotion()
+    still = [cam(tex[50:290, 50:370].copy(), None) for _ in range(3)]
+    cam.reset()
+    pan = [cam(tex[50:290, 50 + 6 * k:370 + 6 * k].copy(), None) for k in range(3)]
+    assert np.nanmax(still) < 1e-3
+    assert np.nanmin(pan[1:]) > 0.005
+
+
+def test_sharpness_drops_with_blur():
+    import cv2
+    img = (np.random.default_rng(0).random((200, 200)) * 255).astype(np.uint8)
+    box = np.array([20, 20, 180, 180], np.float32)
+    assert sig.sharpness(cv2.GaussianBlur(img, (15, 15), 5), box, 128) < 0.1 * sig.sharpness(img, box, 128)
