@@ -64,7 +64,7 @@ def analyse_unit(unit: dict, cfg: FilterConfig, models: FaceModels, speech=None)
     scheme = models.landmarks.scheme
     det_every = _every(a.detect_fps, a.fps)
     seg_every = _every(a.segmentation_fps, a.fps)
-    cuts = SceneCutDetector(cfg.segment.scene_threshold, min_gap=max(1, int(round(0.5 * a.fps)))) if cfg.segment.scene_cut else None
+    cuts = SceneCutDetector(cfg.segment.scene_threshold, min_gap=max(1, int(round(0.25 * a.fps)))) if cfg.segment.scene_cut else None
     cam = sig.CameraMotion()
     models.landmarks.reset()
 

@@ -27,7 +27,7 @@ class SegmentConfig:
     max_duration_s: float = 20.0      # longer videos are cut into windows of at most this
     min_duration_s: float = 2.5       # shorter segments are rejected `too_short`
     scene_cut: bool = True            # split segments at detected scene cuts
-    scene_threshold: float = 0.35     # HSV-histogram distance between analysed frames
+    scene_threshold: float = 0.4      # HSV-histogram distance between analysed frames
     min_short_side: int = 128         # smaller videos are rejected `low_resolution`
 
 

@@ -105,6 +105,23 @@ def _check_resume(out: Path, fp: dict, overwrite: bool) -> None:
     write_json_atomic(fp, marker)
 
 
+def _analyse(units: list[dict], cfg: FilterConfig, out: Path, weights_dir, n_workers: int,
+             in_flight: int) -> None:
+    import ray
+
+    ds = ray.data.from_items([{"unit_json": json.dumps(u)} for u in units],
+                             override_num_blocks=len(units))
+    ds = ds.map_batches(
+        AnalyseActor, batch_size=1, num_cpus=1,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=min(n_workers, len(units)),
+                                           max_tasks_in_flight_per_actor=in_flight),
+        fn_constructor_kwargs={"cfg": cfg.to_dict(), "out_dir": str(out.resolve()),
+                               "weights_dir": weights_dir},
+        max_restarts=-1, max_task_retries=0)
+    for _ in ds.iter_batches(batch_size=None):
+        pass
+
+
 def run_filter(inputs: list[str], out_dir: str, cfg: FilterConfig, workers: int | None = None,
                ray_address: str | None = None, weights_dir: str | None = None,
                overwrite: bool = False, progress: bool = True) -> dict:
@@ -144,6 +161,7 @@ def run_filter(inputs: list[str], out_dir: str, cfg: FilterConfig, workers: int 
 
     # 2. plan work units; files that failed the probe are rows at once
     done = store.done()
+    done_before = set(done)
     units = []
     for r in probed.itertuples():
         rec = json.loads(r.probe_json)
@@ -156,25 +174,21 @@ def run_filter(inputs: list[str], out_dir: str, cfg: FilterConfig, workers: int 
                   if u["unit_id"] not in done]
     log.info("%d files, %d work units to analyse (%d already done)", len(paths), len(units), len(done))
 
-    # 3. analyse on an actor pool
+    # 3. analyse on an actor pool. Units lost to a dying worker (it takes the units in flight
+    #    on that actor with it) get a second round, one unit per actor call at a time; a unit
+    #    that kills its worker again becomes a `worker_crash` row.
     if units:
-        import numpy as np
-        ds = ray.data.from_items([{"unit_json": json.dumps(u, allow_nan=True)} for u in units],
-                                 override_num_blocks=len(units))
-        ds = ds.map_batches(
-            AnalyseActor, batch_size=1, num_cpus=1,
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=min(n_workers, len(units))),
-            fn_constructor_kwargs={"cfg": cfg.to_dict(), "out_dir": str(out.resolve()),
-                                   "weights_dir": weights_dir},
-            max_restarts=-1, max_task_retries=1)
-        for _ in ds.iter_batches(batch_size=None):
-            pass
-        # units whose worker died twice: a row each, never a silent loss
+        _analyse(units, cfg, out, weights_dir, n_workers, in_flight=2)
         done = store.done()
+        lost = [u for u in units if u["unit_id"] not in done]
+        if lost:
+            log.warning("%d work units lost to a worker crash: retrying them one at a time", len(lost))
+            _analyse(lost, cfg, out, weights_dir, n_workers, in_flight=1)
+            done = store.done()
         for u in units:
             if u["unit_id"] not in done:
                 store.write(u["unit_id"], [failure_row(u["clip_id"], u["path"], Reason.WORKER_CRASH,
-                                                       "worker process died on this unit twice",
+                                                       "the worker process died on this unit twice",
                                                        u["probe"], u["start_s"], u["end_s"])])
 
     # 4. finalise
@@ -182,7 +196,8 @@ def run_filter(inputs: list[str], out_dir: str, cfg: FilterConfig, workers: int 
     df = df[df["path"].isin(set(paths))]
     counts = write_manifests(df, out, cfg)
     elapsed = time.time() - t_start
-    summary = {"inputs": len(paths), **counts, "elapsed_s": round(elapsed, 2),
+    summary = {"inputs": len(paths), **counts, "units_analysed": len(units),
+               "units_skipped": len(done_before), "elapsed_s": round(elapsed, 2),
                "files_per_s": round(len(paths) / elapsed, 3) if elapsed else None,
                "workers": n_workers, "backend": cfg.analysis.backend, "config": cfg.to_dict()}
     write_json_atomic(summary, out / "summary.json")

@@ -108,6 +108,9 @@ TRACKS_SCHEMA = pa.schema([pa.field(n, t, metadata={"description": d}) for n, t,
 def clips_table(rows: list[dict]) -> pa.Table:
     """Rows (dicts with any subset of the columns) -> a table with exactly CLIPS_SCHEMA."""
     cols = {n: [r.get(n) for r in rows] for n in CLIP_COLUMNS}
+    for f in CLIPS_SCHEMA:
+        if not pa.types.is_floating(f.type):   # NaN stands for "missing" in pandas: null here
+            cols[f.name] = [None if isinstance(v, float) and v != v else v for v in cols[f.name]]
     for n in ("reasons", "stage2_reasons"):
         cols[n] = [list(v) if v is not None else [] for v in cols[n]]
     return pa.Table.from_pydict(cols, schema=CLIPS_SCHEMA)

@@ -35,11 +35,10 @@ EXPECTED = {
 
 
 @pytest.fixture(scope="module")
-def sample_set(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("sample")
-    labels = sample.make_sample_set(out, seed=0, size=SIZE, fps=FPS)
-    assert labels == out / "labels.csv"
-    return out
+def sample_set(sample_dir) -> Path:
+    """The default set (seed 0, 256 px, 25 fps), generated once per session by conftest."""
+    assert (sample_dir / "labels.csv").is_file()
+    return sample_dir
 
 
 _CACHE: dict = {}

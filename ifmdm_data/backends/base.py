@@ -138,7 +138,9 @@ def build_models(backend: str = "mediapipe", weights_dir: Optional[str] = None,
         landmarks = mpb.MediapipeMesh(min_detection_confidence)
     else:
         from .fan_backend import FANLandmarks
-        landmarks = FANLandmarks(weights_dir, device=device)
+        # share the S3FD instance: one copy of its weights per actor
+        landmarks = FANLandmarks(weights_dir, device=device,
+                                 detector=detector if det_name == "s3fd" else None)
 
     if seg_name == "mediapipe":
         segmenter = mpb.MediapipeSelfieSegmenter()
