@@ -79,7 +79,7 @@ def iter_frames(path: str, start_s: float, end_s: float, fps: float, size: Tuple
                 n_out += 1
                 while next_t <= t + 1e-6:
                     next_t += step
-        except (av.error.InvalidDataError, av.error.EOFError, av.error.ValueError, OSError) as e:
+        except (av.error.FFmpegError, ValueError, OSError) as e:
             if n_out == 0:
                 raise ClipError(Reason.DECODE_ERROR, f"decode failed: {e}"[:300]) from None
             return  # truncated file: keep what decoded

@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-OUT=${1:-out}
+SAMPLE=${1:-out/sample}
+MANIFESTS=${2:-manifests}
 export RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled
-.venv/bin/ifmdm-data sample "$OUT/sample"
-.venv/bin/ifmdm-data filter "$OUT/sample" -o "$OUT/manifests" --no-progress
-.venv/bin/ifmdm-data inspect "$OUT/manifests" --labels "$OUT/sample/labels.csv"
+.venv/bin/ifmdm-data sample "$SAMPLE"
+.venv/bin/ifmdm-data filter "$SAMPLE" -o "$MANIFESTS" --overwrite
+.venv/bin/ifmdm-data inspect "$MANIFESTS" --labels "$SAMPLE/labels.csv"

@@ -43,6 +43,15 @@ def write_video(path: Path, n_frames: int, size=(128, 128), fps=25, audio=False,
     return path
 
 
+def write_vfr(path: Path, seconds: float = 3.0) -> Path:
+    """Test pattern with irregular frame intervals (every third gap 1.5x), variable-rate mux."""
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
+                    f"testsrc=size=128x128:rate=30:duration={seconds}",
+                    "-vf", "setpts=(N+floor(N/3)*0.5)/30/TB", "-vsync", "vfr",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path)], check=True, capture_output=True)
+    return path
+
+
 def write_audio_only(path: Path) -> Path:
     subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "sine=frequency=300:duration=2",
                     "-c:a", "aac", "-f", "mp4", str(path)], check=True)
@@ -51,6 +60,11 @@ def write_audio_only(path: Path) -> Path:
 
 def write_rotated(src: Path, path: Path, degrees: int = 90) -> Path:
     """Copy `src` with a display-rotation side datum (as phones record portrait video)."""
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-display_rotation", str(-degrees), "-i", str(src),
-                    "-c", "copy", str(path)], check=True)
+    # ffmpeg >= 6 writes the display matrix with -display_rotation; 5.x with the rotate tag
+    new = ["ffmpeg", "-v", "error", "-y", "-display_rotation", str(-degrees), "-i", str(src),
+           "-c", "copy", str(path)]
+    old = ["ffmpeg", "-v", "error", "-y", "-i", str(src), "-c", "copy",
+           "-metadata:s:v:0", f"rotate={degrees}", str(path)]
+    if subprocess.run(new, capture_output=True).returncode != 0:
+        subprocess.run(old, check=True, capture_output=True)
     return path

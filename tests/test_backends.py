@@ -43,7 +43,7 @@ def _no_downloads(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def _flush_denormals():
     """Random-init FAN makes denormal floats on padded crops: up to 20x slower on CPU."""
     torch.set_flush_denormal(True)

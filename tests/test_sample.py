@@ -159,7 +159,7 @@ def test_dubbed_mouth_does_not_follow_its_audio(sample_set):
     env = sample.speech_envelope(d["audio"], len(d["frames"]), FPS)
     assert ratio.std() > 0.02                          # the mouth does move
     corr = sample.lagged_corr(ratio, env, int(0.4 * FPS))
-    assert np.abs(corr).max() < 0.3, corr
+    assert corr.max() < 0.25 and np.abs(corr).max() < 0.35, corr   # in sync: ~0.96
 
 
 def test_lagged_corr_finds_the_lag():
