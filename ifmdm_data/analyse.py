@@ -92,7 +92,9 @@ def analyse_unit(unit: dict, cfg: FilterConfig, models: FaceModels, speech=None)
         lm = models.landmarks.landmarks(rgb)
         acc.t.append(t)
         acc.n_faces.append(n_faces)
-        acc.cam.append(cam(gray, person))
+        # camera motion between detector frames (0.4 s apart at the defaults): a pan or a
+        # shake lasts longer than that, and LK flow every analysed frame cost ~2 ms a frame
+        acc.cam.append(cam(gray, person) if k % det_every == 0 else np.nan)
         if lm is not None:
             box = sig.landmark_box(lm, scheme)
             crop = sig.mouth_crop(gray, lm, scheme, a.lip_crop_px)
@@ -127,6 +129,7 @@ def analyse_unit(unit: dict, cfg: FilterConfig, models: FaceModels, speech=None)
 def _summarise(s: _Accumulator, end_s: float, unit: dict, cfg: FilterConfig, scheme, size,
                to_src: float, speech) -> dict:
     a = cfg.analysis
+    det_every = _every(a.detect_fps, a.fps)
     n = len(s.t)
     t = np.asarray(s.t, np.float64)
     P = scheme.n_points
@@ -179,7 +182,7 @@ def _summarise(s: _Accumulator, end_s: float, unit: dict, cfg: FilterConfig, sch
         "face_rel": _nan_stat(np.median, box_h) / size[1],
         "out_of_frame_fraction": float(np.mean(np.asarray(s.oof)[has])) if n_face else 0.0,
         "sharpness": _nan_stat(np.median, s.sharp),
-        "camera_motion": _nan_stat(np.median, cam) * a.fps,
+        "camera_motion": _nan_stat(np.median, cam) * a.fps / det_every,
         "head_motion": _nan_stat(np.mean, speed),
         "head_extent": _nan_stat(lambda x: np.sqrt(np.mean(x ** 2)), disp),
         "head_speed_mean": _nan_stat(np.mean, speed),

@@ -5,6 +5,7 @@ Errors a user can fix are printed in one line (exit 2); a failed run exits 1.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -17,6 +18,8 @@ examples:
   ifmdm-data filter sample/ -o manifests/        # local Ray, all cores, bundled mediapipe models
   ifmdm-data filter clips.csv -o s3-mounted/manifests --ray-address auto --workers 64
   ifmdm-data decide manifests/ --config strict.yaml   # new thresholds, no re-analysis
+  ifmdm-data shard manifests/ -o shards/ --wav2vec2 ~/models/wav2vec2-base-960h
+  ifmdm-data report manifests/ -o report/
 """
 
 
@@ -80,10 +83,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="labels.csv of `ifmdm-data sample`")
     _add_common(p)
 
-    for name, issue in (("shard", "WebDataset shards"), ("report", "the HTML report")):
-        p = sub.add_parser(name, help=f"{issue} (not built yet)")
-        p.add_argument("args", nargs="*")
-        _add_common(p)
+    p = sub.add_parser("shard", help="write WebDataset shards of the accepted clips (crop, encode, audio, speech features)",
+                       description="Turn the accepted segments of a manifest into WebDataset tars: a "
+                                   "stabilised large-field-of-view crop encoded as H.264, 16 kHz mono wav, "
+                                   "speech features aligned to the frames (wav2vec2 from --wav2vec2 DIR, "
+                                   "else log-mel), landmarks in crop pixels and a JSON record per sample. "
+                                   "Writes shards/{coarse,lip,hard}/*.tar, shards/index.parquet and "
+                                   "shards/summary.json. Re-running resumes: finished tars are skipped.")
+    p.add_argument("manifests", help="manifest folder written by `filter`")
+    p.add_argument("-o", "--out", required=True, help="shard folder")
+    p.add_argument("--subsets", default="coarse,lip,hard", help="comma list (default: coarse,lip,hard)")
+    p.add_argument("--wav2vec2", metavar="DIR", help="local Wav2Vec2 checkpoint folder (save_pretrained "
+                                                      "layout); default: log-mel features")
+    p.add_argument("--wav2vec2-layers", default="-1", help="hidden-state indices, comma list, averaged (default -1: last)")
+    p.add_argument("--size", type=int, default=512, help="crop side in pixels (default 512)")
+    p.add_argument("--fps", type=float, default=25.0, help="output frame rate (default 25)")
+    p.add_argument("--shard-size", type=float, default=1.0, help="target shard size in GB (default 1.0)")
+    p.add_argument("--workers", type=int, help="shard-writing actors (default: all CPUs)")
+    p.add_argument("--ray-address", help="Ray cluster address ('auto' inside a cluster)")
+    p.add_argument("--overwrite", action="store_true", help="discard earlier shards in the output folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_common(p)
+
+    p = sub.add_parser("report", help="an HTML page of what the curation kept and why",
+                       description="Write report/index.html (self-contained: plots and contact sheets "
+                                   "embedded) with counts per subset and reason, the statistics' "
+                                   "distributions per subset with the thresholds drawn, and contact sheets "
+                                   "of random segments with the face box, landmarks and lip region.")
+    p.add_argument("manifests", help="manifest folder written by `filter`")
+    p.add_argument("-o", "--out", required=True, help="report folder")
+    p.add_argument("--examples", type=int, default=6, help="contact-sheet tiles per subset (default 6)")
+    p.add_argument("--seed", type=int, default=0)
+    _add_common(p)
     return ap
 
 
@@ -100,6 +131,16 @@ def print_summary(s: dict, out: str) -> None:
     for reason, n in s["stage2_by_reason"].items():
         w(f"    {reason:<20s}{n:6d}\n")
     w(f"manifests: {out}/clips.parquet, coarse/lip/hard/rejected.parquet, tracks/, summary.json\n")
+
+
+def print_shard_summary(s: dict, out: str) -> None:
+    print(json.dumps({k: v for k, v in s.items() if k not in ("failures",)}, indent=2, default=str))
+    fails = s.get("failures") or []
+    if fails:
+        print(f"{len(fails)} segments could not be written (listed in {out}/summary.json):")
+        for f in fails[:10]:
+            print(f"  {f}")
+    print(f"shards: {out}/{{coarse,lip,hard}}/*.tar, {out}/index.parquet, {out}/summary.json")
 
 
 def _load_cfg(args):
@@ -144,9 +185,28 @@ def main(argv=None) -> int:
             from .inspect import inspect_manifest
             ok = inspect_manifest(args.manifests, args.labels)
             return 0 if ok else 1
-        else:
-            print(f"ifmdm-data {args.cmd}: not built yet (tracked in the project's issues)", file=sys.stderr)
-            return 2
+        elif args.cmd == "shard":
+            from .shard import ShardConfig
+            from .shard_pipeline import run_shard
+            try:
+                layers = tuple(int(x) for x in args.wav2vec2_layers.split(","))
+            except ValueError:
+                raise IfmdmError(f"--wav2vec2-layers must be integers, got {args.wav2vec2_layers!r}") from None
+            subsets = tuple(x.strip() for x in args.subsets.split(",") if x.strip())
+            bad = [x for x in subsets if x not in ("coarse", "lip", "hard")]
+            if bad or not subsets:
+                raise IfmdmError(f"--subsets takes coarse, lip, hard; got {args.subsets!r}")
+            if args.size < 16 or args.size % 2 or args.fps <= 0 or args.shard_size <= 0:
+                raise IfmdmError("--size must be an even number >= 16; --fps and --shard-size > 0")
+            cfg = ShardConfig(size=args.size, fps=args.fps, target_shard_bytes=int(args.shard_size * 1e9))
+            s = run_shard(args.manifests, args.out, subsets=subsets, cfg=cfg, wav2vec2_dir=args.wav2vec2,
+                          layers=layers, workers=args.workers, ray_address=args.ray_address,
+                          overwrite=args.overwrite, progress=not args.no_progress)
+            print_shard_summary(s, args.out)
+        elif args.cmd == "report":
+            from .report import write_report
+            path = write_report(args.manifests, args.out, examples_per_subset=args.examples, seed=args.seed)
+            print(f"report: {path}")
     except IfmdmError as e:
         print(f"ifmdm-data {args.cmd}: error: {e}", file=sys.stderr)
         return 2

@@ -194,7 +194,7 @@ class CameraMotion:
                                       mask=p_bg & bg)
         if pts is None or len(pts) < 8:
             return 0.0  # a background without texture shows no camera motion
-        nxt, st, _ = cv2.calcOpticalFlowPyrLK(p_small, small, pts, None, winSize=(15, 15), maxLevel=2)
+        nxt, st, _ = cv2.calcOpticalFlowPyrLK(p_small, small, pts, None, winSize=(15, 15), maxLevel=3)
         ok = st.ravel() == 1
         if ok.sum() < 8:
             return float("nan")

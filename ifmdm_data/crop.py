@@ -1,0 +1,106 @@
+"""The stabilised large-field-of-view crop of `ifmdm-data shard` (pure numpy + one OpenCV resize).
+
+ONE box per segment, never a box per frame. Stage 1 learns motion as the difference between
+two frames of one clip; stage 2 generates that motion over time. A crop that followed the face
+would cancel the head's translation and scale change (and add its own jitter from landmark
+noise), so the model would never see the head move across the frame. A fixed box keeps the
+head motion relative to a static background, exactly as the camera recorded it.
+
+The box (source pixels, displayed orientation, square):
+
+- centre: the median face-box centre over the segment's face frames, shifted down by
+  `down` (default 0.3) median face heights, so the crop holds the head with some room above
+  it and the upper torso below it (the face box is the face oval: brow/hairline to chin);
+- side: max(`scale` (default 2.6) x the median face height, the extent of the face motion):
+  every face box of the segment (robust 1st..99th percentile of its edges, so one glitched
+  frame cannot blow the crop up) must fit inside with a margin of `margin` (default 0.15)
+  face heights on every side. A segment whose head travels far gets a wider crop (lower
+  face resolution) rather than a face that leaves the crop: the curation already accepted
+  it, so a box of 2x the nominal side or more is still used as is;
+- rounded to whole pixels (x1 - x0 == y1 - y0); it may extend past the frame. Outside the
+  frame the crop is padded with black by default (`pad="black"`): a constant border is static
+  over the clip and carries no content, while replicated edge pixels would smear whatever
+  moves along the frame edge (shoulders, hands) into moving streaks the model would learn.
+  `pad="replicate"` is available.
+
+The box is not shifted back into the frame when it sticks out: the face keeps the same place
+and scale in the crop in every clip (what an appearance/motion autoencoder wants), at the
+cost of a padded border for faces near the frame edge.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+PADS = ("black", "replicate")
+
+
+def crop_box(boxes, frame_w: int, frame_h: int, scale: float = 2.6, down: float = 0.3,
+             margin: float = 0.15, min_side: int = 16) -> tuple:
+    """One square crop box [x0, y0, x1, y1] (ints, source pixels) for a segment.
+
+    `boxes` is (T, 4) face boxes [x0, y0, x1, y1] in source pixels, NaN rows without a face.
+    With no face at all (should not happen for an accepted segment) the box is the largest
+    centred square of the frame.
+    """
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    ok = np.all(np.isfinite(b), axis=1) & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+    if not ok.any():
+        side = max(min_side, int(min(frame_w, frame_h)))
+        x0 = int(round((frame_w - side) / 2))
+        y0 = int(round((frame_h - side) / 2))
+        return (x0, y0, x0 + side, y0 + side)
+    b = b[ok]
+    fh = float(np.median(b[:, 3] - b[:, 1]))
+    cx = float(np.median((b[:, 0] + b[:, 2]) / 2))
+    cy = float(np.median((b[:, 1] + b[:, 3]) / 2)) + down * fh
+    lo = np.percentile(b[:, :2], 1, axis=0)      # smallest x0, y0 (robust)
+    hi = np.percentile(b[:, 2:], 99, axis=0)     # largest x1, y1 (robust)
+    half_motion = max(cx - lo[0], hi[0] - cx, cy - lo[1], hi[1] - cy) + margin * fh
+    side = max(scale * fh, 2.0 * half_motion, float(min_side))
+    side = int(math.ceil(side - 1e-6))
+    x0 = int(round(cx - side / 2))
+    y0 = int(round(cy - side / 2))
+    return (x0, y0, x0 + side, y0 + side)
+
+
+def crop_frame(rgb: np.ndarray, box, size: int, pad: str = "black") -> np.ndarray:
+    """Cut `box` out of `rgb` (H, W, 3), padding outside the frame, and resize to size x size.
+
+    Area interpolation when shrinking (no aliasing), bicubic when enlarging.
+    """
+    import cv2
+
+    if pad not in PADS:
+        raise ValueError(f"pad must be one of {PADS}, got {pad!r}")
+    h, w = rgb.shape[:2]
+    x0, y0, x1, y1 = (int(v) for v in box)
+    ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if ix1 <= ix0 or iy1 <= iy0:  # the box misses the frame entirely
+        return np.zeros((size, size, 3), np.uint8)
+    part = rgb[iy0:iy1, ix0:ix1]
+    borders = (iy0 - y0, y1 - iy1, ix0 - x0, x1 - ix1)   # top, bottom, left, right
+    if any(borders):
+        mode = cv2.BORDER_CONSTANT if pad == "black" else cv2.BORDER_REPLICATE
+        part = cv2.copyMakeBorder(part, *borders, mode, value=(0, 0, 0))
+    side = x1 - x0
+    if side == size:
+        return np.ascontiguousarray(part)
+    interp = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
+    return cv2.resize(part, (size, size), interpolation=interp)
+
+
+def landmarks_to_crop(landmarks, box, size: int) -> np.ndarray:
+    """(T, P, 2|3) landmarks in source pixels -> (T, P, 2) float32 in crop pixels.
+
+    Continuous coordinates (pixel i spans [i, i + 1)), the convention of the face-mesh
+    landmarks (normalised coordinates x width). NaN stays NaN.
+    """
+    lm = np.asarray(landmarks, np.float32)
+    x0, y0, x1, _ = (float(v) for v in box)
+    s = size / (x1 - x0)
+    out = np.empty(lm.shape[:-1] + (2,), np.float32)
+    out[..., 0] = (lm[..., 0] - x0) * s
+    out[..., 1] = (lm[..., 1] - y0) * s
+    return out

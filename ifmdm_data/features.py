@@ -1,0 +1,541 @@
+"""Speech features for stage 2: log-mel (the default) or wav2vec2 from a local checkpoint.
+
+Both extractors take float32 mono 16 kHz audio (`audio.load_audio`) and return float32
+(T_native, dim) at their own native rate; `align_to_frames` resamples that to the video
+frame rate, and `ifmdm-data shard` stores the result as `key.speech.npy` (float16) with
+`info()` in the sample metadata (`speech_feature`).
+
+Time convention (all extractors): native feature frame i is centred at
+``offset_s + i / rate_hz`` seconds from the start of the audio (sample n spans
+[n / sr, (n + 1) / sr)). `offset_s` is an attribute of every extractor and is in `info()`:
+
+- log-mel: frame i's window is centred at (i + 0.5) * hop, so offset_s = 0.5 / rate_hz
+  (5 ms at the default 10 ms hop): frames tile the audio, frame i "is" [i*hop, (i+1)*hop).
+- wav2vec2: frame j is the convolution stack's output j; its receptive field is samples
+  [j * S, j * S + RF) (S = product of conv strides, RF = receptive field), so
+  offset_s = RF / 2 / sr (12.5 ms for the standard config: RF = 400, S = 320, 50 Hz).
+
+Video frame f is at time f / fps and gets the mean of the native frames whose centres fall in
+[f / fps - 0.5 / fps, f / fps + 0.5 / fps) (see `align_to_frames`).
+
+Nothing here downloads anything: a wav2vec2 checkpoint is a local folder holding
+`config.json` and `model.safetensors` (or `pytorch_model.bin`), e.g. written by
+`Wav2Vec2Model.save_pretrained(DIR)` on a machine with internet.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .audio import _as_mono
+from .errors import IfmdmError, MissingWeightsError
+
+SAMPLE_RATE = 16000
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+WEIGHT_INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+_WHAT = "wav2vec2 speech features (--wav2vec2 DIR)"
+_HINT = ("a local Wav2Vec2 checkpoint folder: save one with Wav2Vec2Model.save_pretrained(DIR), "
+         "or copy config.json + model.safetensors of e.g. facebook/wav2vec2-base-960h "
+         "downloaded elsewhere; nothing is downloaded at run time")
+
+
+class FeatureError(IfmdmError):
+    """A speech-feature extractor cannot be built (bad checkpoint, bad layers, bad device)."""
+
+
+# --------------------------------------------------------------------------------------------
+# log-mel
+
+
+def _hz_to_mel(f):
+    return 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
+
+
+def _mel_to_hz(m):
+    return 700.0 * (10.0 ** (np.asarray(m, dtype=np.float64) / 2595.0) - 1.0)
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0,
+                   fmax: float | None = None) -> np.ndarray:
+    """(n_mels, n_fft // 2 + 1) triangular filters on the HTK mel scale, peak 1, no area
+    normalisation (torchaudio's `melscale_fbanks(..., norm=None, mel_scale="htk")`)."""
+    fmax = sample_rate / 2.0 if fmax is None else float(fmax)
+    freqs = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)
+    pts = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
+    lo, mid, hi = pts[:-2, None], pts[1:-1, None], pts[2:, None]
+    up = (freqs[None, :] - lo) / np.maximum(mid - lo, 1e-12)
+    down = (hi - freqs[None, :]) / np.maximum(hi - mid, 1e-12)
+    return np.maximum(0.0, np.minimum(up, down))
+
+
+class LogMelFeatures:
+    """log(mel power + eps) of 25 ms Hann windows every 10 ms (defaults), numpy only.
+
+    Frame i's window is centred at (i + 0.5) * hop samples (the audio is zero-padded at both
+    ends as needed), so there are ceil(n_samples / hop) frames and frame i is centred at
+    (i + 0.5) / rate_hz seconds. Power spectrum of an n_fft-point real FFT (n_fft = the next
+    power of two >= the window), HTK mel filters from 0 Hz to sr / 2, natural log.
+    """
+
+    type = "logmel"
+
+    def __init__(self, sample_rate: int = SAMPLE_RATE, n_mels: int = 80, win_s: float = 0.025,
+                 hop_s: float = 0.01, eps: float = 1e-6):
+        self.sample_rate = int(sample_rate)
+        self.n_mels = int(n_mels)
+        self.win = int(round(float(win_s) * self.sample_rate))
+        self.hop = int(round(float(hop_s) * self.sample_rate))
+        if self.sample_rate <= 0 or self.n_mels <= 0 or self.win <= 0 or self.hop <= 0:
+            raise FeatureError(f"log-mel: invalid settings sample_rate={sample_rate} "
+                               f"n_mels={n_mels} win_s={win_s} hop_s={hop_s}")
+        self.win_s = self.win / self.sample_rate
+        self.hop_s = self.hop / self.sample_rate
+        self.eps = float(eps)
+        self.n_fft = 1 << max(0, (self.win - 1).bit_length())
+        self.dim = self.n_mels
+        self.rate_hz = self.sample_rate / self.hop
+        self.offset_s = 0.5 / self.rate_hz
+        # periodic Hann (torch.hann_window's default)
+        self._window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(self.win) / self.win))
+        self._fb = mel_filterbank(self.sample_rate, self.n_fft, self.n_mels).T.astype(np.float32)
+
+    def __call__(self, wav: np.ndarray) -> np.ndarray:
+        a = _as_mono(wav)
+        n = a.size
+        n_frames = -(-n // self.hop)  # ceil
+        if n_frames == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        # window of frame i starts at (i + 0.5) * hop - win / 2
+        front = self.win // 2 - self.hop // 2
+        total = (n_frames - 1) * self.hop + self.win
+        padded = np.zeros(total + max(0, -front), dtype=np.float32)
+        start = max(0, front)
+        src = a[max(0, -front):]
+        m = min(src.size, padded.size - start)
+        padded[start:start + m] = src[:m]
+        frames = np.lib.stride_tricks.sliding_window_view(padded, self.win)[::self.hop][:n_frames]
+        spec = np.fft.rfft(frames * self._window, n=self.n_fft, axis=-1)
+        power = (spec.real ** 2 + spec.imag ** 2).astype(np.float32)
+        return np.log(power @ self._fb + self.eps).astype(np.float32)
+
+    def info(self) -> dict:
+        return {"type": self.type, "dim": int(self.dim), "rate_hz": float(self.rate_hz),
+                "layers": None, "checkpoint": None, "offset_s": float(self.offset_s),
+                "sample_rate": self.sample_rate, "n_mels": self.n_mels,
+                "win_s": float(self.win_s), "hop_s": float(self.hop_s), "n_fft": self.n_fft,
+                "eps": self.eps, "mel_scale": "htk", "log": "natural"}
+
+
+# --------------------------------------------------------------------------------------------
+# wav2vec2
+
+
+def _check_checkpoint_dir(checkpoint_dir) -> Path:
+    """The folder as an absolute path, or MissingWeightsError / FeatureError."""
+    folder = Path(os.path.expanduser(str(checkpoint_dir))).absolute()
+    if not folder.exists():
+        raise MissingWeightsError("config.json", str(folder), _WHAT,
+                                  f"the folder does not exist; {_HINT}")
+    if not folder.is_dir():
+        raise FeatureError(f"--wav2vec2 {folder}: is a file, not a checkpoint folder ({_HINT})")
+    if not (folder / "config.json").is_file():
+        raise MissingWeightsError("config.json", str(folder), _WHAT, _HINT)
+    if not any((folder / f).is_file() for f in WEIGHT_FILES + WEIGHT_INDEX_FILES):
+        raise MissingWeightsError(WEIGHT_FILES[0], str(folder), _WHAT,
+                                  f"or {WEIGHT_FILES[1]}; {_HINT}")
+    return folder
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise FeatureError(f"{path}: not a readable JSON file ({e})") from None
+    if not isinstance(data, dict):
+        raise FeatureError(f"{path}: expected a JSON object")
+    return data
+
+
+def _out_len(n: int, kernels, strides) -> int:
+    """Frames of the conv feature encoder for n samples (no padding): 0 when too short."""
+    for k, s in zip(kernels, strides):
+        if n < k:
+            return 0
+        n = (n - k) // s + 1
+    return int(n)
+
+
+def _normalise(a: np.ndarray) -> np.ndarray:
+    """Zero mean, unit variance over the utterance (Wav2Vec2FeatureExtractor's
+    zero_mean_unit_var_norm: (x - mean) / sqrt(var + 1e-7))."""
+    if a.size == 0:
+        return a
+    a64 = a.astype(np.float64)
+    return ((a64 - a64.mean()) / np.sqrt(a64.var() + 1e-7)).astype(np.float32)
+
+
+class Wav2Vec2Features:
+    """Hidden states of a local `transformers.Wav2Vec2Model` checkpoint, float32 (T, hidden).
+
+    - Input: the audio is normalised per utterance (zero mean / unit variance, as
+      `Wav2Vec2FeatureExtractor(do_normalize=True)`); when the folder has a
+      `preprocessor_config.json`, its `do_normalize` is honoured and its `sampling_rate`
+      must be 16000. Normalisation uses the whole clip, also when it is processed in chunks.
+    - `layers`: indices into the hidden states: 0 = the input of the first transformer layer,
+      k = the output of layer k, num_layers (= -1) = the model output `last_hidden_state`
+      (for stable-layer-norm checkpoints that includes the final layer norm). Negative indices
+      count from the end (valid: -(num_layers + 1) .. num_layers). Several layers are
+      AVERAGED (the dimension stays hidden_size); duplicates count once. Layers after the
+      highest requested one are dropped from the model (not computed). A checkpoint's
+      adapter (`add_adapter`) is not used: features keep the conv encoder's rate.
+    - Rate: 16000 / prod(config.conv_stride) (50 Hz for the standard config); frame j is
+      centred at offset_s + j / rate_hz, offset_s = receptive field / 2 / 16000.
+    - Device "auto": CUDA when available, else CPU. On CUDA the forward runs under
+      torch.autocast (bfloat16 where supported, else float16); always eval + inference_mode.
+      The model is loaded once, in __init__.
+    - Long audio: a clip longer than `batch_seconds` is cut into chunks of `batch_seconds`
+      that overlap by `overlap_s` (default min(4 s, batch_seconds / 4)); chunk starts are
+      multiples of the conv stride product, so chunk frames fall on the global frame grid,
+      and consecutive chunks are stitched at the middle of their overlap: every kept frame
+      has at least overlap_s / 2 (2 s at the defaults) of audio context on each side that
+      its chunk saw. The result has exactly as many frames as an unchunked run.
+    - Batching (`batch`): one forward pass sees at most `batch_seconds` of audio, padding
+      included. Checkpoints with `feat_extract_norm == "layer"` (e.g. wav2vec2-large-lv60)
+      support attention masks: pieces are sorted by length and batched with right padding +
+      attention_mask when the longest is at most 1.25x the shortest. Checkpoints with
+      `feat_extract_norm == "group"` (wav2vec2-base, -base-960h, -large-960h) normalise the
+      first conv layer over time (GroupNorm), so padding would change every frame: they
+      never see padding; only pieces of exactly equal length are batched (e.g. the chunks of
+      long clips, fixed-length segments), all others run one by one. Either way `batch`
+      gives the same result as calling the extractor clip by clip (up to float error).
+    """
+
+    type = "wav2vec2"
+
+    def __init__(self, checkpoint_dir: str, layers: tuple[int, ...] = (-1,),
+                 device: str = "auto", batch_seconds: float = 60.0,
+                 overlap_s: float | None = None):
+        folder = _check_checkpoint_dir(checkpoint_dir)
+        self.checkpoint = str(folder)
+        cfg_json = _read_json(folder / "config.json")
+        model_type = cfg_json.get("model_type")
+        if model_type != "wav2vec2":
+            raise FeatureError(f"--wav2vec2 {folder}: config.json is not a Wav2Vec2 config "
+                               f"(model_type={model_type!r}, expected 'wav2vec2')")
+        self.do_normalize = True
+        pre = folder / "preprocessor_config.json"
+        if pre.is_file():
+            pj = _read_json(pre)
+            self.do_normalize = bool(pj.get("do_normalize", True))
+            sr = int(pj.get("sampling_rate", SAMPLE_RATE))
+            if sr != SAMPLE_RATE:
+                raise FeatureError(f"{pre}: sampling_rate is {sr}, the toolkit's audio is "
+                                   f"{SAMPLE_RATE} Hz")
+
+        import torch
+        self._torch = torch
+        self.device = self._resolve_device(device)
+        self.model, config = self._load(folder)
+        self.config = config
+
+        self.num_layers = int(config.num_hidden_layers)
+        self.hidden_size = int(config.hidden_size)
+        self.dim = self.hidden_size
+        self.layers = self._resolve_layers(layers, self.num_layers)
+        self.kernels = tuple(int(k) for k in config.conv_kernel)
+        self.strides = tuple(int(s) for s in config.conv_stride)
+        self.stride = int(np.prod(self.strides))
+        rf, jump = 1, 1
+        for k, s in zip(self.kernels, self.strides):
+            rf += (k - 1) * jump
+            jump *= s
+        self.receptive_field = rf
+        self.rate_hz = SAMPLE_RATE / self.stride
+        self.offset_s = rf / 2.0 / SAMPLE_RATE
+        self.supports_padding = getattr(config, "feat_extract_norm", "group") == "layer"
+
+        self.batch_seconds = float(batch_seconds)
+        self.chunk = int(round(self.batch_seconds * SAMPLE_RATE))
+        if overlap_s is None:
+            overlap_s = min(4.0, self.batch_seconds / 4.0)
+        self.overlap_s = float(overlap_s)
+        self.overlap = max(int(round(self.overlap_s * SAMPLE_RATE)), rf + 2 * self.stride)
+        if not (math.isfinite(self.batch_seconds)
+                and self.chunk - self.overlap >= self.stride and self.chunk >= 2 * rf):
+            raise FeatureError(
+                f"wav2vec2: batch_seconds={batch_seconds} is too small for overlap "
+                f"{self.overlap / SAMPLE_RATE:.3f} s (needs > overlap + "
+                f"{self.stride / SAMPLE_RATE:.3f} s)")
+
+        # Drop the layers after the highest one needed, and the adapter.
+        top = max(self.layers)
+        self._need_hidden = any(i < self.num_layers for i in self.layers)
+        if top < self.num_layers:
+            keep = max(1, top)
+            self.model.encoder.layers = self.model.encoder.layers[:keep]
+        self.model.adapter = None
+        self.model.eval()
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def _resolve_device(self, device):
+        torch = self._torch
+        name = "auto" if device is None else str(device)
+        if name == "auto":
+            name = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            dev = torch.device(name)
+        except (RuntimeError, ValueError) as e:
+            raise FeatureError(f"wav2vec2: unknown device {device!r} ({e})") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise FeatureError(f"wav2vec2: device {device!r} requested but CUDA is not "
+                               "available (use --device cpu or auto)")
+        return dev
+
+    def _load(self, folder: Path):
+        torch = self._torch
+        try:
+            from transformers import Wav2Vec2Config, Wav2Vec2Model
+            from transformers.utils import logging as hf_logging
+        except Exception as e:  # noqa: BLE001 - a broken install is a user-fixable problem
+            raise FeatureError(f"wav2vec2 needs transformers: import failed ({e})") from None
+        try:
+            config = Wav2Vec2Config.from_pretrained(str(folder), local_files_only=True)
+        except Exception as e:  # noqa: BLE001
+            raise FeatureError(f"--wav2vec2 {folder}: config.json is not a valid Wav2Vec2 "
+                               f"config ({type(e).__name__}: {e})") from None
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # we report missing keys ourselves
+        try:
+            model, info = Wav2Vec2Model.from_pretrained(
+                str(folder), config=config, local_files_only=True, dtype=torch.float32,
+                output_loading_info=True)
+        except Exception as e:  # noqa: BLE001
+            present = [f for f in WEIGHT_FILES + WEIGHT_INDEX_FILES if (folder / f).is_file()]
+            raise FeatureError(
+                f"--wav2vec2 {folder}: the weights ({', '.join(present)}) failed to load "
+                f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})"
+                " - the file is corrupt or does not match config.json") from None
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        missing = sorted(k for k in (info.get("missing_keys") or ())
+                         if not k.endswith("masked_spec_embed"))
+        mismatched = list(info.get("mismatched_keys") or ())
+        if missing or mismatched:
+            bad = missing or [str(m) for m in mismatched]
+            raise FeatureError(
+                f"--wav2vec2 {folder}: the weights do not match config.json "
+                f"({len(bad)} {'missing' if missing else 'mismatched'} tensors, e.g. "
+                f"{', '.join(bad[:3])}); is it a Wav2Vec2 checkpoint?")
+        model.to(self.device)
+        model.eval()
+        return model, config
+
+    @staticmethod
+    def _resolve_layers(layers, num_layers: int) -> list[int]:
+        if isinstance(layers, (int, np.integer)):
+            layers = (int(layers),)
+        try:
+            raw = [int(x) for x in layers]
+        except (TypeError, ValueError):
+            raise FeatureError(f"wav2vec2: layers must be integers, got {layers!r}") from None
+        if not raw:
+            raise FeatureError("wav2vec2: layers is empty (use e.g. -1 for the last layer)")
+        lo, hi = -(num_layers + 1), num_layers
+        bad = [x for x in raw if x < lo or x > hi]
+        if bad:
+            raise FeatureError(
+                f"wav2vec2: layer index {bad} out of range: this checkpoint has "
+                f"{num_layers} transformer layers, valid indices are {lo}..{hi} "
+                f"(0 = the input of the first layer, {hi} or -1 = the output)")
+        return sorted({x % (num_layers + 1) for x in raw})
+
+    # -- running ---------------------------------------------------------------------------
+
+    def _plan(self, n: int) -> list[tuple[int, int]]:
+        """(start, end) sample ranges of the chunks of an n-sample clip (starts on the frame
+        grid, consecutive chunks overlapping by at least self.overlap samples)."""
+        if n <= self.chunk:
+            return [(0, n)]
+        hop = ((self.chunk - self.overlap) // self.stride) * self.stride
+        out, s = [], 0
+        while True:
+            out.append((s, min(s + self.chunk, n)))
+            if s + self.chunk >= n:
+                return out
+            s += hop
+
+    def _forward(self, pieces: list[np.ndarray]) -> list[np.ndarray]:
+        """One forward pass over pieces (padded when lengths differ): per piece (T_i, dim)."""
+        torch = self._torch
+        lens = [p.size for p in pieces]
+        n_out = [_out_len(n, self.kernels, self.strides) for n in lens]
+        width = max(lens)
+        x = np.zeros((len(pieces), width), dtype=np.float32)
+        for i, p in enumerate(pieces):
+            x[i, :p.size] = p
+        xt = torch.from_numpy(x).to(self.device)
+        mask = None
+        if any(n != width for n in lens):
+            assert self.supports_padding, "group-norm checkpoints must never see padding"
+            m = np.zeros((len(pieces), width), dtype=np.int64)
+            for i, n in enumerate(lens):
+                m[i, :n] = 1
+            mask = torch.from_numpy(m).to(self.device)
+        with torch.inference_mode(), self._autocast():
+            out = self.model(xt, attention_mask=mask, output_hidden_states=self._need_hidden)
+            chosen = []
+            for k in self.layers:
+                h = out.last_hidden_state if k == self.num_layers else out.hidden_states[k]
+                chosen.append(h.float())
+            feats = chosen[0] if len(chosen) == 1 else torch.stack(chosen, 0).mean(0)
+            feats = feats.cpu().numpy()
+        return [np.ascontiguousarray(feats[i, :t], dtype=np.float32)
+                for i, t in enumerate(n_out)]
+
+    def _autocast(self):
+        torch = self._torch
+        if self.device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.autocast("cuda", dtype=dtype)
+        import contextlib
+        return contextlib.nullcontext()
+
+    def _batches(self, lens: list[int]) -> list[list[int]]:
+        """Indices of pieces grouped into forward passes (see the class docstring)."""
+        order = sorted(range(len(lens)), key=lambda i: -lens[i])
+        batches: list[list[int]] = []
+        cur: list[int] = []
+        for i in order:
+            if cur:
+                longest = lens[cur[0]]
+                fits = (len(cur) + 1) * longest <= self.chunk
+                same = (lens[i] * 1.25 >= longest) if self.supports_padding \
+                    else lens[i] == longest
+                if fits and same:
+                    cur.append(i)
+                    continue
+                batches.append(cur)
+            cur = [i]
+        if cur:
+            batches.append(cur)
+        return batches
+
+    def batch(self, wavs: list[np.ndarray]) -> list[np.ndarray]:
+        """Features of several clips: a list of float32 (T_i, dim), in input order."""
+        clips = [_as_mono(w) for w in wavs]
+        if self.do_normalize:
+            clips = [_normalise(a) for a in clips]
+        pieces: list[np.ndarray] = []
+        owner: list[tuple[int, int]] = []  # (clip index, chunk start)
+        plans = []
+        for ci, a in enumerate(clips):
+            plan = [(s, e) for s, e in self._plan(a.size)
+                    if _out_len(e - s, self.kernels, self.strides) > 0]
+            plans.append(plan)
+            for s, e in plan:
+                pieces.append(a[s:e])
+                owner.append((ci, s))
+        results: list[np.ndarray | None] = [None] * len(pieces)
+        for b in self._batches([p.size for p in pieces]):
+            for i, f in zip(b, self._forward([pieces[i] for i in b])):
+                results[i] = f
+        by_clip: dict[int, list[tuple[int, np.ndarray]]] = {}
+        for (ci, s), f in zip(owner, results):
+            by_clip.setdefault(ci, []).append((s // self.stride, f))
+        return [self._stitch(by_clip.get(ci, [])) for ci in range(len(clips))]
+
+    def _stitch(self, parts: list[tuple[int, np.ndarray]]) -> np.ndarray:
+        if not parts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        if len(parts) == 1:
+            return parts[0][1]
+        out = []
+        lo = 0
+        for j, (g0, f) in enumerate(parts):
+            if j + 1 < len(parts):
+                hi = (parts[j + 1][0] + g0 + len(f)) // 2  # middle of the overlap
+            else:
+                hi = g0 + len(f)
+            out.append(f[lo - g0:hi - g0])
+            lo = hi
+        return np.concatenate(out, axis=0)
+
+    def __call__(self, wav: np.ndarray) -> np.ndarray:
+        return self.batch([wav])[0]
+
+    def info(self) -> dict:
+        return {"type": self.type, "dim": int(self.dim), "rate_hz": float(self.rate_hz),
+                "layers": list(self.layers), "checkpoint": self.checkpoint,
+                "hidden_size": self.hidden_size, "num_layers": self.num_layers,
+                "offset_s": float(self.offset_s), "layer_reduce": "mean",
+                "do_normalize": self.do_normalize}
+
+
+# --------------------------------------------------------------------------------------------
+# alignment and construction
+
+
+def align_to_frames(feats: np.ndarray, rate_hz: float, n_frames: int, fps: float,
+                    offset_s: float | None = None) -> np.ndarray:
+    """Resample native features to video frames: (n_frames, dim) float32.
+
+    Native frame i is centred at t_i = offset_s + i / rate_hz (offset_s defaults to
+    0.5 / rate_hz, the log-mel convention; pass the extractor's `offset_s` for wav2vec2).
+    Video frame f is at t_f = f / fps and gets the mean of the native frames with
+    t_i in [t_f - 0.5 / fps, t_f + 0.5 / fps). When the native rate is below fps, or a
+    window holds no native frame (past the end of the audio), frame f gets the linear
+    interpolation of the native features at t_f instead (clamped to the first / last native
+    frame outside their span). No native frames at all gives zeros.
+    """
+    n_frames = max(0, int(n_frames))
+    f = np.asarray(feats, dtype=np.float32)
+    if f.ndim == 1:
+        f = f[:, None]
+    dim = f.shape[1] if f.ndim == 2 else 0
+    if f.ndim != 2:
+        raise ValueError(f"align_to_frames: feats must be (T, dim), got shape {f.shape}")
+    rate_hz, fps = float(rate_hz), float(fps)
+    if not (rate_hz > 0 and fps > 0 and math.isfinite(rate_hz) and math.isfinite(fps)):
+        raise ValueError(f"align_to_frames: rate_hz={rate_hz} and fps={fps} must be > 0")
+    off = 0.5 / rate_hz if offset_s is None else float(offset_s)
+    out = np.zeros((n_frames, dim), dtype=np.float32)
+    T = f.shape[0]
+    if T == 0 or n_frames == 0:
+        return out
+    t = np.arange(n_frames, dtype=np.float64) / fps
+    centres = off + np.arange(T, dtype=np.float64) / rate_hz
+
+    def interp(rows):
+        x = np.empty((rows.size, dim), dtype=np.float64)
+        for d in range(dim):
+            x[:, d] = np.interp(t[rows], centres, f[:, d])
+        return x
+
+    if rate_hz < fps:
+        return interp(np.arange(n_frames)).astype(np.float32)
+    half = 0.5 / fps
+    # i in window <=> (t_f - half - off) * rate <= i < (t_f + half - off) * rate
+    lo = np.ceil((t - half - off) * rate_hz - 1e-9).astype(np.int64)
+    hi = np.ceil((t + half - off) * rate_hz - 1e-9).astype(np.int64)
+    lo, hi = np.clip(lo, 0, T), np.clip(hi, 0, T)
+    csum = np.concatenate([np.zeros((1, dim)), np.cumsum(f, axis=0, dtype=np.float64)])
+    cnt = hi - lo
+    good = cnt > 0
+    out[good] = ((csum[hi[good]] - csum[lo[good]]) / cnt[good, None]).astype(np.float32)
+    empty = np.flatnonzero(~good)
+    if empty.size:
+        out[empty] = interp(empty).astype(np.float32)
+    return out
+
+
+def build_features(wav2vec2_dir: str | None = None, layers=(-1,), device="auto", **kwargs):
+    """LogMelFeatures() when wav2vec2_dir is None (or empty), else Wav2Vec2Features(...)."""
+    if wav2vec2_dir is None or str(wav2vec2_dir) == "":
+        return LogMelFeatures()
+    return Wav2Vec2Features(wav2vec2_dir, layers=layers, device=device, **kwargs)
