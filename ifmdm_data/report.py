@@ -110,6 +110,7 @@ def _hbars(ax, counts: dict, colours, title: str, empty: str) -> None:
     bars = ax.barh(names, vals, color=colours[::-1] if isinstance(colours, list) else colours)
     ax.bar_label(bars, padding=3, fontsize=9)
     ax.set_xlim(0, max(vals) * 1.18 + 0.5)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.tick_params(labelsize=9)
     ax.spines[["top", "right"]].set_visible(False)
 
@@ -136,11 +137,16 @@ def _strip(ax, df: pd.DataFrame, col: str, th, th_name: str, rng) -> None:
         ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes, color="grey")
         lo, hi = 0.0, 1.0
     else:
-        ref = np.concatenate([finite, ths])
-        lo = min([float(np.percentile(finite, 0.5))] + ths) if finite.size else min(ths)
-        hi = max([float(np.percentile(finite, 99.5))] + ths) if finite.size else max(ths)
-        if lo > 0 and hi / lo > 30 and ref.min() > 0:
+        q = (0.5, 99.5) if finite.size >= 200 else (0, 100)  # outliers of big sets go to the edge
+        lo = min([float(np.percentile(finite, q[0]))] + ths) if finite.size else min(ths)
+        hi = max([float(np.percentile(finite, q[1]))] + ths) if finite.size else max(ths)
+        if lo > 0 and hi / lo > 30:
+            from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
             lo, hi = lo / 1.3, hi * 1.3
         else:
             pad = (hi - lo) * 0.06 or abs(hi) * 0.1 or 0.1
@@ -173,8 +179,9 @@ def _strip(ax, df: pd.DataFrame, col: str, th, th_name: str, rng) -> None:
         t.set_color(COLOURS[g])
     for t in ths:
         ax.axvline(t, color="black", linestyle="--", linewidth=1.2, zorder=4)
-        ax.text(t, 1.01, f" {th_name} = {t:.4g}", transform=ax.get_xaxis_transform(), ha="left",
-                va="bottom", fontsize=9, fontweight="bold")
+        frac = ((math.log(t / lo) / math.log(hi / lo)) if ax.get_xscale() == "log" else (t - lo) / (hi - lo))
+        ax.text(t, 1.01, f" {th_name} = {t:.4g} ", transform=ax.get_xaxis_transform(),
+                ha="left" if frac < 0.7 else "right", va="bottom", fontsize=9, fontweight="bold")
     if not ths:
         ax.text(1.0, 1.01, f"{th_name}: not set", transform=ax.transAxes, ha="right", va="bottom",
                 fontsize=9, color="grey")
@@ -232,7 +239,10 @@ def _frame_at(row, t: float) -> tuple[float, np.ndarray, float]:
     end = float(row.end_s) if pd.notna(row.end_s) else t + 2.0
     for start in (t, float(row.start_s) if pd.notna(row.start_s) else 0.0, 0.0):
         for ft, rgb in iter_frames(row.path, start, max(end, start + 0.5), 100.0, size, rot):
-            return ft, rgb, size[0] / w
+            if max(size) < TILE_SIDE:  # small sources: upscale first so the overlay stays crisp
+                k = TILE_SIDE / max(size)
+                rgb = cv2.resize(rgb, (round(size[0] * k), round(size[1] * k)), interpolation=cv2.INTER_LINEAR)
+            return ft, rgb, rgb.shape[1] / w
     raise ValueError("no frame decoded in the segment")
 
 
@@ -252,7 +262,8 @@ def _draw_track(rgb: np.ndarray, manifest_dir: Path, row, ft: float, scale: floa
     if not has.any():
         return "no face tracked"
     i = int(np.argmin(np.where(has, np.abs(tr["t"].to_numpy() - ft), np.inf)))
-    note = f"track at {tr['t'].iloc[i]:.2f} s" if abs(tr["t"].iloc[i] - ft) > 0.25 else ""
+    note = (f"frame at {ft:.2f} s, nearest face track at {tr['t'].iloc[i]:.2f} s"
+            if abs(tr["t"].iloc[i] - ft) > 0.25 else "")
     bgr = tuple(int(colour[k:k + 2], 16) for k in (1, 3, 5))
     x0, y0, x1, y1 = (boxes[i] * scale).round().astype(int)
     cv2.rectangle(rgb, (x0, y0), (x1, y1), bgr, 2, cv2.LINE_AA)
@@ -360,7 +371,8 @@ def _config_table(summary: dict, thresholds: dict, decide: dict) -> str:
         if not isinstance(vals, dict):
             continue
         for k, v in vals.items():
-            used = thresholds.get(k) if section == "decide" and k in thresholds else None
+            used = thresholds.get(k) if k in thresholds else v if isinstance(v, (int, float)) else None
+            used = used if section == "decide" and not isinstance(used, bool) else None
             val = json.dumps(v) if isinstance(v, dict) else str(v)
             cls = ' class="used"' if section == "decide" else ""
             rows.append(f"<tr{cls}><td>{html.escape(section)}</td><td>{html.escape(k)}</td>"
@@ -380,12 +392,13 @@ def write_report(manifest_dir, out_dir, examples_per_subset: int = 6, seed: int 
     thresholds, decide, cfg_note = _decide_values(summary)
     c = _counts(df)
     e = html.escape
-    notes = [cfg_note] if cfg_note else []
+    notes = [cfg_note] if cfg_note and summary else []
     if summary and any(summary.get(k) != c[k] for k in ("segments", "accepted", "subsets")):
         notes.append("summary.json disagrees with clips.parquet (re-decided with `ifmdm-data decide`?): "
                      "the counts below are from clips.parquet, the run time and config from summary.json")
     if not summary:
-        notes.append("no summary.json in the manifest folder: counts are computed from clips.parquet")
+        notes.append("no summary.json in the manifest folder: counts are computed from clips.parquet, "
+                     "thresholds shown are the shipped defaults")
 
     def save(name: str, data: bytes) -> bytes:
         (out / name).write_bytes(data)
@@ -412,7 +425,7 @@ def write_report(manifest_dir, out_dir, examples_per_subset: int = 6, seed: int 
                  + _img(save("distributions.png", distributions(df, thresholds, decide, seed)),
                         "distributions.png", "fig", "distributions of the deciding statistics"))
     parts.append("<h2>Contact sheets</h2><p class='meta'>A frame from the middle of random segments "
-                 f"(seed {seed}): face box, landmarks (yellow), face oval (white), lip region (magenta) "
+                 f"(seed {seed}): face box (subset colour), landmarks (cyan dots), face oval (white), lip region (magenta) "
                  "from the nearest tracked frame.</p>")
     for g in GROUPS:
         pick = _pick(df, g, max(0, int(examples_per_subset)), seed)
