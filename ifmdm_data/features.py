@@ -16,7 +16,12 @@ Time convention (all extractors): native feature frame i is centred at
   offset_s = RF / 2 / sr (12.5 ms for the standard config: RF = 400, S = 320, 50 Hz).
 
 Video frame f is at time f / fps and gets the mean of the native frames whose centres fall in
-[f / fps - 0.5 / fps, f / fps + 0.5 / fps) (see `align_to_frames`).
+[f / fps - 0.5 / fps, f / fps + 0.5 / fps) (see `align_to_frames`). Typical use:
+
+    fx = build_features(wav2vec2_dir)              # once per worker (loads the model once)
+    native = fx(wav)                                # or fx.batch([wav, ...]) for wav2vec2
+    speech = align_to_frames(native, fx.rate_hz, n_frames, fps, offset_s=fx.offset_s)
+    meta["speech_feature"] = fx.info()
 
 Nothing here downloads anything: a wav2vec2 checkpoint is a local folder holding
 `config.json` and `model.safetensors` (or `pytorch_model.bin`), e.g. written by
@@ -205,14 +210,22 @@ class Wav2Vec2Features:
       has at least overlap_s / 2 (2 s at the defaults) of audio context on each side that
       its chunk saw. The result has exactly as many frames as an unchunked run.
     - Batching (`batch`): one forward pass sees at most `batch_seconds` of audio, padding
-      included. Checkpoints with `feat_extract_norm == "layer"` (e.g. wav2vec2-large-lv60)
-      support attention masks: pieces are sorted by length and batched with right padding +
-      attention_mask when the longest is at most 1.25x the shortest. Checkpoints with
-      `feat_extract_norm == "group"` (wav2vec2-base, -base-960h, -large-960h) normalise the
-      first conv layer over time (GroupNorm), so padding would change every frame: they
-      never see padding; only pieces of exactly equal length are batched (e.g. the chunks of
-      long clips, fixed-length segments), all others run one by one. Either way `batch`
-      gives the same result as calling the extractor clip by clip (up to float error).
+      included; pieces (clips or chunks) are sorted by length and batched when the longest
+      is at most 1.25x the shortest, right-padded with zeros plus an attention_mask.
+      Checkpoints with `feat_extract_norm == "layer"` (wav2vec2-large-lv60, XLSR) support
+      that as is. Checkpoints with `feat_extract_norm == "group"` (wav2vec2-base,
+      -base-960h, -large-960h) normalise the first conv layer over time (GroupNorm), so
+      padding (or chunking) would change every frame: for them, whenever a clip is padded
+      or chunked, the GroupNorm statistics are computed beforehand on the whole, unpadded
+      clip (a pass of the first conv layer alone, ~7% of a CPU forward of wav2vec2-base)
+      and applied as fixed per-sample statistics in the batched forward; a clip that runs
+      alone and whole uses the model's own GroupNorm.
+      The frames of a padded piece then see exactly what they would see unpadded (the convs
+      have no padding, padded frames are zeroed before the positional conv and masked in
+      attention), so `batch` equals calling the extractor clip by clip up to float error,
+      and chunked clips use the statistics of the whole clip. (Should a future transformers
+      change that layer's structure, group checkpoints fall back to batching only pieces of
+      identical length and running the rest one by one.)
     """
 
     type = "wav2vec2"
@@ -240,9 +253,8 @@ class Wav2Vec2Features:
         import torch
         self._torch = torch
         self.device = self._resolve_device(device)
-        self.model, config = self._load(folder)
+        config = self._load_config(folder)
         self.config = config
-
         self.num_layers = int(config.num_hidden_layers)
         self.hidden_size = int(config.hidden_size)
         self.dim = self.hidden_size
@@ -257,27 +269,33 @@ class Wav2Vec2Features:
         self.receptive_field = rf
         self.rate_hz = SAMPLE_RATE / self.stride
         self.offset_s = rf / 2.0 / SAMPLE_RATE
-        self.supports_padding = getattr(config, "feat_extract_norm", "group") == "layer"
 
         self.batch_seconds = float(batch_seconds)
-        self.chunk = int(round(self.batch_seconds * SAMPLE_RATE))
         if overlap_s is None:
             overlap_s = min(4.0, self.batch_seconds / 4.0)
         self.overlap_s = float(overlap_s)
-        self.overlap = max(int(round(self.overlap_s * SAMPLE_RATE)), rf + 2 * self.stride)
-        if not (math.isfinite(self.batch_seconds)
-                and self.chunk - self.overlap >= self.stride and self.chunk >= 2 * rf):
+        ok = math.isfinite(self.batch_seconds) and math.isfinite(self.overlap_s)
+        self.chunk = int(round(self.batch_seconds * SAMPLE_RATE)) if ok else 0
+        self.overlap = max(int(round(self.overlap_s * SAMPLE_RATE)) if ok else 0,
+                           rf + 2 * self.stride)
+        if not (ok and self.chunk - self.overlap >= self.stride and self.chunk >= 2 * rf):
             raise FeatureError(
-                f"wav2vec2: batch_seconds={batch_seconds} is too small for overlap "
-                f"{self.overlap / SAMPLE_RATE:.3f} s (needs > overlap + "
-                f"{self.stride / SAMPLE_RATE:.3f} s)")
+                f"wav2vec2: batch_seconds={batch_seconds} is too small for the chunk overlap "
+                f"({self.overlap / SAMPLE_RATE:.3f} s); it must exceed the overlap by at "
+                f"least {self.stride / SAMPLE_RATE:.3f} s")
 
-        # Drop the layers after the highest one needed, and the adapter.
+        self.model = self._load_weights(folder, config)
+        # "group" checkpoints: the first conv layer's GroupNorm normalises over time, so its
+        # statistics are computed per clip on the unpadded audio and frozen (see _GroupNorm).
+        self._gn = None
+        if getattr(config, "feat_extract_norm", "group") == "group":
+            self._gn = _freeze_groupnorm(self.model)
+        self.supports_padding = self._gn is not None or config.feat_extract_norm == "layer"
+        # Drop the layers after the highest one needed (not computed), and the adapter.
         top = max(self.layers)
         self._need_hidden = any(i < self.num_layers for i in self.layers)
         if top < self.num_layers:
-            keep = max(1, top)
-            self.model.encoder.layers = self.model.encoder.layers[:keep]
+            self.model.encoder.layers = self.model.encoder.layers[:max(1, top)]
         self.model.adapter = None
         self.model.eval()
 
@@ -297,20 +315,27 @@ class Wav2Vec2Features:
                                "available (use --device cpu or auto)")
         return dev
 
-    def _load(self, folder: Path):
-        torch = self._torch
+    @staticmethod
+    def _load_config(folder: Path):
         try:
-            from transformers import Wav2Vec2Config, Wav2Vec2Model
-            from transformers.utils import logging as hf_logging
+            from transformers import Wav2Vec2Config
         except Exception as e:  # noqa: BLE001 - a broken install is a user-fixable problem
             raise FeatureError(f"wav2vec2 needs transformers: import failed ({e})") from None
         try:
-            config = Wav2Vec2Config.from_pretrained(str(folder), local_files_only=True)
+            return Wav2Vec2Config.from_pretrained(str(folder), local_files_only=True)
         except Exception as e:  # noqa: BLE001
             raise FeatureError(f"--wav2vec2 {folder}: config.json is not a valid Wav2Vec2 "
                                f"config ({type(e).__name__}: {e})") from None
+
+    def _load_weights(self, folder: Path, config):
+        torch = self._torch
+        from transformers import Wav2Vec2Model
+        from transformers.utils import logging as hf_logging
+
         verbosity = hf_logging.get_verbosity()
+        bars = hf_logging.is_progress_bar_enabled()
         hf_logging.set_verbosity_error()  # we report missing keys ourselves
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar per worker
         try:
             model, info = Wav2Vec2Model.from_pretrained(
                 str(folder), config=config, local_files_only=True, dtype=torch.float32,
@@ -323,6 +348,8 @@ class Wav2Vec2Features:
                 " - the file is corrupt or does not match config.json") from None
         finally:
             hf_logging.set_verbosity(verbosity)
+            if bars:
+                hf_logging.enable_progress_bar()
         missing = sorted(k for k in (info.get("missing_keys") or ())
                          if not k.endswith("masked_spec_embed"))
         mismatched = list(info.get("mismatched_keys") or ())
@@ -334,7 +361,7 @@ class Wav2Vec2Features:
                 f"{', '.join(bad[:3])}); is it a Wav2Vec2 checkpoint?")
         model.to(self.device)
         model.eval()
-        return model, config
+        return model
 
     @staticmethod
     def _resolve_layers(layers, num_layers: int) -> list[int]:
@@ -370,8 +397,9 @@ class Wav2Vec2Features:
                 return out
             s += hop
 
-    def _forward(self, pieces: list[np.ndarray]) -> list[np.ndarray]:
-        """One forward pass over pieces (padded when lengths differ): per piece (T_i, dim)."""
+    def _forward(self, pieces: list[np.ndarray], stats=None) -> list[np.ndarray]:
+        """One forward pass over pieces (right-padded + attention mask when lengths differ):
+        per piece (T_i, dim). `stats`: per piece (mean, rstd) of the frozen GroupNorm."""
         torch = self._torch
         lens = [p.size for p in pieces]
         n_out = [_out_len(n, self.kernels, self.strides) for n in lens]
@@ -382,21 +410,64 @@ class Wav2Vec2Features:
         xt = torch.from_numpy(x).to(self.device)
         mask = None
         if any(n != width for n in lens):
-            assert self.supports_padding, "group-norm checkpoints must never see padding"
+            if not self.supports_padding:  # pragma: no cover - guarded by _batches
+                raise AssertionError("this checkpoint must not see padding")
             m = np.zeros((len(pieces), width), dtype=np.int64)
             for i, n in enumerate(lens):
                 m[i, :n] = 1
             mask = torch.from_numpy(m).to(self.device)
-        with torch.inference_mode(), self._autocast():
-            out = self.model(xt, attention_mask=mask, output_hidden_states=self._need_hidden)
-            chosen = []
-            for k in self.layers:
-                h = out.last_hidden_state if k == self.num_layers else out.hidden_states[k]
-                chosen.append(h.float())
-            feats = chosen[0] if len(chosen) == 1 else torch.stack(chosen, 0).mean(0)
-            feats = feats.cpu().numpy()
+        if self._gn is not None and stats is not None:
+            self._gn.stats = (torch.stack([m for m, _ in stats]).unsqueeze(-1),
+                              torch.stack([r for _, r in stats]).unsqueeze(-1))
+        try:
+            with torch.inference_mode(), self._autocast():
+                out = self.model(xt, attention_mask=mask,
+                                 output_hidden_states=self._need_hidden)
+                chosen = []
+                for k in self.layers:
+                    h = out.last_hidden_state if k == self.num_layers else out.hidden_states[k]
+                    chosen.append(h.float())
+                feats = chosen[0] if len(chosen) == 1 else torch.stack(chosen, 0).mean(0)
+                feats = feats.cpu().numpy()
+        finally:
+            if self._gn is not None:
+                self._gn.stats = None
         return [np.ascontiguousarray(feats[i, :t], dtype=np.float32)
                 for i, t in enumerate(n_out)]
+
+    def _groupnorm_stats(self, a: np.ndarray):
+        """(mean, rstd) per channel of the first conv layer's GroupNorm over the whole clip,
+        computed in blocks (float64 sums) so long clips need little memory."""
+        torch = self._torch
+        gn = self._gn
+        conv = gn.conv
+        k, st = int(conv.kernel_size[0]), int(conv.stride[0])
+        n_frames = (a.size - k) // st + 1 if a.size >= k else 0
+        c = int(conv.out_channels)
+        groups = int(gn.gn.num_groups)
+        # per-block (count, mean, M2) per group, merged with Chan's parallel formula
+        count = 0
+        mean = torch.zeros(groups, dtype=torch.float64, device=self.device)
+        m2 = torch.zeros(groups, dtype=torch.float64, device=self.device)
+        block = max(1, (10 * SAMPLE_RATE) // st)  # frames per block (~10 s of audio)
+        with torch.inference_mode(), torch.autocast(self.device.type, enabled=False):
+            for j0 in range(0, n_frames, block):
+                j1 = min(n_frames, j0 + block)
+                seg = torch.from_numpy(np.ascontiguousarray(a[j0 * st:(j1 - 1) * st + k]))
+                h = conv(seg.to(self.device)[None, None])[0].reshape(groups, -1)
+                var_b, mean_b = torch.var_mean(h, dim=-1, correction=0)
+                n_b = h.shape[1]
+                mean_b, var_b = mean_b.double(), var_b.double()
+                delta = mean_b - mean
+                tot = count + n_b
+                mean = mean + delta * (n_b / tot)
+                m2 = m2 + var_b * n_b + delta * delta * (count * n_b / tot)
+                count = tot
+            var = m2 / max(count, 1)
+            rstd = 1.0 / torch.sqrt(var + float(gn.gn.eps))
+            mean = mean.repeat_interleave(c // groups)
+            rstd = rstd.repeat_interleave(c // groups)
+        return mean.float(), rstd.float()
 
     def _autocast(self):
         torch = self._torch
@@ -433,17 +504,27 @@ class Wav2Vec2Features:
             clips = [_normalise(a) for a in clips]
         pieces: list[np.ndarray] = []
         owner: list[tuple[int, int]] = []  # (clip index, chunk start)
-        plans = []
         for ci, a in enumerate(clips):
-            plan = [(s, e) for s, e in self._plan(a.size)
-                    if _out_len(e - s, self.kernels, self.strides) > 0]
-            plans.append(plan)
-            for s, e in plan:
-                pieces.append(a[s:e])
-                owner.append((ci, s))
+            for s, e in self._plan(a.size):
+                if _out_len(e - s, self.kernels, self.strides) > 0:
+                    pieces.append(a[s:e])
+                    owner.append((ci, s))
+        n_pieces: dict[int, int] = {}
+        for ci, _ in owner:
+            n_pieces[ci] = n_pieces.get(ci, 0) + 1
+        stats: dict[int, tuple] = {}  # per clip, computed only when needed
         results: list[np.ndarray | None] = [None] * len(pieces)
         for b in self._batches([p.size for p in pieces]):
-            for i, f in zip(b, self._forward([pieces[i] for i in b])):
+            piece_stats = None
+            if self._gn is not None and (len({pieces[i].size for i in b}) > 1
+                                         or any(n_pieces[owner[i][0]] > 1 for i in b)):
+                # padded or chunked: GroupNorm statistics of the whole clips
+                for i in b:
+                    ci = owner[i][0]
+                    if ci not in stats:
+                        stats[ci] = self._groupnorm_stats(clips[ci])
+                piece_stats = [stats[owner[i][0]] for i in b]
+            for i, f in zip(b, self._forward([pieces[i] for i in b], piece_stats)):
                 results[i] = f
         by_clip: dict[int, list[tuple[int, np.ndarray]]] = {}
         for (ci, s), f in zip(owner, results):
@@ -475,6 +556,42 @@ class Wav2Vec2Features:
                 "hidden_size": self.hidden_size, "num_layers": self.num_layers,
                 "offset_s": float(self.offset_s), "layer_reduce": "mean",
                 "do_normalize": self.do_normalize}
+
+
+def _freeze_groupnorm(model):
+    """Replace the GroupNorm of the first conv layer of a "group" Wav2Vec2 feature encoder by
+    a wrapper that applies per-sample statistics given from outside (computed on the whole,
+    unpadded clip) instead of statistics over the padded / chunked input. Returns the
+    wrapper, or None when the model does not have the expected structure (then only
+    equal-length pieces are batched)."""
+    import torch
+
+    class _GroupNorm(torch.nn.Module):
+        def __init__(self, gn, conv):
+            super().__init__()
+            self.gn = gn
+            object.__setattr__(self, "conv", conv)  # a reference, not a second submodule
+            self.stats = None
+
+        def forward(self, x):
+            if self.stats is None:
+                return self.gn(x)
+            mean, rstd = self.stats
+            y = (x.float() - mean) * rstd
+            y = y * self.gn.weight.float()[None, :, None] + self.gn.bias.float()[None, :, None]
+            return y.to(x.dtype)
+
+    try:
+        layer = model.feature_extractor.conv_layers[0]
+        gn, conv = layer.layer_norm, layer.conv
+    except (AttributeError, IndexError, TypeError):
+        return None
+    if not isinstance(gn, torch.nn.GroupNorm) or not gn.affine \
+            or not isinstance(conv, torch.nn.Conv1d) or conv.padding != (0,):
+        return None
+    wrapper = _GroupNorm(gn, conv)
+    layer.layer_norm = wrapper
+    return wrapper
 
 
 # --------------------------------------------------------------------------------------------
