@@ -5,7 +5,6 @@ Errors a user can fix are printed in one line (exit 2); a failed run exits 1.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -134,13 +133,19 @@ def print_summary(s: dict, out: str) -> None:
 
 
 def print_shard_summary(s: dict, out: str) -> None:
-    print(json.dumps({k: v for k, v in s.items() if k not in ("failures",)}, indent=2, default=str))
+    w = sys.stdout.write
+    w(f"\n{s.get('samples_total', 0)} samples in {sum((s.get('shards') or {}).values())} shards "
+      f"({s.get('bytes', 0) / 1e6:.1f} MB) in {s.get('elapsed_s', 0):.1f} s: "
+      f"{s.get('clips_per_s') or 0:.2f} clips/s, {s.get('mb_per_s') or 0:.2f} MB/s; "
+      f"{s.get('shards_skipped', 0)} shards already done\n")
+    w("  " + "  ".join(f"{k} {v}" for k, v in (s.get("samples") or {}).items())
+      + f"   speech features: {s.get('feature_type')} ({s.get('feature_dim')})\n")
     fails = s.get("failures") or []
     if fails:
-        print(f"{len(fails)} segments could not be written (listed in {out}/summary.json):")
+        w(f"  {len(fails)} segments could not be written (listed in {out}/summary.json):\n")
         for f in fails[:10]:
-            print(f"  {f}")
-    print(f"shards: {out}/{{coarse,lip,hard}}/*.tar, {out}/index.parquet, {out}/summary.json")
+            w(f"    {f.get('key')}: {f.get('reason')} {f.get('detail', '')}\n")
+    w(f"shards: {out}/{{coarse,lip,hard}}/*.tar, {out}/index.parquet, {out}/summary.json\n")
 
 
 def _load_cfg(args):

@@ -17,15 +17,18 @@ The box (source pixels, displayed orientation, square):
   face heights on every side. A segment whose head travels far gets a wider crop (lower
   face resolution) rather than a face that leaves the crop: the curation already accepted
   it, so a box of 2x the nominal side or more is still used as is;
-- rounded to whole pixels (x1 - x0 == y1 - y0); it may extend past the frame. Outside the
+- rounded to even pixels (x1 - x0 == y1 - y0, all even, so the half-resolution chroma
+  planes of yuv420p crop exactly); it may extend past the frame. Outside the
   frame the crop is padded with black by default (`pad="black"`): a constant border is static
   over the clip and carries no content, while replicated edge pixels would smear whatever
   moves along the frame edge (shoulders, hands) into moving streaks the model would learn.
   `pad="replicate"` is available.
 
-The box is not shifted back into the frame when it sticks out: the face keeps the same place
-and scale in the crop in every clip (what an appearance/motion autoencoder wants), at the
-cost of a padded border for faces near the frame edge.
+Two limits keep borders small: the side is capped at the frame's short side unless the head
+motion needs more (so sources that are already tight face crops, HDTF / CelebV style, are used
+whole instead of shrunk into black borders; the face is then larger in the crop than the
+nominal 1/2.6), and a box that fits inside the frame is moved inside it. Only a box that
+cannot fit (large motion, a face at the edge of a small frame) is padded.
 """
 from __future__ import annotations
 
@@ -47,9 +50,9 @@ def crop_box(boxes, frame_w: int, frame_h: int, scale: float = 2.6, down: float 
     b = np.asarray(boxes, np.float64).reshape(-1, 4)
     ok = np.all(np.isfinite(b), axis=1) & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
     if not ok.any():
-        side = max(min_side, int(min(frame_w, frame_h)))
-        x0 = int(round((frame_w - side) / 2))
-        y0 = int(round((frame_h - side) / 2))
+        side = max(min_side, int(min(frame_w, frame_h)) // 2 * 2)
+        x0 = (int(frame_w) - side) // 4 * 2
+        y0 = (int(frame_h) - side) // 4 * 2
         return (x0, y0, x0 + side, y0 + side)
     b = b[ok]
     fh = float(np.median(b[:, 3] - b[:, 1]))
@@ -59,36 +62,65 @@ def crop_box(boxes, frame_w: int, frame_h: int, scale: float = 2.6, down: float 
     hi = np.percentile(b[:, 2:], 99, axis=0)     # largest x1, y1 (robust)
     half_motion = max(cx - lo[0], hi[0] - cx, cy - lo[1], hi[1] - cy) + margin * fh
     side = max(scale * fh, 2.0 * half_motion, float(min_side))
-    side = int(math.ceil(side - 1e-6))
-    x0 = int(round(cx - side / 2))
-    y0 = int(round(cy - side / 2))
+    # Never wider than the frame's short side unless the head motion needs it: sources that
+    # are already tight face crops (HDTF / CelebV style) are used as they are rather than
+    # shrunk into black borders.
+    side = min(side, max(float(min(frame_w, frame_h)), 2.0 * half_motion, float(min_side)))
+    side = 2 * int(math.ceil(side / 2 - 1e-6))     # even: yuv420p chroma planes crop exactly
+    x0 = 2 * int(round((cx - side / 2) / 2))
+    y0 = 2 * int(round((cy - side / 2) / 2))
+    # moved inside the frame where it fits (padding only when it cannot fit)
+    if side <= frame_w:
+        x0 = min(max(x0, 0), (int(frame_w) - side) // 2 * 2)
+    if side <= frame_h:
+        y0 = min(max(y0, 0), (int(frame_h) - side) // 2 * 2)
     return (x0, y0, x0 + side, y0 + side)
 
 
-def crop_frame(rgb: np.ndarray, box, size: int, pad: str = "black") -> np.ndarray:
-    """Cut `box` out of `rgb` (H, W, 3), padding outside the frame, and resize to size x size.
-
-    Area interpolation when shrinking (no aliasing), bicubic when enlarging.
-    """
+def crop_plane(img: np.ndarray, box, size: int, pad: str = "black", fill=0) -> np.ndarray:
+    """Cut `box` out of one image or plane (H, W[, C]), pad outside the frame (`fill` for
+    "black"; edge pixels for "replicate"), resize to size x size. Area interpolation when
+    shrinking (no aliasing), bicubic when enlarging. Only the crop is copied."""
     import cv2
 
     if pad not in PADS:
         raise ValueError(f"pad must be one of {PADS}, got {pad!r}")
-    h, w = rgb.shape[:2]
+    h, w = img.shape[:2]
     x0, y0, x1, y1 = (int(v) for v in box)
     ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
     if ix1 <= ix0 or iy1 <= iy0:  # the box misses the frame entirely
-        return np.zeros((size, size, 3), np.uint8)
-    part = rgb[iy0:iy1, ix0:ix1]
+        return np.full((size, size) + img.shape[2:], fill, img.dtype)
+    part = np.ascontiguousarray(img[iy0:iy1, ix0:ix1])
     borders = (iy0 - y0, y1 - iy1, ix0 - x0, x1 - ix1)   # top, bottom, left, right
     if any(borders):
-        mode = cv2.BORDER_CONSTANT if pad == "black" else cv2.BORDER_REPLICATE
-        part = cv2.copyMakeBorder(part, *borders, mode, value=(0, 0, 0))
+        if pad == "black":
+            part = cv2.copyMakeBorder(part, *borders, cv2.BORDER_CONSTANT, value=fill)
+        else:
+            part = cv2.copyMakeBorder(part, *borders, cv2.BORDER_REPLICATE)
     side = x1 - x0
     if side == size:
-        return np.ascontiguousarray(part)
+        return part
     interp = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
     return cv2.resize(part, (size, size), interpolation=interp)
+
+
+def crop_frame(rgb: np.ndarray, box, size: int, pad: str = "black") -> np.ndarray:
+    """Cut `box` out of `rgb` (H, W, 3), padding outside the frame, and resize to size x size."""
+    return crop_plane(rgb, box, size, pad, fill=(0, 0, 0))
+
+
+def crop_i420(y: np.ndarray, u: np.ndarray, v: np.ndarray, box, size: int,
+              pad: str = "black") -> np.ndarray:
+    """Crop a yuv420p picture given as its planes (Y full, U/V half resolution; strided
+    views are fine) with an even `box` and an even `size`: returns the (size * 3 / 2, size)
+    I420 array that `av.VideoFrame.from_ndarray(..., format="yuv420p")` takes. Black is
+    limited-range black (Y 16, U/V 128). No RGB round trip: what the encoder needs anyway."""
+    x0, y0, x1, y1 = (int(b) for b in box)
+    half = tuple(b // 2 for b in (x0, y0, x1, y1))
+    planes = (crop_plane(y, (x0, y0, x1, y1), size, pad, fill=16),
+              crop_plane(u, half, size // 2, pad, fill=128),
+              crop_plane(v, half, size // 2, pad, fill=128))
+    return np.concatenate([p.reshape(-1) for p in planes]).reshape(size * 3 // 2, size)
 
 
 def landmarks_to_crop(landmarks, box, size: int) -> np.ndarray:

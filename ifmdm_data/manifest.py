@@ -14,7 +14,7 @@ import pandas as pd
 from .config import FilterConfig
 from .decide import decide
 from .reasons import SUBSETS
-from .schema import CLIP_COLUMNS, clips_table, write_parquet_atomic
+from .schema import CLIP_COLUMNS, clips_table, readable_mode, write_parquet_atomic
 
 
 def write_json_atomic(obj, path: Path) -> None:
@@ -22,6 +22,7 @@ def write_json_atomic(obj, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f, indent=2, default=str)
+    readable_mode(tmp)
     os.replace(tmp, path)
 
 

@@ -201,4 +201,6 @@ def run_filter(inputs: list[str], out_dir: str, cfg: FilterConfig, workers: int 
                "files_per_s": round(len(paths) / elapsed, 3) if elapsed else None,
                "workers": n_workers, "backend": cfg.analysis.backend, "config": cfg.to_dict()}
     write_json_atomic(summary, out / "summary.json")
+    from ifmdm_model.curriculum import write_default_curriculum
+    write_default_curriculum(out)          # the trainer's default levels, unless one is there
     return summary

@@ -132,6 +132,14 @@ def tracks_table(tracks: dict, meta: dict) -> pa.Table:
     return table.replace_schema_metadata({k.encode(): str(v).encode() for k, v in meta.items()})
 
 
+def readable_mode(path: str) -> None:
+    """mkstemp creates 0600 files: give the final file the usual umask-derived mode, so that
+    other users of a shared cluster file system can read the manifests."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def write_parquet_atomic(table: pa.Table, path: str | Path) -> None:
     """Write to a hidden temporary file in the same folder, then rename: a reader never sees
     a half-written file under the final name, and a killed writer leaves only a .tmp file."""
@@ -141,6 +149,7 @@ def write_parquet_atomic(table: pa.Table, path: str | Path) -> None:
     os.close(fd)
     try:
         pq.write_table(table, tmp, compression="zstd")
+        readable_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -1,12 +1,89 @@
-"""Entry points of the model side. Stage 1/2 training and inference are not built yet."""
+"""`ifmdm-train` and `ifmdm-infer`. Thin: parse, call the library, one-line errors (exit 2)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
 import sys
+from pathlib import Path
+
+from ifmdm_data.errors import IfmdmError
+
+TRAIN_EPILOG = """\
+examples:
+  ifmdm-train --curriculum manifests/ -o runs/x                 # stage 1 (stage 2: not built yet)
+  ifmdm-train --curriculum manifests/ -o runs/x --vgg-weights ~/weights/vgg19-dcbb9e9d.pth
+  torchrun --nproc_per_node 8 -m ifmdm_model.cli --curriculum manifests/ -o runs/x   # 8 GPUs
+  ifmdm-train --curriculum manifests/ -o runs/x                 # again: resumes from the latest checkpoint
+"""
+
+
+def train_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="ifmdm-train", epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train IF-MDM. Stage 1 (the motion autoencoder with the local flow module) "
+                    "goes level by level through manifests/curriculum.yaml (coarse -> lip -> hard) "
+                    "on the shards of `ifmdm-data shard`. Checkpoints (safetensors + EMA + optimizer "
+                    "+ curriculum position) and TensorBoard logs go to OUT/stage1/. Re-running the "
+                    "same command resumes where it stopped.")
+    ap.add_argument("--curriculum", required=True, help="manifests folder holding curriculum.yaml (or the file)")
+    ap.add_argument("-o", "--out", required=True, help="run folder")
+    ap.add_argument("--stage", choices=["1", "2", "all"], default="all",
+                    help="1, 2 or all (default; stage 2 is not built yet: 'all' trains stage 1 only)")
+    ap.add_argument("--shards", help="shard folder (default: `shards` in curriculum.yaml, ../shards)")
+    ap.add_argument("--vgg-weights", help="torchvision VGG19 state dict file (vgg19-dcbb9e9d.pth) for the "
+                                          "perceptual loss; without it the perceptual loss is off")
+    ap.add_argument("--restart", action="store_true", help="ignore existing checkpoints in OUT")
+    ap.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
+    ap.add_argument("--batch-size", type=int, help="override the curriculum's per-GPU batch size")
+    ap.add_argument("--workers", type=int, help="loader workers per process")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    return ap
 
 
 def train_main(argv=None) -> int:
-    print("ifmdm-train: not built yet (stage 1 and stage 2 training are open issues)", file=sys.stderr)
-    return 2
+    args = train_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        logging.getLogger("ifmdm_model").setLevel(logging.INFO)
+    try:
+        from .curriculum import load_curriculum
+        from .train_stage1 import TrainOptions, train_stage1
+
+        if args.stage == "2":
+            raise IfmdmError("stage 2 (the motion diffusion transformer) is not built yet")
+        cur = load_curriculum(args.curriculum)
+        if args.shards:
+            cur.shards = Path(args.shards).resolve()
+        if not (cur.shards / "index.parquet").is_file():
+            raise IfmdmError(f"no shards at {cur.shards} (index.parquet missing): run "
+                             f"`ifmdm-data shard {Path(args.curriculum)} -o {cur.shards}` or pass --shards")
+        for name, v in (("--max-steps", args.max_steps), ("--batch-size", args.batch_size)):
+            if v is not None and v < 1:
+                raise IfmdmError(f"{name} must be >= 1")
+        res = train_stage1(cur, TrainOptions(run_dir=Path(args.out), vgg_weights=args.vgg_weights,
+                                             resume=not args.restart, max_steps=args.max_steps,
+                                             device=args.device, num_workers=args.workers,
+                                             batch_size=args.batch_size))
+        print(json.dumps({"stage1_steps": res["steps"], "run": res["run_dir"],
+                          "last": res["history"][-1] if res["history"] else None}, indent=2))
+        if args.stage == "all":
+            print("stage 2 is not built yet: stopped after stage 1", file=sys.stderr)
+    except IfmdmError as e:
+        print(f"ifmdm-train: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ifmdm-train: interrupted; the latest checkpoint is kept, re-run to resume", file=sys.stderr)
+        return 130
+    return 0
 
 
 def infer_main(argv=None) -> int:
     print("ifmdm-infer: not built yet (inference is an open issue)", file=sys.stderr)
     return 2
+
+
+if __name__ == "__main__":
+    sys.exit(train_main())

@@ -50,3 +50,16 @@ def sample_manifests(ray_session, sample_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("manifests")
     summary = run_filter([str(sample_dir)], str(out), load_config(), workers=2, progress=False)
     return out, summary
+
+
+@pytest.fixture(scope="session")
+def sample_shards(sample_manifests, tmp_path_factory):
+    """Shards of the sample set at 64 px (log-mel features), for loader and trainer tests."""
+    from ifmdm_data.shard import ShardConfig
+    from ifmdm_data.shard_pipeline import run_shard
+
+    out = tmp_path_factory.mktemp("shards")
+    # one sample per shard: several shards per subset, so DDP ranks and loader workers all get data
+    run_shard(str(sample_manifests[0]), str(out), cfg=ShardConfig(size=64, preset="veryfast", target_shard_bytes=1),
+              workers=2, progress=False)
+    return out

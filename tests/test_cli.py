@@ -41,11 +41,13 @@ def test_bad_config_and_bad_input(tmp_path):
     assert res.returncode == 2 and "no such file" in res.stderr
 
 
-def test_model_commands_say_not_built():
-    for entry in ("ifmdm_train", "ifmdm_infer"):
-        from ifmdm_model import cli
-        fn = cli.train_main if entry == "ifmdm_train" else cli.infer_main
-        assert fn([]) == 2
+def test_model_commands_say_what_is_not_built(tmp_path, capsys):
+    from ifmdm_model import cli
+    assert cli.infer_main([]) == 2
+    assert cli.train_main(["--curriculum", str(tmp_path), "-o", str(tmp_path / "r"), "--stage", "2"]) == 2
+    assert "not built yet" in capsys.readouterr().err
+    assert cli.train_main(["--curriculum", str(tmp_path), "-o", str(tmp_path / "r")]) == 2
+    assert "no curriculum" in capsys.readouterr().err
 
 
 def test_decide_with_new_thresholds(sample_manifests, tmp_path, capsys):

@@ -1,0 +1,86 @@
+"""Checkpoints: a folder per save, written under a temporary name and renamed.
+
+    runs/x/stage1/ckpt-00012000/
+        model.safetensors       weights
+        ema.safetensors         EMA weights (inference and stage-2 extraction use these)
+        optim.pt                optimizer (+ discriminator) state, torch.save
+        state.json              model config, curriculum, position (global step, level), rng seed
+    runs/x/stage1/latest        name of the newest complete checkpoint folder
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ifmdm_data.errors import IfmdmError
+
+
+class CheckpointError(IfmdmError):
+    """A checkpoint is missing, corrupt, or does not match the run's configuration."""
+
+
+def _state_dict(module: torch.nn.Module) -> dict:
+    m = module.module if hasattr(module, "module") else module
+    return {k: v.detach().contiguous().cpu() for k, v in m.state_dict().items()}
+
+
+def save_checkpoint(run_dir: Path, step: int, model, ema, optim_state: dict, state: dict) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    name = f"ckpt-{step:08d}"
+    final, tmp = run_dir / name, run_dir / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(_state_dict(model), str(tmp / "model.safetensors"))
+    save_file(_state_dict(ema), str(tmp / "ema.safetensors"))
+    torch.save(optim_state, tmp / "optim.pt")
+    (tmp / "state.json").write_text(json.dumps(state, indent=2, default=str))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    latest_tmp = run_dir / ".latest.tmp"
+    latest_tmp.write_text(name)
+    os.replace(latest_tmp, run_dir / "latest")
+    return final
+
+
+def latest_checkpoint(run_dir: Path) -> Optional[Path]:
+    p = run_dir / "latest"
+    if not p.is_file():
+        return None
+    ck = run_dir / p.read_text().strip()
+    if not ck.is_dir():
+        raise CheckpointError(f"{p} names {ck.name}, which does not exist")
+    return ck
+
+
+def load_checkpoint(ckpt: Path, map_location="cpu") -> dict:
+    """{'model', 'ema': state dicts, 'optim': dict, 'state': dict}; clear errors when broken."""
+    for f in ("model.safetensors", "ema.safetensors", "optim.pt", "state.json"):
+        if not (ckpt / f).is_file():
+            raise CheckpointError(f"checkpoint {ckpt} is incomplete: {f} is missing")
+    try:
+        state = json.loads((ckpt / "state.json").read_text())
+        model = load_file(str(ckpt / "model.safetensors"))
+        ema = load_file(str(ckpt / "ema.safetensors"))
+        optim = torch.load(ckpt / "optim.pt", map_location=map_location, weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any parse failure is a corrupt checkpoint
+        raise CheckpointError(f"checkpoint {ckpt} is corrupt ({type(e).__name__}: {e})") from None
+    return {"model": model, "ema": ema, "optim": optim, "state": state}
+
+
+def load_weights(module: torch.nn.Module, sd: dict, where: str) -> None:
+    m = module.module if hasattr(module, "module") else module
+    own = m.state_dict()
+    missing = sorted(set(own) - set(sd))
+    extra = sorted(set(sd) - set(own))
+    shapes = [k for k in own if k in sd and tuple(own[k].shape) != tuple(sd[k].shape)]
+    if missing or extra or shapes:
+        detail = (f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra
+                  else f"shape of {shapes[0]}: {tuple(sd[shapes[0]].shape)} vs {tuple(own[shapes[0]].shape)}")
+        raise CheckpointError(f"{where} does not match the model configuration ({detail})")
+    m.load_state_dict(sd)

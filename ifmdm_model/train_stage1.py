@@ -1,0 +1,242 @@
+"""Stage-1 training: the motion autoencoder, level by level through the curriculum.
+
+Plain PyTorch; device-agnostic (CUDA with bf16 autocast and TF32 when present, CPU
+otherwise); DDP when launched by `torchrun` (NCCL on GPUs, gloo on CPU); EMA weights;
+safetensors checkpoints with the curriculum position, so `--resume` continues at the same
+level, step and learning rate. Resuming restarts the data stream with a new epoch seed (the
+loaders cannot seek inside an epoch), so the sample order after a resume differs from an
+uninterrupted run; the model, optimizer, EMA, step and schedule are exact.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from itertools import count
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+
+from ifmdm_data.errors import IfmdmError
+
+from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
+from .curriculum import Curriculum
+
+log = logging.getLogger("ifmdm_model")
+
+
+class TrainingError(IfmdmError):
+    """Training cannot go on (non-finite loss, no data)."""
+
+
+@dataclass
+class TrainOptions:
+    run_dir: Path
+    vgg_weights: Optional[str] = None
+    resume: bool = True            # continue from run_dir/stage1/latest when present
+    max_steps: Optional[int] = None  # stop after this many global steps (smoke tests)
+    device: str = "auto"
+    seed: int = 0
+    num_workers: Optional[int] = None
+    batch_size: Optional[int] = None
+
+
+# ------------------------------------------------------------------------------------------
+# Distributed helpers
+# ------------------------------------------------------------------------------------------
+
+def setup_distributed(device: str = "auto") -> tuple[torch.device, int, int]:
+    """(device, rank, world_size); initialises the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(local)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        return torch.device("cuda", local), rank, world
+    return torch.device("cpu"), rank, world
+
+
+# ------------------------------------------------------------------------------------------
+# Training loop
+# ------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    src = model.module if hasattr(model, "module") else model
+    for e, p in zip(ema.parameters(), src.parameters()):
+        e.lerp_(p.detach(), 1.0 - decay)
+    for e, b in zip(ema.buffers(), src.buffers()):
+        e.copy_(b)
+
+
+def _batches(shards: Path, subsets, plan, size, batch_size, num_workers, seed, first_epoch,
+             rank, world) -> Iterator[dict]:
+    from ifmdm_data.loaders import stage1_loader
+
+    loader = stage1_loader(str(shards), batch_size, num_workers, subsets=tuple(subsets), size=size,
+                           pairs_per_clip=plan.pairs_per_clip, augment=plan.augment, seed=seed,
+                           rank=rank, world_size=world, drop_last=True)
+    for epoch in count(first_epoch):
+        loader.set_epoch(epoch)
+        n = 0
+        for batch in loader:
+            n += 1
+            yield batch
+        if n == 0:
+            raise TrainingError(f"no training batches (batch size {batch_size}) from subsets "
+                                f"{list(subsets)} under {shards}: run `ifmdm-data shard` first, "
+                                f"or lower the batch size")
+
+
+def _grid(out: dict, batch: dict):
+    import torchvision
+
+    n = min(4, batch["appearance"].shape[0])
+    rows = [batch["appearance"][:n], batch["motion"][:n], out["recon"][:n].detach().float().cpu()]
+    img = torchvision.utils.make_grid(torch.cat(rows).clamp(-1, 1) * 0.5 + 0.5, nrow=n)
+    m = out["masks"][-1][0].detach().float().cpu()                        # (G, H, W) finest scale
+    m = m / m.amax(dim=(1, 2), keepdim=True).clamp_min(1e-8)
+    masks = torchvision.utils.make_grid(m.unsqueeze(1), nrow=int(math.ceil(math.sqrt(m.shape[0]))))
+    return img, masks
+
+
+def train_stage1(cur: Curriculum, opts: TrainOptions) -> dict:
+    from ifmdm_model.losses import Stage1Loss, Stage1LossConfig
+    from ifmdm_model.stage1 import STAGE1_CONFIGS, build_discriminator, build_stage1
+
+    plan = cur.stage1
+    device, rank, world = setup_distributed(opts.device)
+    torch.manual_seed(opts.seed + rank)
+    run = Path(opts.run_dir) / "stage1"
+    model = build_stage1(plan.model).to(device)
+    model_cfg = model.cfg.to_dict()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    wl = plan.loss
+    perceptual = wl.perceptual if opts.vgg_weights else 0.0
+    if wl.perceptual > 0 and not opts.vgg_weights and rank == 0:
+        log.warning("no --vgg-weights given: the perceptual loss is OFF (L1 + local flow only)")
+    loss_fn = Stage1Loss(Stage1LossConfig(l1=wl.l1, perceptual=perceptual, local_flow=wl.local_flow,
+                                          gan=wl.gan, vgg_weights=opts.vgg_weights)).to(device)
+    disc = build_discriminator(plan.model).to(device) if wl.gan > 0 else None
+    opt = torch.optim.Adam(model.parameters(), lr=plan.levels[0].lr, betas=(0.5, 0.99))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=plan.levels[0].lr, betas=(0.0, 0.99)) if disc else None
+
+    step, epoch = 0, 0
+    levels_json = [asdict(lv) for lv in plan.levels]
+    ck = latest_checkpoint(run) if opts.resume else None
+    if ck is not None:
+        data = load_checkpoint(ck)
+        st = data["state"]
+        if st.get("model_config") != model_cfg or st.get("model") != plan.model:
+            raise CheckpointError(f"{ck} was trained with model {st.get('model')} {st.get('model_config')}, "
+                                  f"not {plan.model}: use another -o folder")
+        if st.get("levels") != levels_json:
+            raise CheckpointError(f"{ck} was trained with other curriculum levels; use another -o "
+                                  f"folder or restore the curriculum")
+        load_weights(model, data["model"], str(ck / "model.safetensors"))
+        load_weights(ema, data["ema"], str(ck / "ema.safetensors"))
+        opt.load_state_dict(data["optim"]["opt"])
+        if disc is not None and "disc" in data["optim"]:
+            disc.load_state_dict(data["optim"]["disc"])
+            opt_d.load_state_dict(data["optim"]["opt_d"])
+        step, epoch = int(st["global_step"]), int(st.get("epoch", 0)) + 1
+        if rank == 0:
+            log.info("resumed from %s at step %d", ck, step)
+    ddp = model
+    if world > 1:
+        ddp = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    writer = None
+    if rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(run / "tb"))
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    total = plan.total_steps if opts.max_steps is None else min(plan.total_steps, opts.max_steps)
+    batch_size = opts.batch_size or plan.batch_size
+    workers = plan.num_workers if opts.num_workers is None else opts.num_workers
+    size = STAGE1_CONFIGS[plan.model].image_size
+
+    def state_json(level_idx):
+        return {"model": plan.model, "model_config": model_cfg, "levels": levels_json,
+                "global_step": step, "level": level_idx, "epoch": epoch, "world_size": world,
+                "curriculum": str(cur.path), "loss": asdict(plan.loss), "vgg_weights": opts.vgg_weights}
+
+    def save(level_idx):
+        if rank == 0:
+            optim = {"opt": opt.state_dict()}
+            if disc is not None:
+                optim.update(disc=disc.state_dict(), opt_d=opt_d.state_dict())
+            save_checkpoint(run, step, model, ema, optim, state_json(level_idx))
+
+    last_level, it, t_last, n_last = -1, None, time.perf_counter(), 0
+    history = []
+    while step < total:
+        li, s_in = plan.position(step)
+        level = plan.levels[li]
+        if li != last_level:
+            it = _batches(cur.shards, level.subsets, plan, size, batch_size, workers, opts.seed,
+                          epoch, rank, world)
+            last_level = li
+            if rank == 0:
+                log.info("level %d/%d '%s' (subsets %s), step %d of %d", li + 1, len(plan.levels),
+                         level.name, ",".join(level.subsets), s_in, level.steps)
+        lr = level.lr * min(1.0, (s_in + 1) / max(1, plan.warmup_steps))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        batch = next(it)
+        app = batch["appearance"].to(device, non_blocking=True)
+        mot = batch["motion"].to(device, non_blocking=True)
+        with amp:
+            out = ddp(app, mot)
+            losses = loss_fn(out, mot, discriminator=disc)
+        if not torch.isfinite(losses["loss"]):
+            raise TrainingError(f"non-finite loss at step {step} (level '{level.name}'): "
+                                f"{ {k: float(v) for k, v in losses.items()} }; batch keys: {batch['key']}")
+        opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        opt.step()
+        if disc is not None:
+            with amp:
+                d = loss_fn.discriminator_losses(disc, mot, out["recon"], r1=step % 16 == 0)
+            opt_d.zero_grad(set_to_none=True)
+            d["loss"].backward()
+            opt_d.step()
+        ema_update(ema, ddp, plan.ema)
+        step += 1
+        n_last += app.shape[0] * world
+        if rank == 0 and (step % plan.log_every == 0 or step == total):
+            dt = time.perf_counter() - t_last
+            vals = {k: float(v.detach()) for k, v in losses.items()}
+            history.append({"step": step, **vals})
+            for k, v in vals.items():
+                writer.add_scalar(f"stage1/{k}", v, step)
+            writer.add_scalar("stage1/lr", lr, step)
+            writer.add_scalar("stage1/samples_per_s", n_last / dt, step)
+            log.info("step %d/%d [%s] loss %.4f l1 %.4f | %.3f s/step, %.1f samples/s", step, total,
+                     level.name, vals["loss"], vals.get("l1", float("nan")),
+                     dt / max(1, plan.log_every), n_last / dt)
+            t_last, n_last = time.perf_counter(), 0
+        if rank == 0 and (step % plan.image_every == 0 or step == 1):
+            img, masks = _grid(out, batch)
+            writer.add_image("stage1/appearance_motion_recon", img, step)
+            writer.add_image("stage1/local_flow_masks", masks, step)
+        level_done = plan.position(step)[0] != li
+        if step % plan.checkpoint_every == 0 or level_done or step == total:
+            save(plan.position(step)[0])
+            if level_done:
+                epoch += 1
+    if writer is not None:
+        writer.close()
+    if world > 1:
+        torch.distributed.barrier()
+    return {"steps": step, "history": history, "run_dir": str(run)}

@@ -1,0 +1,140 @@
+"""`ifmdm-train` stage 1 on the sample set's shards: curriculum levels, checkpoints, resume,
+clear errors, NaN detection, DDP on CPU (gloo, 2 processes)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ifmdm_model import train_stage1 as ts
+from ifmdm_model.checkpoint import CheckpointError
+from ifmdm_model.cli import train_main
+from ifmdm_model.curriculum import load_curriculum
+
+CURRICULUM = """\
+shards: {shards}
+stage1:
+  model: S1-tiny
+  batch_size: 2
+  pairs_per_clip: 4
+  num_workers: 0
+  warmup_steps: 1
+  log_every: 1
+  image_every: 3
+  checkpoint_every: 100
+  levels:
+    - {{name: coarse, subsets: [coarse], steps: 2, lr: 1.0e-3}}
+    - {{name: lip, subsets: [lip, coarse], steps: 2, lr: 1.0e-3}}
+    - {{name: hard, subsets: [hard, lip, coarse], steps: 2, lr: 5.0e-4}}
+"""
+
+
+@pytest.fixture()
+def curriculum(sample_shards, tmp_path):
+    d = tmp_path / "manifests"
+    d.mkdir()
+    (d / "curriculum.yaml").write_text(CURRICULUM.format(shards=sample_shards))
+    return d
+
+
+def _record_levels(monkeypatch):
+    seen = []
+    real = ts._batches
+
+    def spy(shards, subsets, *a, **k):
+        seen.append(list(subsets))
+        return real(shards, subsets, *a, **k)
+    monkeypatch.setattr(ts, "_batches", spy)
+    return seen
+
+
+def _state(run: Path) -> dict:
+    latest = (run / "stage1" / "latest").read_text().strip()
+    return json.loads((run / "stage1" / latest / "state.json").read_text())
+
+
+def test_levels_switch_and_read_their_subsets(curriculum, tmp_path, monkeypatch):
+    seen = _record_levels(monkeypatch)
+    run = tmp_path / "run"
+    res = ts.train_stage1(load_curriculum(curriculum), ts.TrainOptions(run_dir=run))
+    assert res["steps"] == 6
+    assert seen == [["coarse"], ["lip", "coarse"], ["hard", "lip", "coarse"]]
+    # a checkpoint at the end of every level, with its curriculum position
+    ckpts = sorted(p.name for p in (run / "stage1").glob("ckpt-*"))
+    assert ckpts == ["ckpt-00000002", "ckpt-00000004", "ckpt-00000006"]
+    st = json.loads((run / "stage1" / "ckpt-00000002" / "state.json").read_text())
+    assert (st["global_step"], st["level"]) == (2, 1)
+    assert any((run / "stage1" / "tb").iterdir())          # TensorBoard event file
+    from safetensors.torch import load_file
+    assert load_file(str(run / "stage1" / "ckpt-00000006" / "ema.safetensors"))
+
+
+def test_resume_continues_at_same_level_and_step(curriculum, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    ts.train_stage1(load_curriculum(curriculum), ts.TrainOptions(run_dir=run, max_steps=3))
+    assert _state(run)["global_step"] == 3                 # stopped inside level 'lip'
+    (run / "stage1" / ".ckpt-00000004.tmp").mkdir()         # a save killed half way: ignored
+    seen = _record_levels(monkeypatch)
+    res = ts.train_stage1(load_curriculum(curriculum), ts.TrainOptions(run_dir=run))
+    assert res["steps"] == 6
+    assert seen == [["lip", "coarse"], ["hard", "lip", "coarse"]]   # resumed inside level 2
+    assert [h["step"] for h in res["history"]] == [4, 5, 6]
+
+
+def test_corrupt_and_mismatched_checkpoints_are_clear_errors(curriculum, tmp_path):
+    run = tmp_path / "run"
+    ts.train_stage1(load_curriculum(curriculum), ts.TrainOptions(run_dir=run, max_steps=1))
+    ck = run / "stage1" / (run / "stage1" / "latest").read_text().strip()
+    good = (ck / "model.safetensors").read_bytes()
+    (ck / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        ts.train_stage1(load_curriculum(curriculum), ts.TrainOptions(run_dir=run))
+    (ck / "model.safetensors").write_bytes(good)
+    text = (curriculum / "curriculum.yaml").read_text().replace("S1-tiny", "S1-256")
+    (curriculum / "curriculum.yaml").write_text(text)
+    with pytest.raises(CheckpointError, match="S1-256"):
+        ts.train_stage1(load_curriculum(curriculum), ts.TrainOptions(run_dir=run))
+
+
+def test_nan_loss_stops_with_step_and_keys(curriculum, tmp_path, monkeypatch):
+    from ifmdm_model import losses
+
+    real = losses.Stage1Loss.forward
+    calls = {"n": 0}
+
+    def poisoned(self, outputs, target, discriminator=None):
+        out = real(self, outputs, target, discriminator)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+    monkeypatch.setattr(losses.Stage1Loss, "forward", poisoned)
+    with pytest.raises(ts.TrainingError, match=r"non-finite loss at step 1 .*batch keys"):
+        ts.train_stage1(load_curriculum(curriculum), ts.TrainOptions(run_dir=tmp_path / "run"))
+
+
+def test_cli_errors_are_one_line(curriculum, tmp_path, capsys):
+    assert train_main(["--curriculum", str(curriculum), "-o", str(tmp_path / "r"),
+                       "--shards", str(tmp_path / "none")]) == 2
+    assert "no shards" in capsys.readouterr().err
+    (curriculum / "curriculum.yaml").write_text("stage1:\n  levels:\n    - {name: a, subsets: [x], steps: 1, lr: 1}\n")
+    assert train_main(["--curriculum", str(curriculum), "-o", str(tmp_path / "r")]) == 2
+    assert "unknown subset 'x'" in capsys.readouterr().err
+
+
+def test_ddp_two_cpu_processes(curriculum, tmp_path):
+    run = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29517", "-m", "ifmdm_model.cli", "--curriculum", str(curriculum),
+                          "-o", str(run), "--max-steps", "2", "--device", "cpu"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    st = _state(run)
+    assert st["world_size"] == 2 and st["global_step"] == 2
