@@ -108,6 +108,7 @@ class VGGPerceptual(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # (N, 3, H, W) each
         total = x.new_zeros((), dtype=torch.float32)
+        x, y = x.float(), y.float()
         for s in self.pyramid:
             xs, ys = (x, y) if s == 1 else (
                 F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False, antialias=True),

@@ -300,7 +300,7 @@ def normalise_masks(logits: torch.Tensor, mode: str = "paper") -> torch.Tensor:
 class LocalFlowModule(nn.Module):
     """Local flow module at one decoder scale l.
 
-    Paper: "grouped convolution with G_l groups on the decoder feature F_l; each group g
+    Paper (DESIGN.md's summary): "grouped convolution with G_l groups on the decoder feature F_l; each group g
     predicts a warping field W_l^g and a mask M_l^g normalised by
     softmax(softmax(M, dim=-1), dim=-2); A_l is warped by each group's field and the results
     are combined by the masks."

@@ -96,6 +96,16 @@ def test_gradients_reach_every_parameter(groups, mask_norm):
         assert (w[:, :2].abs().sum(dim=(1, 2)) > 0).all()
 
 
+def test_flow_checkpoint_gives_the_same_gradients():
+    grads = []
+    for use_checkpoint in (False, True):
+        model = tiny(seed=0, groups=4, flow_checkpoint=use_checkpoint)
+        Stage1Loss(NO_VGG)(model(images(2, 3), images(2, 4)), images(2, 5))["loss"].backward()
+        grads.append([p.grad for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
 def test_mask_normalisation_sums_to_one_over_space():
     logits = torch.randn(2, 5, 7, 9) * 3                           # (N, G, H, W)
     masks = normalise_masks(logits, "paper")
