@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# Set up (idempotent), make the labelled sample set, filter it on a local Ray with the
-# bundled models, and print what was kept and why next to the sample set's labels.
+# The main job on the embedded defaults: set up (idempotent), make the labelled sample set,
+# filter it on a local Ray with mediapipe's bundled models, write the HTML report and the
+# WebDataset shards, and finally print each segment's outcome beside its label (exit 1 if
+# any segment is not where its label says).
+#   bash scripts/demo.sh [SAMPLE_DIR] [MANIFEST_DIR] [REPORT_DIR] [SHARD_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 SAMPLE=${1:-out/sample}
 MANIFESTS=${2:-manifests}
+REPORT=${3:-out/report}
+SHARDS=${4:-out/shards}
 export RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled
 .venv/bin/ifmdm-data sample "$SAMPLE"
 .venv/bin/ifmdm-data filter "$SAMPLE" -o "$MANIFESTS" --overwrite
+.venv/bin/ifmdm-data report "$MANIFESTS" -o "$REPORT"
+.venv/bin/ifmdm-data shard "$MANIFESTS" -o "$SHARDS" --size 256 --overwrite --no-progress
+echo "report: open $REPORT/index.html in a browser to see what was kept and why"
 .venv/bin/ifmdm-data inspect "$MANIFESTS" --labels "$SAMPLE/labels.csv"
-.venv/bin/ifmdm-data report "$MANIFESTS" -o "${3:-out/report}"
-echo "open ${3:-out/report}/index.html in a browser to see what was kept and why"
