@@ -178,9 +178,8 @@ def bench_ray(sets, tmp):
         with all_cores():
             _, w, s = timed(lambda: run_shard(manifest, str(tmp / f"ray_{name.split()[0]}"), workers=2, progress=False))
         n, mb = s["written"]["samples"], s["written"]["bytes"] / 1e6
-        print(f"{name:10s} {n} clips, {mb:.2f} MB in {w:.1f} s wall (Ray start included): "
-              f"{ratio(n, w):.3f} clips/s, {ratio(mb, w):.2f} MB/s; actor pool only (shard_s "
-              f"{s['shard_s']}): {s['clips_per_s']} clips/s, {s['mb_per_s']} MB/s; failed {s['failed']}")
+        print(f"{name:10s} {n} clips in {sum(s['shards'].values())} shards, {mb:.2f} MB in {w:.1f} s wall "
+              f"(Ray start included): {ratio(n, w):.3f} clips/s, {ratio(mb, w):.2f} MB/s; failed {s['failed']}")
 
 
 def bench_speech():
