@@ -11,7 +11,8 @@ from ifmdm_data.errors import IfmdmError
 
 TRAIN_EPILOG = """\
 examples:
-  ifmdm-train --curriculum manifests/ -o runs/x                 # stage 1 (stage 2: not built yet)
+  ifmdm-train --curriculum manifests/ -o runs/x                 # stage 1, then stage 2
+  ifmdm-train --curriculum manifests/ -o runs/x --stage 2       # stage 2 only (needs stage 1)
   ifmdm-train --curriculum manifests/ -o runs/x --vgg-weights ~/weights/vgg19-dcbb9e9d.pth
   torchrun --nproc_per_node 8 -m ifmdm_model.cli --curriculum manifests/ -o runs/x   # 8 GPUs
   ifmdm-train --curriculum manifests/ -o runs/x                 # again: resumes from the latest checkpoint
@@ -23,13 +24,15 @@ def train_parser() -> argparse.ArgumentParser:
         prog="ifmdm-train", epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train IF-MDM. Stage 1 (the motion autoencoder with the local flow module) "
                     "goes level by level through manifests/curriculum.yaml (coarse -> lip -> hard) "
-                    "on the shards of `ifmdm-data shard`. Checkpoints (safetensors + EMA + optimizer "
-                    "+ curriculum position) and TensorBoard logs go to OUT/stage1/. Re-running the "
-                    "same command resumes where it stopped.")
+                    "on the shards of `ifmdm-data shard`. Stage 2 extracts the motion latents of "
+                    "every stage-2 clip with the stage-1 EMA encoder, then trains the motion "
+                    "diffusion transformer on windows of them with the aligned speech. Checkpoints "
+                    "(safetensors + EMA + optimizer + position) and TensorBoard logs go to "
+                    "OUT/stage1/ and OUT/stage2/. Re-running the same command resumes where it stopped.")
     ap.add_argument("--curriculum", required=True, help="manifests folder holding curriculum.yaml (or the file)")
     ap.add_argument("-o", "--out", required=True, help="run folder")
     ap.add_argument("--stage", choices=["1", "2", "all"], default="all",
-                    help="1, 2 or all (default; stage 2 is not built yet: 'all' trains stage 1 only)")
+                    help="1, 2 or all (default: stage 1, then stage 2)")
     ap.add_argument("--shards", help="shard folder (default: `shards` in curriculum.yaml, ../shards)")
     ap.add_argument("--vgg-weights", help="torchvision VGG19 state dict file (vgg19-dcbb9e9d.pth) for the "
                                           "perceptual loss; without it the perceptual loss is off")
@@ -51,9 +54,8 @@ def train_main(argv=None) -> int:
     try:
         from .curriculum import load_curriculum
         from .train_stage1 import TrainOptions, train_stage1
+        from .train_stage2 import train_stage2
 
-        if args.stage == "2":
-            raise IfmdmError("stage 2 (the motion diffusion transformer) is not built yet")
         cur = load_curriculum(args.curriculum)
         if args.shards:
             cur.shards = Path(args.shards).resolve()
@@ -63,14 +65,19 @@ def train_main(argv=None) -> int:
         for name, v in (("--max-steps", args.max_steps), ("--batch-size", args.batch_size)):
             if v is not None and v < 1:
                 raise IfmdmError(f"{name} must be >= 1")
-        res = train_stage1(cur, TrainOptions(run_dir=Path(args.out), vgg_weights=args.vgg_weights,
-                                             resume=not args.restart, max_steps=args.max_steps,
-                                             device=args.device, num_workers=args.workers,
-                                             batch_size=args.batch_size))
-        print(json.dumps({"stage1_steps": res["steps"], "run": res["run_dir"],
-                          "last": res["history"][-1] if res["history"] else None}, indent=2))
-        if args.stage == "all":
-            print("stage 2 is not built yet: stopped after stage 1", file=sys.stderr)
+        opts = TrainOptions(run_dir=Path(args.out), vgg_weights=args.vgg_weights,
+                            resume=not args.restart, max_steps=args.max_steps, device=args.device,
+                            num_workers=args.workers, batch_size=args.batch_size)
+        out = {}
+        if args.stage in ("1", "all"):
+            res = train_stage1(cur, opts)
+            out["stage1"] = {"steps": res["steps"], "run": res["run_dir"],
+                             "last": res["history"][-1] if res["history"] else None}
+        if args.stage in ("2", "all"):
+            res = train_stage2(cur, opts)
+            out["stage2"] = {"steps": res["steps"], "run": res["run_dir"], "encoder": res["encoder"],
+                             "last": res["history"][-1] if res["history"] else None}
+        print(json.dumps(out, indent=2))
     except IfmdmError as e:
         print(f"ifmdm-train: error: {e}", file=sys.stderr)
         return 2

@@ -59,13 +59,32 @@ class Stage1Plan:
 
 
 @dataclass
+class Stage2Plan:
+    model: str = "M2-A0"            # M2-tiny (tests), M2-A0 (ifmdm_model/stage2.py)
+    batch_size: int = 64            # windows per GPU
+    window: int = 32                # n_f frames per window
+    steps: int = 200000
+    lr: float = 1.0e-4
+    warmup_steps: int = 1000
+    ema: float = 0.9999
+    num_workers: int = 4
+    beta_schedule: str = "linear"   # DDPM betas: linear (1e-4 .. 0.02) or cosine
+    num_timesteps: int = 1000
+    log_every: int = 50
+    checkpoint_every: int = 5000
+    extract_batch: int = 64         # frames per stage-1 encoder batch during motion extraction
+
+
+@dataclass
 class Curriculum:
     path: Path
     shards: Path
     stage1: Stage1Plan
+    stage2: Stage2Plan = field(default_factory=Stage2Plan)
 
     def to_dict(self) -> dict:
-        return {"path": str(self.path), "shards": str(self.shards), "stage1": asdict(self.stage1)}
+        return {"path": str(self.path), "shards": str(self.shards), "stage1": asdict(self.stage1),
+                "stage2": asdict(self.stage2)}
 
 
 def _typed(cls, data, where: str):
@@ -77,7 +96,7 @@ def _typed(cls, data, where: str):
         raise ConfigError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(known)})")
     out = {}
     for k, v in data.items():
-        default = getattr(cls(), k) if k not in ("levels",) else None
+        default = getattr(cls(), k) if k in known and k not in ("levels", "loss") else None
         if isinstance(default, bool):
             if not isinstance(v, bool):
                 raise ConfigError(f"{where}.{k} must be true/false, got {v!r}")
@@ -122,10 +141,14 @@ def load_curriculum(path: str | Path) -> Curriculum:
     if not levels:
         raise ConfigError(f"{where}: stage1.levels is empty")
     plan = Stage1Plan(**s1, loss=loss, levels=levels)
+    s2 = _typed(Stage2Plan, data.get("stage2") or {}, f"{where}: stage2")
+    plan2 = Stage2Plan(**s2)
+    if plan2.beta_schedule not in ("linear", "cosine"):
+        raise ConfigError(f"{where}: stage2.beta_schedule must be linear or cosine")
     shards = Path(data.get("shards", "../shards"))
     if not shards.is_absolute():
         shards = (path.parent / shards).resolve()
-    return Curriculum(path=path, shards=shards, stage1=plan)
+    return Curriculum(path=path, shards=shards, stage1=plan, stage2=plan2)
 
 
 def write_default_curriculum(manifest_dir: str | Path) -> Optional[Path]:

@@ -133,7 +133,7 @@ def test_ddp_two_cpu_processes(curriculum, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                           "--master_port", "29517", "-m", "ifmdm_model.cli", "--curriculum", str(curriculum),
-                          "-o", str(run), "--max-steps", "2", "--device", "cpu"],
+                          "-o", str(run), "--max-steps", "2", "--device", "cpu", "--stage", "1"],
                          env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     st = _state(run)

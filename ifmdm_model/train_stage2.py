@@ -1,0 +1,167 @@
+"""Stage-2 training: the motion diffusion transformer (implicit motion generator).
+
+First the motion latents of every stage-2 clip are extracted with the frozen stage-1 EMA
+encoder into sidecar shards (`ifmdm_model.extract`, resumable, keyed by the encoder
+checkpoint); then MotionDiT learns DDPM noise prediction on windows of n_f frames with the
+aligned speech features, the clip's motion statistics and the motion hint, with conditions
+dropped for classifier-free guidance. Same conventions as stage 1 (train_stage1.py): CUDA
+bf16 / CPU, torchrun DDP, EMA, safetensors checkpoints with exact step / schedule resume,
+TensorBoard, a clear error on a non-finite loss or a mismatched checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import asdict
+from itertools import count
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+import torch
+
+from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
+from .curriculum import Curriculum
+from .train_stage1 import TrainingError, TrainOptions, ema_update, setup_distributed
+
+log = logging.getLogger("ifmdm_model")
+
+
+def _speech_dim(shards: Path) -> int:
+    idx = shards / "index.parquet"
+    if not idx.is_file():
+        raise TrainingError(f"no shards at {shards} (index.parquet missing): run `ifmdm-data shard`")
+    df = pd.read_parquet(idx)
+    df = df[df["stage2_ok"] & df["has_audio"]]
+    if df.empty:
+        raise TrainingError(f"{shards} has no stage-2 samples (stage2_ok with audio): nothing to train on")
+    dims = sorted(set(int(d) for d in df["feature_dim"]))
+    if len(dims) != 1:
+        raise TrainingError(f"{shards} mixes speech feature dimensions {dims}: shard with one extractor")
+    return dims[0]
+
+
+def _windows(shards, motion_root, plan, batch_size, workers, seed, first_epoch, rank, world) -> Iterator[dict]:
+    from ifmdm_data.loaders import stage2_loader
+
+    loader = stage2_loader(str(shards), str(motion_root), batch_size, workers, window=plan.window,
+                           seed=seed, rank=rank, world_size=world, drop_last=True)
+    for epoch in count(first_epoch):
+        loader.set_epoch(epoch)
+        n = 0
+        for batch in loader:
+            n += 1
+            yield batch
+        if n == 0:
+            raise TrainingError(f"no stage-2 windows of {plan.window} frames (batch {batch_size}) in "
+                                f"{shards}: clips too short or too few; lower window / batch size")
+
+
+def train_stage2(cur: Curriculum, opts: TrainOptions) -> dict:
+    from .diffusion import DDPMSchedule, diffusion_loss
+    from .extract import extract_motion
+    from .stage2 import build_stage2
+
+    plan = cur.stage2
+    device, rank, world = setup_distributed(opts.device)
+    run = Path(opts.run_dir)
+    s1 = latest_checkpoint(run / "stage1")
+    if s1 is None:
+        raise TrainingError(f"stage 2 needs a stage-1 checkpoint in {run / 'stage1'}: train stage 1 first "
+                            f"(ifmdm-train --curriculum ... -o {run} --stage 1)")
+    if rank == 0:
+        ext = extract_motion(s1, cur.shards, batch_size=plan.extract_batch, device=opts.device,
+                             progress=False)
+    if world > 1:
+        torch.distributed.barrier()
+        if rank != 0:
+            ext = extract_motion(s1, cur.shards, batch_size=plan.extract_batch, device=opts.device,
+                                 progress=False)          # all skipped: just resolves the folder
+    motion_root, encoder = Path(ext["out_root"]), ext["encoder_id"]
+    motion_dim = int(load_checkpoint(s1)["state"]["model_config"]["motion_dim"])
+    speech_dim = _speech_dim(cur.shards)
+
+    torch.manual_seed(opts.seed + rank)
+    model = build_stage2(plan.model, speech_dim=speech_dim, motion_dim=motion_dim,
+                         n_frames=plan.window).to(device)
+    model_cfg = model.cfg.to_dict()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    schedule = DDPMSchedule(plan.num_timesteps, plan.beta_schedule)
+    opt = torch.optim.AdamW(model.parameters(), lr=plan.lr, weight_decay=0.0)
+    out_dir = run / "stage2"
+    step, epoch = 0, 0
+    ck = latest_checkpoint(out_dir) if opts.resume else None
+    if ck is not None:
+        data = load_checkpoint(ck)
+        st = data["state"]
+        if st.get("model_config") != model_cfg or st.get("encoder") != encoder:
+            raise CheckpointError(f"{ck} was trained with another model or stage-1 encoder "
+                                  f"({st.get('model')}, encoder {st.get('encoder')}); use another -o folder")
+        load_weights(model, data["model"], str(ck / "model.safetensors"))
+        load_weights(ema, data["ema"], str(ck / "ema.safetensors"))
+        opt.load_state_dict(data["optim"]["opt"])
+        step, epoch = int(st["global_step"]), int(st.get("epoch", 0)) + 1
+        if rank == 0:
+            log.info("stage 2 resumed from %s at step %d", ck, step)
+    ddp = model
+    if world > 1:
+        ddp = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    writer = None
+    if rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(out_dir / "tb"))
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    total = plan.steps if opts.max_steps is None else min(plan.steps, opts.max_steps)
+    batch_size = opts.batch_size or plan.batch_size
+    workers = plan.num_workers if opts.num_workers is None else opts.num_workers
+    gen = torch.Generator(device="cpu").manual_seed(opts.seed * 1000 + rank + step)
+
+    def save():
+        if rank == 0:
+            save_checkpoint(out_dir, step, model, ema, {"opt": opt.state_dict()},
+                            {"model": plan.model, "model_config": model_cfg, "global_step": step,
+                             "epoch": epoch, "world_size": world, "encoder": encoder,
+                             "stage1_checkpoint": str(s1), "schedule": {"num_timesteps": plan.num_timesteps,
+                                                                        "beta_schedule": plan.beta_schedule},
+                             "plan": asdict(plan), "curriculum": str(cur.path)})
+
+    it = _windows(cur.shards, motion_root, plan, batch_size, workers, opts.seed, epoch, rank, world)
+    history, t_last, n_last = [], time.perf_counter(), 0
+    model.train()
+    while step < total:
+        lr = plan.lr * min(1.0, (step + 1) / max(1, plan.warmup_steps))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        b = next(it)
+        x0 = b["motion"].to(device)                                          # (N, T, D)
+        cond = {k: b[k].to(device) for k in ("speech", "hint")}
+        cond["m_mu"], cond["m_sigma"] = b["motion_mean"].to(device), b["motion_std"].to(device)
+        with amp:
+            loss = diffusion_loss(ddp, schedule, x0, cond, generator=gen)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"non-finite stage-2 loss at step {step}; batch keys: {b['key']}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema_update(ema, ddp, plan.ema)
+        step += 1
+        n_last += x0.shape[0] * world
+        if rank == 0 and (step % plan.log_every == 0 or step == total):
+            dt = time.perf_counter() - t_last
+            history.append({"step": step, "loss": float(loss.detach())})
+            writer.add_scalar("stage2/loss", float(loss.detach()), step)
+            writer.add_scalar("stage2/lr", lr, step)
+            writer.add_scalar("stage2/windows_per_s", n_last / dt, step)
+            log.info("stage 2 step %d/%d loss %.4f | %.1f windows/s", step, total, float(loss.detach()), n_last / dt)
+            t_last, n_last = time.perf_counter(), 0
+        if step % plan.checkpoint_every == 0 or step == total:
+            save()
+    if writer is not None:
+        writer.close()
+    if world > 1:
+        torch.distributed.barrier()
+    return {"steps": step, "history": history, "run_dir": str(out_dir), "encoder": encoder,
+            "extraction": ext}

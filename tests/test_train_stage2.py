@@ -1,0 +1,90 @@
+"""Stage 1 -> motion extraction -> stage 2, end to end on the sample set's shards (CPU)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ifmdm_model.checkpoint import CheckpointError
+from ifmdm_model.cli import train_main
+
+CURRICULUM = """\
+shards: {shards}
+stage1:
+  model: S1-tiny
+  batch_size: 2
+  pairs_per_clip: 4
+  num_workers: 0
+  warmup_steps: 1
+  log_every: 1
+  image_every: 100
+  checkpoint_every: 100
+  levels:
+    - {{name: coarse, subsets: [coarse], steps: 1, lr: 1.0e-3}}
+    - {{name: hard, subsets: [hard, lip, coarse], steps: 1, lr: 1.0e-3}}
+stage2:
+  model: M2-tiny
+  batch_size: 2
+  window: 8
+  steps: 3
+  lr: 1.0e-3
+  warmup_steps: 1
+  num_workers: 0
+  log_every: 1
+  checkpoint_every: 2
+  extract_batch: 16
+"""
+
+
+@pytest.fixture()
+def manifests(sample_shards, tmp_path):
+    d = tmp_path / "manifests"
+    d.mkdir()
+    (d / "curriculum.yaml").write_text(CURRICULUM.format(shards=sample_shards))
+    return d
+
+
+def _state(ck_dir: Path) -> dict:
+    return json.loads((ck_dir / (ck_dir / "latest").read_text().strip() / "state.json").read_text())
+
+
+def test_stage1_then_stage2_end_to_end(manifests, sample_shards, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_main(["--curriculum", str(manifests), "-o", str(run)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["stage1"]["steps"] == 2 and out["stage2"]["steps"] == 3
+    st = _state(run / "stage2")
+    assert st["global_step"] == 3 and st["encoder"] == out["stage2"]["encoder"]
+    assert st["model_config"]["speech_dim"] == 80 and st["model_config"]["n_frames"] == 8
+    motion_root = sample_shards / "motion" / st["encoder"]
+    assert (motion_root / "encoder.json").is_file() and list(motion_root.rglob("*.tar"))
+
+    # running again: extraction skipped (same encoder), training resumes at the end -> no steps
+    assert train_main(["--curriculum", str(manifests), "-o", str(run), "--stage", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["stage2"]["steps"] == 3
+
+
+def test_stage2_needs_stage1(manifests, tmp_path, capsys):
+    assert train_main(["--curriculum", str(manifests), "-o", str(tmp_path / "r"), "--stage", "2"]) == 2
+    assert "needs a stage-1 checkpoint" in capsys.readouterr().err
+
+
+def test_stage2_resume_with_other_encoder_is_refused(manifests, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_main(["--curriculum", str(manifests), "-o", str(run), "--max-steps", "2"]) == 0
+    capsys.readouterr()
+    # more stage-1 training changes the encoder: stage 2's checkpoint no longer matches
+    text = (manifests / "curriculum.yaml").read_text().replace("steps: 1, lr", "steps: 2, lr")
+    (manifests / "curriculum.yaml").write_text(text)
+    with pytest.raises(CheckpointError):
+        from ifmdm_model.curriculum import load_curriculum
+        from ifmdm_model.train_stage1 import TrainOptions, train_stage1
+        from ifmdm_model.train_stage2 import train_stage2
+        cur = load_curriculum(manifests)
+        with pytest.raises(CheckpointError):          # stage 1: other levels than its checkpoint
+            train_stage1(cur, TrainOptions(run_dir=run))
+        import shutil
+        shutil.rmtree(run / "stage1")
+        train_stage1(cur, TrainOptions(run_dir=run))
+        train_stage2(cur, TrainOptions(run_dir=run))
