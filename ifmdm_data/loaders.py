@@ -642,10 +642,17 @@ def default_num_workers() -> int:
 def make_loader(dataset: ShardDataset, batch_size: int, num_workers=None, pin_memory=None,
                 drop_last=False, prefetch_factor=2) -> EpochDataLoader:
     num_workers = default_num_workers() if num_workers is None else int(num_workers)
+    # Workers start from a fork server, not by forking this process: a trainer (or a test
+    # session) may hold threads of Ray, mediapipe or CUDA whose locks a forked child would
+    # inherit locked; that hung a DataLoader worker in the test suite.
+    ctx = None
+    if num_workers > 0:
+        import multiprocessing as mp
+        ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
     return EpochDataLoader(
         dataset, batch_size=batch_size, num_workers=num_workers, drop_last=drop_last,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-        persistent_workers=num_workers > 0,
+        persistent_workers=num_workers > 0, multiprocessing_context=ctx,
         prefetch_factor=prefetch_factor if num_workers > 0 else None)
 
 

@@ -258,11 +258,12 @@ def _usable(meta: dict) -> bool:
     return bool(meta["stage2_ok"]) and bool(meta["has_audio"])
 
 
-def sidecar_is_complete(side: str, main: str, expected, eid: str) -> bool:
-    """True when the sidecar lists the main shard's stage-2 keys in order and names `eid`."""
+def sidecar_is_complete(side: str, main: str, eid: str) -> bool:
+    """True when the sidecar lists the main shard's stage-2 keys (by their key.json, the
+    loader's rule) in order and names `eid`."""
     try:
         with TarShard(main) as m:
-            want = [k for k in m.keys() if k in expected]
+            want = [k for k in m.keys() if _usable(read_meta(m, k))]
         with TarShard(side) as s:
             if s.keys() != want:
                 return False
@@ -392,7 +393,7 @@ def extract_motion(checkpoint, shards_root, out_root=None, subsets=SUBSETS, batc
     for s in mine:
         side = sidecar_path(s, out)
         if os.path.isfile(side):
-            if sidecar_is_complete(side, s, index_keys[s], eid):
+            if sidecar_is_complete(side, s, eid):
                 skipped += 1
                 continue
             log.warning("%s: does not match %s for encoder %s; extracting again", side, s, eid)

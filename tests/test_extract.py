@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ifmdm_data.loaders import (TarShard, decode_frames, list_shards, read_meta, sidecar_path,
-                                stage2_dataset, to_tensor)
+                                stage2_dataset, to_tensor, write_motion_sidecar)
 from ifmdm_model import stage1
 from ifmdm_model.checkpoint import save_checkpoint
 from ifmdm_model.extract import (ExtractionError, MissingShardsError, NoCheckpointError,
@@ -138,6 +138,25 @@ def test_second_run_skips_and_resumes_a_missing_sidecar(sample_shards, extracted
         for k in t.keys():
             np.testing.assert_array_equal(t.read(k, "motion.npy"), before[k])
     assert all(os.stat(p).st_mtime_ns == mtimes[p] for p in sides[1:])
+
+    # a sidecar that does not match its shard (rewritten shard, foreign file): extracted again
+    write_motion_sidecar(sides[1], [("bogus", np.zeros((3, 20), np.float32), "other-enc")])
+    fourth = extract_motion(run, sample_shards, progress=False, decode_workers=0)
+    assert (fourth["shards_written"], fourth["shards_skipped"]) == (1, len(sides) - 1)
+    with TarShard(sides[1]) as t:
+        assert "bogus" not in t.keys()
+        assert t.read(t.keys()[0], "motion.json")["encoder"] == first["encoder_id"]
+
+
+def test_ranks_split_the_shards(sample_shards, extracted, tmp_path):
+    run, _, _, first = extracted
+    out = tmp_path / "motion"
+    parts = [extract_motion(run, sample_shards, out_root=out, progress=False, decode_workers=0,
+                            rank=r, world_size=2) for r in (0, 1)]
+    n = len(list_shards(sample_shards, stage2=True))
+    assert [p["shards_written"] for p in parts] == [(n + 1) // 2, n // 2]
+    assert sum(p["frames"] for p in parts) == first["frames"]
+    assert len(list(stage2_dataset(sample_shards, out, window=8, shuffle_buffer=0))) > 0
 
 
 def test_other_checkpoint_gets_its_own_folder(sample_shards, extracted, tmp_path):
