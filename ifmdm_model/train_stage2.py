@@ -70,14 +70,13 @@ def train_stage2(cur: Curriculum, opts: TrainOptions) -> dict:
     if s1 is None:
         raise TrainingError(f"stage 2 needs a stage-1 checkpoint in {run / 'stage1'}: train stage 1 first "
                             f"(ifmdm-train --curriculum ... -o {run} --stage 1)")
-    if rank == 0:
-        ext = extract_motion(s1, cur.shards, batch_size=plan.extract_batch, device=opts.device,
-                             progress=False)
+    # every rank extracts its share of the shards on its own device, then all see the result
+    dev = str(device)
+    ext = extract_motion(s1, cur.shards, batch_size=plan.extract_batch, device=dev, progress=False,
+                         rank=rank, world_size=world)
     if world > 1:
         torch.distributed.barrier()
-        if rank != 0:
-            ext = extract_motion(s1, cur.shards, batch_size=plan.extract_batch, device=opts.device,
-                                 progress=False)          # all skipped: just resolves the folder
+        ext = extract_motion(s1, cur.shards, batch_size=plan.extract_batch, device=dev, progress=False)
     motion_root, encoder = Path(ext["out_root"]), ext["encoder_id"]
     motion_dim = int(load_checkpoint(s1)["state"]["model_config"]["motion_dim"])
     speech_dim = _speech_dim(cur.shards)
