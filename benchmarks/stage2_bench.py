@@ -74,16 +74,19 @@ def flop_table(frames):
 
 
 def time_it(fn, device, warmup, iters) -> float:
+    """Median seconds per call (robust to a shared machine's hiccups)."""
     for _ in range(warmup):
         fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    times = []
     for _ in range(iters):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
         fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / iters
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
 
 
 def bench(name, device, amp, frames, warmup, iters):
@@ -110,7 +113,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch CPU threads (0: torch's default; 1 on a shared machine)")
     ap.add_argument("--frames", type=int, default=32, help="frames per chunk (n_f)")
     ap.add_argument("--no-cpu", action="store_true", help="skip the CPU timings")
     args = ap.parse_args(argv)

@@ -56,7 +56,7 @@ class Stage2Config:
     depth: int = 6
     heads: int = 8
     mlp_ratio: float = 4.0
-    modulation: str = "framewise"   # "framewise": adaLN per frame; "global": one vector per sequence (ablation)
+    modulation: str = "framewise"   # "framewise": adaLN per frame; "global": one per sequence (ablation)
     speech_residual: bool = True    # add the projected speech into each block's residual input
     p_drop_speech: float = 0.1      # per-sample training drop probabilities (null embeddings), for CFG
     p_drop_stats: float = 0.1
@@ -130,8 +130,8 @@ class TimestepEmbedder(nn.Module):
     @staticmethod
     def timestep_code(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
         half = dim // 2
-        freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-        args = t.float()[:, None] * freqs[None]
+        k = torch.arange(half, device=t.device, dtype=torch.float32)
+        args = t.float()[:, None] * torch.exp(-math.log(max_period) * k / half)[None]
         return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)    # (N, freq_dim)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
