@@ -28,6 +28,16 @@ from .train_stage1 import TrainingError, TrainOptions, ema_update, setup_distrib
 log = logging.getLogger("ifmdm_model")
 
 
+def _speech_feature(shards: Path) -> dict:
+    """The speech feature extractor the shards were written with (features.info())."""
+    import json
+    summ = shards / "summary.json"
+    try:
+        return json.loads(summ.read_text()).get("speech_feature") or {}
+    except (OSError, ValueError):
+        return {}
+
+
 def _speech_dim(shards: Path) -> int:
     idx = shards / "index.parquet"
     if not idx.is_file():
@@ -80,6 +90,7 @@ def train_stage2(cur: Curriculum, opts: TrainOptions) -> dict:
     motion_root, encoder = Path(ext["out_root"]), ext["encoder_id"]
     motion_dim = int(load_checkpoint(s1)["state"]["model_config"]["motion_dim"])
     speech_dim = _speech_dim(cur.shards)
+    speech_feature = _speech_feature(cur.shards)   # inference computes the same features
 
     torch.manual_seed(opts.seed + rank)
     model = build_stage2(plan.model, speech_dim=speech_dim, motion_dim=motion_dim,
@@ -122,7 +133,8 @@ def train_stage2(cur: Curriculum, opts: TrainOptions) -> dict:
             save_checkpoint(out_dir, step, model, ema, {"opt": opt.state_dict()},
                             {"model": plan.model, "model_config": model_cfg, "global_step": step,
                              "epoch": epoch, "world_size": world, "encoder": encoder,
-                             "stage1_checkpoint": str(s1), "schedule": {"num_timesteps": plan.num_timesteps,
+                             "stage1_checkpoint": str(s1), "speech_feature": speech_feature,
+                             "schedule": {"num_timesteps": plan.num_timesteps,
                                                                         "beta_schedule": plan.beta_schedule},
                              "plan": asdict(plan), "curriculum": str(cur.path)})
 
