@@ -109,7 +109,9 @@ class VGGPerceptual(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # (N, 3, H, W) each
         total = x.new_zeros((), dtype=torch.float32)
         x, y = x.float(), y.float()
-        for s in self.pyramid:
+        # VGG19 pools 4 times before relu5_1: a scale whose image is under 32 px is skipped
+        scales = [s for s in self.pyramid if min(x.shape[-2:]) * s >= 32] or [1.0]
+        for s in scales:
             xs, ys = (x, y) if s == 1 else (
                 F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False, antialias=True),
                 F.interpolate(y, scale_factor=s, mode="bilinear", align_corners=False, antialias=True))
@@ -117,7 +119,7 @@ class VGGPerceptual(nn.Module):
                 fy = self._features(ys.detach())
             for w, a, b in zip(self.layer_weights, self._features(xs), fy):
                 total = total + w * F.l1_loss(a.float(), b.float())
-        return total / len(self.pyramid)
+        return total / len(scales)
 
 
 def build_perceptual(weights_path: Optional[Union[str, Path]],

@@ -138,3 +138,21 @@ def test_ddp_two_cpu_processes(curriculum, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     st = _state(run)
     assert st["world_size"] == 2 and st["global_step"] == 2
+
+
+def test_gan_and_perceptual_paths_train(curriculum, tmp_path):
+    """The optional discriminator and the VGG perceptual loss (random VGG19 weights saved under
+    the torchvision file name) run through the trainer and are checkpointed."""
+    import torchvision
+
+    vgg = tmp_path / "vgg19-dcbb9e9d.pth"
+    torch.save(torchvision.models.vgg19(weights=None).state_dict(), vgg)
+    text = (curriculum / "curriculum.yaml").read_text().replace(
+        "  levels:", "  loss: {l1: 1.0, perceptual: 1.0, local_flow: 0.1, gan: 0.1}\n  levels:")
+    (curriculum / "curriculum.yaml").write_text(text)
+    run = tmp_path / "run"
+    res = ts.train_stage1(load_curriculum(curriculum), ts.TrainOptions(run_dir=run, max_steps=2,
+                                                                       vgg_weights=str(vgg)))
+    assert {"perceptual", "gan_g"} <= set(res["history"][-1])
+    optim = torch.load(run / "stage1" / "ckpt-00000002" / "optim.pt", weights_only=False)
+    assert "disc" in optim and "opt_d" in optim

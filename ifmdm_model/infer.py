@@ -1,0 +1,825 @@
+"""Inference: one portrait + speech -> a talking-head mp4 (`ifmdm-infer`), and motion transfer
+from a driving video through stage 1 alone (`ifmdm-infer --driving-video`).
+
+Talking head (DESIGN.md, "Inference"):
+
+1. The image is read (any format OpenCV or PIL can read), centre-cropped to a square and
+   resized to the stage-1 model's `image_size`. There is NO face detection / alignment prior:
+   the image is expected to be a frontal, roughly centred portrait framed like the training
+   crops. (When mediapipe is installed, its face detector runs only to WARN when it finds zero
+   or several faces.) E_v runs on it once: appearance tensors A_l and its motion m'.
+2. The audio (any audio file, or the audio track of a video) is decoded to 16 kHz mono, and
+   the speech features the stage-2 checkpoint was trained with are computed (log-mel or
+   wav2vec2 from the checkpoint's `speech_feature` record; the wav2vec2 folder recorded there
+   can be overridden) and aligned to video frames: n_frames = round(audio_seconds * fps).
+   Log-mel is computed for the whole audio at once (cheap); wav2vec2 too (the extractor
+   chunks long audio itself; its output is T x 768 float32, ~300 KB per second of video).
+3. Motion is generated chunk by chunk (n_f frames, the stage-2 model's `n_frames`): the first
+   chunk's hint is m', each next chunk's hint is the last generated motion vector; m_mu is m'
+   ("input"), the previous chunk's mean ("previous") or a user .npy; m_sigma = motion_std for
+   every dimension. DDIM over `steps` respaced steps with classifier-free guidance on speech
+   (both passes batched), noise from a seeded CPU torch.Generator (same seed, same output on
+   any device). The last chunk is padded (speech repeated) to n_f frames and trimmed.
+4. Frames are decoded in batches of `batch_frames` by the stage-1 EMA decoder with the
+   appearance tensors of step 1, converted to uint8 and written to H.264 (yuv420p) as they
+   are produced; the 16 kHz mono input audio is muxed as AAC alongside. The file is written
+   under a temporary name next to the output and renamed at the end.
+
+Memory is bounded by one motion chunk + one decode batch (plus the per-frame features and
+the motion array, a few floats per frame).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from ifmdm_data.errors import IfmdmError
+
+log = logging.getLogger("ifmdm_model")
+
+AUDIO_RATE = 16000
+SILENCE_DBFS = -60.0
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class InferenceError(IfmdmError):
+    """An inference input (checkpoint, image, audio, driving video, output path) is unusable."""
+
+
+# ------------------------------------------------------------------------------------------
+# models
+# ------------------------------------------------------------------------------------------
+
+@dataclass
+class Models:
+    stage1: torch.nn.Module            # MotionAutoencoder (EMA weights), eval
+    stage2: Optional[torch.nn.Module]  # MotionDiT (EMA weights), eval; None for reenactment
+    schedule: object                   # DDPMSchedule or None
+    speech_feature: dict
+    image_size: int
+    motion_dim: int
+    device: torch.device
+    stage1_ckpt: Path
+    stage2_ckpt: Optional[Path]
+
+
+def _device(device) -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise InferenceError(f"invalid --device {device!r} ({e}); use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InferenceError(f"--device {device}: CUDA is not available on this machine")
+    return dev
+
+
+def _read_state(ck: Path) -> dict:
+    for f in ("state.json", "ema.safetensors"):
+        if not (ck / f).is_file():
+            raise InferenceError(f"checkpoint {ck} is incomplete: {f} is missing")
+    try:
+        state = json.loads((ck / "state.json").read_text())
+    except (OSError, ValueError) as e:
+        raise InferenceError(f"{ck}/state.json is unreadable ({e})") from None
+    if not isinstance(state, dict):
+        raise InferenceError(f"{ck}/state.json is not a JSON object")
+    return state
+
+
+def _latest(folder: Path) -> Optional[Path]:
+    from .checkpoint import CheckpointError, latest_checkpoint
+    try:
+        return latest_checkpoint(folder) if folder.is_dir() else None
+    except CheckpointError as e:
+        raise InferenceError(str(e)) from None
+
+
+def _load_ema(ck: Path):
+    from safetensors.torch import load_file
+    try:
+        return load_file(str(ck / "ema.safetensors"))
+    except Exception as e:  # noqa: BLE001 - any parse failure is a corrupt checkpoint
+        raise InferenceError(f"checkpoint {ck} is corrupt ({type(e).__name__}: {e})") from None
+
+
+def _load_into(module, sd, where):
+    from .checkpoint import CheckpointError, load_weights
+    try:
+        load_weights(module, sd, where)
+    except CheckpointError as e:
+        raise InferenceError(str(e)) from None
+
+
+def load_stage1(ck: Path, device: torch.device) -> torch.nn.Module:
+    from .stage1 import STAGE1_CONFIGS, MotionAutoencoder, Stage1Config
+    state = _read_state(ck)
+    if isinstance(state.get("model_config"), dict):
+        try:
+            cfg = Stage1Config.from_dict(state["model_config"], where=f"{ck}/state.json model_config")
+        except IfmdmError as e:
+            raise InferenceError(str(e)) from None
+    elif state.get("model") in STAGE1_CONFIGS:
+        cfg = STAGE1_CONFIGS[state["model"]]
+    else:
+        raise InferenceError(f"{ck}/state.json has neither 'model_config' nor a known 'model'")
+    model = MotionAutoencoder(cfg)
+    _load_into(model, _load_ema(ck), f"{ck}/ema.safetensors")
+    return model.to(device).eval().requires_grad_(False)
+
+
+def _stage1_of_run(run: Path) -> Path:
+    if (run / "state.json").is_file() and (run / "ema.safetensors").is_file():
+        return run
+    for p in (run / "stage1", run):
+        ck = _latest(p)
+        if ck is not None:
+            return ck
+    raise InferenceError(f"no stage-1 checkpoint under {run}: expected {run}/stage1/latest "
+                         f"(give the run folder of `ifmdm-train -o`)")
+
+
+def load_models(run_dir, device="auto", need_stage2: bool = True) -> Models:
+    """The EMA models of a run folder (runs/x with stage1/latest and stage2/latest).
+
+    Stage 1 is the checkpoint stage 2 was trained on (its recorded `stage1_checkpoint`) when it
+    still exists, else runs/x/stage1/latest."""
+    from .diffusion import DDPMSchedule
+    from .stage2 import MotionDiT, Stage2Config
+
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise InferenceError(f"checkpoint folder {run} does not exist (give the run folder of "
+                             f"`ifmdm-train -o`, e.g. runs/x)")
+    dev = _device(device)
+    s2 = None
+    state2: dict = {}
+    if need_stage2:
+        s2 = _latest(run / "stage2")
+        if s2 is None:
+            raise InferenceError(f"no stage-2 checkpoint in {run}: expected {run}/stage2/latest "
+                                 f"(train stage 2: ifmdm-train --curriculum ... -o {run} --stage 2)")
+        state2 = _read_state(s2)
+    s1 = None
+    rec = state2.get("stage1_checkpoint")
+    if rec and (Path(rec) / "ema.safetensors").is_file():
+        s1 = Path(rec)
+    if s1 is None:
+        s1 = _stage1_of_run(run)
+    stage1 = load_stage1(s1, dev)
+    stage2 = schedule = None
+    if need_stage2:
+        try:
+            cfg = Stage2Config.from_dict(state2["model_config"], where=f"{s2}/state.json model_config")
+            sch = state2.get("schedule") or {}
+            schedule = DDPMSchedule(int(sch.get("num_timesteps", 1000)), sch.get("beta_schedule", "linear"))
+        except KeyError as e:
+            raise InferenceError(f"{s2}/state.json lacks {e}") from None
+        except (IfmdmError, ValueError, TypeError) as e:
+            raise InferenceError(f"{s2}/state.json: {e}") from None
+        if cfg.motion_dim != stage1.cfg.motion_dim:
+            raise InferenceError(f"stage 2 ({s2}) generates {cfg.motion_dim}-d motion but stage 1 "
+                                 f"({s1}) has motion_dim {stage1.cfg.motion_dim}")
+        stage2 = MotionDiT(cfg)
+        _load_into(stage2, _load_ema(s2), f"{s2}/ema.safetensors")
+        stage2 = stage2.to(dev).eval().requires_grad_(False)
+    return Models(stage1, stage2, schedule, state2.get("speech_feature") or {},
+                  stage1.cfg.image_size, stage1.cfg.motion_dim, dev, s1, s2)
+
+
+# ------------------------------------------------------------------------------------------
+# inputs
+# ------------------------------------------------------------------------------------------
+
+def square_resize(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Centre-crop to a square, resize to size x size (area when shrinking), uint8 RGB."""
+    import cv2
+    h, w = rgb.shape[:2]
+    s = min(h, w)
+    y0, x0 = (h - s) // 2, (w - s) // 2
+    sq = rgb[y0:y0 + s, x0:x0 + s]
+    if s != size:
+        sq = cv2.resize(sq, (size, size), interpolation=cv2.INTER_AREA if s > size else cv2.INTER_CUBIC)
+    return np.ascontiguousarray(sq)
+
+
+def load_image(path) -> np.ndarray:
+    """Any image OpenCV (or PIL) reads -> uint8 RGB (H, W, 3); InferenceError when unreadable."""
+    import cv2
+    p = Path(path)
+    if not p.is_file():
+        raise InferenceError(f"image {p} does not exist")
+    img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+    if img is not None:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    try:
+        from PIL import Image
+        with Image.open(p) as im:
+            return np.asarray(im.convert("RGB"))
+    except Exception as e:  # noqa: BLE001
+        raise InferenceError(f"cannot read image {p} ({type(e).__name__}: {e}); give a png or jpg") from None
+
+
+def check_face(rgb: np.ndarray) -> Optional[int]:
+    """Warn when mediapipe finds zero or several faces; returns the count (None: no detector)."""
+    try:
+        from ifmdm_data.backends.mediapipe_backend import MediapipeDetector
+        det = MediapipeDetector()
+    except Exception:  # noqa: BLE001 - optional
+        return None
+    try:
+        n = len(det.detect(rgb))
+    except Exception:  # noqa: BLE001
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            det.close()
+    if n == 0:
+        log.warning("no face found in the input image: IF-MDM expects a frontal, centred portrait "
+                    "(the image is only centre-cropped, not aligned)")
+    elif n > 1:
+        log.warning("%d faces found in the input image: the generated motion applies to the whole "
+                    "frame; crop the image to one face", n)
+    return n
+
+
+def to_tensor(frames: np.ndarray, device) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
+    t = torch.from_numpy(np.ascontiguousarray(frames)).to(device)
+    return t.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """float (N, 3, H, W) in [-1, 1] -> uint8 (N, H, W, 3)."""
+    x = images.float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+
+def read_audio(path) -> np.ndarray:
+    """Any audio file or a video's audio track -> float32 mono 16 kHz; InferenceError if not."""
+    from ifmdm_data.audio import load_audio
+    from ifmdm_data.errors import ClipError
+    p = Path(path)
+    if not p.is_file():
+        raise InferenceError(f"audio {p} does not exist")
+    try:
+        return load_audio(p, sample_rate=AUDIO_RATE)
+    except ClipError as e:
+        raise InferenceError(f"cannot read audio {p}: {e.detail or e}") from None
+
+
+def speech_extractor(info: dict, speech_dim: int, wav2vec2: Optional[str] = None, device="auto"):
+    """The speech feature extractor the stage-2 checkpoint was trained with."""
+    from ifmdm_data.features import build_features
+    kind = (info or {}).get("type")
+    if kind is None:
+        kind = "wav2vec2" if wav2vec2 else "logmel"
+    try:
+        if kind == "logmel":
+            if wav2vec2:
+                raise InferenceError("--wav2vec2 given, but the stage-2 checkpoint was trained on log-mel features")
+            feats = build_features(None)
+        elif kind == "wav2vec2":
+            folder = wav2vec2 or info.get("checkpoint")
+            if not folder:
+                raise InferenceError("the stage-2 checkpoint was trained on wav2vec2 features but records "
+                                     "no model folder: pass --wav2vec2 DIR")
+            layers = tuple(info.get("layers") or (-1,))
+            feats = build_features(folder, layers=layers, device=device)
+        else:
+            raise InferenceError(f"unknown speech feature type {kind!r} in the stage-2 checkpoint")
+    except IfmdmError as e:
+        if isinstance(e, InferenceError):
+            raise
+        raise InferenceError(f"speech features: {e}") from None
+    if int(feats.dim) != int(speech_dim):
+        raise InferenceError(f"speech features have dim {feats.dim} ({kind}) but the stage-2 model "
+                             f"expects {speech_dim}: use the extractor it was trained with (--wav2vec2 DIR)")
+    return feats
+
+
+def motion_mean_arg(value, dim: int) -> Union[str, np.ndarray]:
+    if isinstance(value, np.ndarray):
+        arr = value
+    elif value in ("input", "previous"):
+        return value
+    else:
+        p = Path(str(value))
+        if not p.is_file():
+            raise InferenceError(f"--motion-mean must be input, previous or a .npy file; {p} does not exist")
+        try:
+            arr = np.load(p, allow_pickle=False)
+        except Exception as e:  # noqa: BLE001
+            raise InferenceError(f"cannot read --motion-mean {p} ({type(e).__name__}: {e})") from None
+    arr = np.asarray(arr, np.float32)
+    if arr.ndim == 2:
+        arr = arr.mean(0)                       # a motion sequence (T, D): its mean
+    if arr.shape != (dim,) or not np.all(np.isfinite(arr)):
+        raise InferenceError(f"--motion-mean array must be finite with shape ({dim},) or (T, {dim}), "
+                             f"got {arr.shape}")
+    return arr
+
+
+# ------------------------------------------------------------------------------------------
+# output
+# ------------------------------------------------------------------------------------------
+
+class VideoWriter:
+    """Streaming H.264 (yuv420p) + AAC mp4 written to a temporary name, renamed by `close()`."""
+
+    def __init__(self, out_path, size: int, fps: float, audio: Optional[np.ndarray],
+                 overwrite: bool = False, crf: int = 18, preset: str = "veryfast"):
+        import av
+        self.out = Path(out_path)
+        if self.out.exists() and not overwrite:
+            raise InferenceError(f"{self.out} exists: pass --overwrite to replace it")
+        if self.out.is_dir():
+            raise InferenceError(f"{self.out} is a folder")
+        if not self.out.parent.is_dir():
+            raise InferenceError(f"output folder {self.out.parent} does not exist")
+        self.tmp = self.out.parent / f".{self.out.name}.{os.getpid()}.tmp"
+        self._av = av
+        self.fps = float(fps)
+        self.container = av.open(str(self.tmp), mode="w", format="mp4")
+        rate = Fraction(self.fps).limit_denominator(1001)
+        v = self.container.add_stream("libx264", rate=rate)
+        v.width = v.height = int(size)
+        v.pix_fmt = "yuv420p"
+        v.time_base = 1 / rate
+        v.options = {"crf": str(crf), "preset": preset}
+        self.video = v
+        self.audio = None
+        self.wav = None
+        if audio is not None and len(audio):
+            a = self.container.add_stream("aac", rate=AUDIO_RATE)
+            a.layout = "mono"
+            a.time_base = Fraction(1, AUDIO_RATE)
+            self.audio, self.wav = a, np.asarray(audio, np.float32)
+        self.n = 0
+        self.a_pos = 0
+
+    def _audio_until(self, n_samples: int) -> None:
+        if self.audio is None:
+            return
+        end = min(len(self.wav), n_samples)
+        if end <= self.a_pos:
+            return
+        chunk = np.clip(self.wav[self.a_pos:end], -1.0, 1.0)[None, :]
+        fr = self._av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="fltp", layout="mono")
+        fr.sample_rate = AUDIO_RATE
+        fr.pts = self.a_pos
+        fr.time_base = Fraction(1, AUDIO_RATE)
+        for p in self.audio.encode(fr):
+            self.container.mux(p)
+        self.a_pos = end
+
+    def write(self, frames: np.ndarray) -> None:
+        """uint8 RGB (N, S, S, 3)."""
+        for rgb in frames:
+            vf = self._av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            vf.pts = self.n
+            for p in self.video.encode(vf):
+                self.container.mux(p)
+            self.n += 1
+        self._audio_until(int(round(self.n / self.fps * AUDIO_RATE)))
+
+    def close(self) -> Path:
+        if self.audio is not None:
+            self._audio_until(len(self.wav))
+            for p in self.audio.encode():
+                self.container.mux(p)
+        for p in self.video.encode():
+            self.container.mux(p)
+        self.container.close()
+        os.replace(self.tmp, self.out)
+        return self.out
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self.container.close()
+        with contextlib.suppress(OSError):
+            self.tmp.unlink()
+
+
+# ------------------------------------------------------------------------------------------
+# generation
+# ------------------------------------------------------------------------------------------
+
+class _Timer:
+    def __init__(self, device: torch.device):
+        self.sync = device.type == "cuda"
+        self.t: Dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name):
+        if self.sync:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.sync:
+                torch.cuda.synchronize()
+            self.t[name] = self.t.get(name, 0.0) + time.perf_counter() - t0
+
+
+def _autocast(device: torch.device, dtype: str):
+    if dtype not in DTYPES:
+        raise InferenceError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if dtype == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=DTYPES[dtype])
+
+
+def _maybe_compile(fn, compile: bool):
+    if not compile:
+        return fn
+    try:
+        return torch.compile(fn, dynamic=False)
+    except Exception as e:  # noqa: BLE001 - compile is an optimisation only
+        log.warning("torch.compile unavailable (%s); running eagerly", e)
+        return fn
+
+
+class _Progress:
+    def __init__(self, total: int, enabled: bool, what: str = "frames"):
+        self.total, self.enabled, self.what = total, enabled and total > 0, what
+        self.t0 = time.perf_counter()
+
+    def update(self, n: int):
+        if self.enabled:
+            dt = max(time.perf_counter() - self.t0, 1e-9)
+            print(f"\r{n}/{self.total} {self.what} ({n / dt:.1f} fps)", end="", file=sys.stderr, flush=True)
+
+    def close(self):
+        if self.enabled:
+            print(file=sys.stderr, flush=True)
+
+
+def _check_common(fps, batch_frames, size, image_size):
+    if not (isinstance(fps, (int, float)) and math.isfinite(fps) and 1 <= fps <= 240):
+        raise InferenceError(f"--fps must be in [1, 240], got {fps!r}")
+    if not isinstance(batch_frames, int) or batch_frames < 1:
+        raise InferenceError(f"batch_frames must be an integer >= 1, got {batch_frames!r}")
+    if size is not None and int(size) != image_size:
+        raise InferenceError(f"--size {size} differs from the model's image_size {image_size} "
+                             f"(the stage-1 model generates {image_size}x{image_size} only)")
+
+
+@torch.inference_mode()
+def generate(run_dir, image, audio, out_path, fps: float = 25.0, steps: int = 25, cfg: float = 2.5,
+             motion_std: float = 0.1, motion_mean="input", seed: int = 0, size: Optional[int] = None,
+             device="auto", dtype: str = "fp32", compile: bool = False, overwrite: bool = False,
+             batch_frames: int = 16, progress: bool = True, wav2vec2: Optional[str] = None,
+             face_check: bool = True, return_motion: bool = False, models: Optional[Models] = None,
+             eta: float = 0.0) -> dict:
+    """Image + speech -> talking-head mp4 at `out_path`. Returns stats: frames, seconds (audio),
+    fps (frames per second of wall time after the models are loaded), first_frame_latency_s
+    (from the start of the request, models loaded, to the first frame handed to the encoder),
+    load_s, per-stage seconds {encode, features, motion, decode, write}, and with
+    `return_motion` the generated motion (frames, D) float32. `models`: preloaded
+    `load_models(...)` (benchmarks, servers)."""
+    from ifmdm_data.audio import loudness_dbfs
+    from ifmdm_data.features import align_to_frames
+
+    from .diffusion import cfg_model_fn, ddim_sample
+
+    t_load = time.perf_counter()
+    if models is None:
+        models = load_models(run_dir, device)
+    load_s = time.perf_counter() - t_load
+    dev, s1, s2 = models.device, models.stage1, models.stage2
+    _check_common(fps, batch_frames, size, models.image_size)
+    n_f, D = s2.cfg.n_frames, models.motion_dim
+    if not isinstance(steps, int) or not 1 <= steps <= models.schedule.num_timesteps:
+        raise InferenceError(f"--steps must be an integer in [1, {models.schedule.num_timesteps}], got {steps!r}")
+    if not (math.isfinite(float(motion_std)) and float(motion_std) >= 0):
+        raise InferenceError(f"--motion-std must be >= 0, got {motion_std!r}")
+    if not math.isfinite(float(cfg)):
+        raise InferenceError(f"--cfg must be finite, got {cfg!r}")
+    mean_mode = motion_mean_arg(motion_mean, D)
+    amp = _autocast(dev, dtype)
+    out = Path(out_path)
+    if out.exists() and not overwrite:
+        raise InferenceError(f"{out} exists: pass --overwrite to replace it")
+    timer = _Timer(dev)
+    t0 = time.perf_counter()
+
+    # inputs: image -> A_l, m'
+    with timer("encode"):
+        rgb = load_image(image)
+        if face_check:
+            check_face(rgb)
+        img = to_tensor(square_resize(rgb, models.image_size)[None], dev)
+        with amp:
+            appearance, m_in = s1.encode(img)
+        appearance = [a.float() for a in appearance]
+        m_in = m_in.float()                                            # (1, D)
+
+    # audio -> per-frame speech features
+    with timer("features"):
+        wav = read_audio(audio)
+        if wav.size == 0:
+            raise InferenceError(f"audio {audio} is empty")
+        if loudness_dbfs(wav) < SILENCE_DBFS:
+            raise InferenceError(f"audio {audio} is silent (below {SILENCE_DBFS:.0f} dBFS): nothing to lip-sync")
+        seconds = wav.size / AUDIO_RATE
+        n_frames = int(round(seconds * fps))
+        if n_frames < 1:
+            raise InferenceError(f"audio {audio} is too short ({seconds:.3f} s) for one frame at {fps} fps")
+        feats = speech_extractor(models.speech_feature, s2.cfg.speech_dim, wav2vec2, device=str(dev))
+        native = feats(wav)
+        speech = align_to_frames(native, feats.rate_hz, n_frames, fps,
+                                 offset_s=getattr(feats, "offset_s", None))    # (T, S)
+        del native
+
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    sigma = torch.full((1, D), float(motion_std), device=dev)
+    user_mu = torch.from_numpy(mean_mode).to(dev)[None] if isinstance(mean_mode, np.ndarray) else None
+    model_fn = _maybe_compile(s2, compile)
+    decode = _maybe_compile(s1.decode, compile)
+
+    writer = VideoWriter(out, models.image_size, fps, wav, overwrite=overwrite)
+    bar = _Progress(n_frames, progress)
+    first_frame = None
+    motions: List[np.ndarray] = []
+    hint, prev_mean = m_in, m_in
+    pending: List[torch.Tensor] = []                                   # generated, not yet decoded
+    done = 0
+    try:
+        for start in range(0, n_frames, n_f):
+            length = min(n_f, n_frames - start)
+            with timer("motion"):
+                sp = speech[start:start + length]
+                if length < n_f:                                       # pad the last chunk
+                    sp = np.concatenate([sp, np.repeat(sp[-1:], n_f - length, axis=0)])
+                sp_t = torch.from_numpy(sp).to(dev)[None]              # (1, n_f, S)
+                mu = m_in if mean_mode == "input" else prev_mean if mean_mode == "previous" else user_mu
+                cond = {"speech": sp_t, "m_mu": mu, "m_sigma": sigma, "hint": hint}
+                eps_fn = cfg_model_fn(model_fn, cond, cfg, batched=True)
+                with amp:
+                    x = ddim_sample(eps_fn, (1, n_f, D), steps, models.schedule, eta=eta,
+                                    generator=gen, device=dev, dtype=torch.float32)
+                x = x[0, :length].float()                              # (length, D)
+                hint = x[-1:].clone()
+                prev_mean = x.mean(0, keepdim=True)
+                motions.append(x.cpu().numpy())
+                pending.append(x)
+            queued = torch.cat(pending) if len(pending) > 1 else pending[0]
+            last = start + length >= n_frames
+            while queued.shape[0] >= batch_frames or (last and queued.shape[0] > 0):
+                m = queued[:batch_frames]
+                queued = queued[batch_frames:]
+                with timer("decode"):
+                    with amp:
+                        frames = decode(appearance, m)
+                    frames = to_uint8(frames)
+                with timer("write"):
+                    writer.write(frames)
+                done += len(frames)
+                if first_frame is None:
+                    first_frame = time.perf_counter() - t0
+                bar.update(done)
+            pending = [queued] if queued.shape[0] else []
+        with timer("write"):
+            writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        bar.close()
+    total = time.perf_counter() - t0
+    stats = {"output": str(out), "frames": done, "seconds": seconds, "fps_video": float(fps),
+             "wall_s": total, "fps": done / total if total > 0 else float("inf"),
+             "first_frame_latency_s": first_frame, "load_s": load_s,
+             "stages_s": {k: timer.t.get(k, 0.0) for k in ("encode", "features", "motion", "decode", "write")},
+             "steps": steps, "cfg": float(cfg), "motion_std": float(motion_std), "seed": int(seed),
+             "chunk_frames": n_f, "device": str(dev), "dtype": dtype,
+             "stage1_checkpoint": str(models.stage1_ckpt), "stage2_checkpoint": str(models.stage2_ckpt)}
+    if return_motion:
+        stats["motion"] = np.concatenate(motions) if motions else np.zeros((0, D), np.float32)
+    return stats
+
+
+def _video_frames(path, size: int, batch: int):
+    """Yield (uint8 (n, size, size, 3) batches) of a video's frames, centre-cropped/resized."""
+    import av
+    try:
+        container = av.open(str(path))
+    except Exception as e:  # noqa: BLE001
+        raise InferenceError(f"cannot open driving video {path} ({type(e).__name__}: {e})") from None
+    try:
+        if not container.streams.video:
+            raise InferenceError(f"driving video {path} has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        buf = []
+        try:
+            for frame in container.decode(stream):
+                buf.append(square_resize(frame.to_ndarray(format="rgb24"), size))
+                if len(buf) == batch:
+                    yield np.stack(buf)
+                    buf = []
+        except InferenceError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            if not buf:
+                raise InferenceError(f"decoding driving video {path} failed ({type(e).__name__}: {e})") from None
+        if buf:
+            yield np.stack(buf)
+    finally:
+        container.close()
+
+
+def _video_fps(path) -> float:
+    import av
+    try:
+        with av.open(str(path)) as c:
+            if not c.streams.video:
+                raise InferenceError(f"driving video {path} has no video stream")
+            s = c.streams.video[0]
+            rate = s.average_rate or s.guessed_rate or s.base_rate
+            return float(rate) if rate else 25.0
+    except InferenceError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise InferenceError(f"cannot open driving video {path} ({type(e).__name__}: {e})") from None
+
+
+@torch.inference_mode()
+def reenact(run_dir, image, driving_video, out_path, size: Optional[int] = None, device="auto",
+            dtype: str = "fp32", compile: bool = False, overwrite: bool = False, batch_frames: int = 16,
+            progress: bool = True, face_check: bool = True, models: Optional[Models] = None) -> dict:
+    """Motion transfer through stage 1 alone: the motion m of every driving frame (E_v) decoded
+    with the appearance of `image`; the driving video's frame rate and audio (when present)."""
+    from ifmdm_data.audio import load_audio
+    from ifmdm_data.errors import ClipError
+
+    t_load = time.perf_counter()
+    if models is None:
+        models = load_models(run_dir, device, need_stage2=False)
+    load_s = time.perf_counter() - t_load
+    dev, s1 = models.device, models.stage1
+    p = Path(driving_video)
+    if not p.is_file():
+        raise InferenceError(f"driving video {p} does not exist")
+    fps = _video_fps(p)
+    _check_common(fps, batch_frames, size, models.image_size)
+    amp = _autocast(dev, dtype)
+    out = Path(out_path)
+    if out.exists() and not overwrite:
+        raise InferenceError(f"{out} exists: pass --overwrite to replace it")
+    timer = _Timer(dev)
+    t0 = time.perf_counter()
+    with timer("encode"):
+        rgb = load_image(image)
+        if face_check:
+            check_face(rgb)
+        with amp:
+            appearance, _ = s1.encode(to_tensor(square_resize(rgb, models.image_size)[None], dev))
+        appearance = [a.float() for a in appearance]
+    with timer("features"):
+        try:
+            wav = load_audio(p, sample_rate=AUDIO_RATE)
+        except ClipError:
+            wav = None                                                 # no (decodable) audio: silent video
+    decode = _maybe_compile(s1.decode, compile)
+    writer = VideoWriter(out, models.image_size, fps, wav, overwrite=overwrite)
+    bar = _Progress(0, False)
+    done, first_frame = 0, None
+    try:
+        for batch in _video_frames(p, models.image_size, batch_frames):
+            with timer("motion"):
+                with amp:
+                    _, m = s1.encode(to_tensor(batch, dev))
+            with timer("decode"):
+                with amp:
+                    frames = to_uint8(decode(appearance, m.float()))
+            with timer("write"):
+                writer.write(frames)
+            done += len(frames)
+            if first_frame is None:
+                first_frame = time.perf_counter() - t0
+            if progress:
+                print(f"\r{done} frames", end="", file=sys.stderr, flush=True)
+        if done == 0:
+            raise InferenceError(f"driving video {p} has no decodable frames")
+        with timer("write"):
+            writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        if progress and done:
+            print(file=sys.stderr)
+        bar.close()
+    total = time.perf_counter() - t0
+    return {"output": str(out), "frames": done, "seconds": done / fps, "fps_video": fps, "wall_s": total,
+            "fps": done / total if total > 0 else float("inf"), "first_frame_latency_s": first_frame,
+            "load_s": load_s,
+            "stages_s": {k: timer.t.get(k, 0.0) for k in ("encode", "features", "motion", "decode", "write")},
+            "device": str(dev), "dtype": dtype, "stage1_checkpoint": str(models.stage1_ckpt)}
+
+
+# ------------------------------------------------------------------------------------------
+# CLI
+# ------------------------------------------------------------------------------------------
+
+EPILOG = """\
+examples:
+  ifmdm-infer --checkpoint runs/x --image face.png --audio speech.wav -o out.mp4
+  ifmdm-infer --checkpoint runs/x --image face.png --audio talk.mp4 -o out.mp4 --steps 10 --cfg 2
+  ifmdm-infer --checkpoint runs/x --image face.png --audio speech.wav -o out.mp4 --motion-std 0.05
+  ifmdm-infer --checkpoint runs/x --image face.png --audio speech.wav -o out.mp4 --device cuda --dtype bf16 --compile
+  ifmdm-infer --checkpoint runs/x --image face.png --driving-video clip.mp4 -o reenact.mp4
+
+The image is centre-cropped to a square and resized to the model's size: no face detection or
+alignment is done, so give a frontal portrait framed like the training crops.
+"""
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="ifmdm-infer", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Generate a talking-head video from one portrait image and speech with a trained "
+                    "IF-MDM run (stage-1 motion autoencoder + stage-2 motion diffusion), or transfer "
+                    "the motion of a driving video to the portrait (stage 1 only). Writes an H.264 "
+                    "mp4 with the input audio as AAC.")
+    ap.add_argument("--checkpoint", required=True, help="run folder of `ifmdm-train -o` (holding stage1/ and stage2/)")
+    ap.add_argument("--image", required=True, help="portrait image (png, jpg, ...)")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--audio", help="speech: any audio file, or a video whose audio track is used")
+    src.add_argument("--driving-video", help="reenactment: transfer this video's motion (stage 1 only)")
+    ap.add_argument("-o", "--out", required=True, help="output mp4")
+    ap.add_argument("--steps", type=int, default=25, help="DDIM sampling steps (default 25; 10-100)")
+    ap.add_argument("--cfg", type=float, default=2.5, help="classifier-free guidance scale on speech (default 2.5; 1: off)")
+    ap.add_argument("--motion-std", type=float, default=0.1,
+                    help="m_sigma for every motion dim (default 0.1; lower: calmer, better lip sync; higher: more expressive)")
+    ap.add_argument("--motion-mean", default="input",
+                    help="m_mu: input (the image's motion, default), previous (each chunk: the previous "
+                         "chunk's mean) or a .npy of shape (D,) or (T, D)")
+    ap.add_argument("--seed", type=int, default=0, help="noise seed (same seed, same video)")
+    ap.add_argument("--fps", type=float, default=25.0, help="output frame rate (default 25)")
+    ap.add_argument("--size", type=int, help="output side; must equal the model's image size (checked)")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="autocast precision (bf16/fp16 on GPU)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the DiT and the decoder (GPU)")
+    ap.add_argument("--batch-frames", type=int, default=16, help="frames decoded per batch (default 16)")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    ap.add_argument("--wav2vec2", help="wav2vec2 model folder (overrides the one recorded in the checkpoint)")
+    ap.add_argument("--no-face-check", action="store_true", help="skip the mediapipe face-count warning")
+    ap.add_argument("-q", "--quiet", action="store_true", help="no progress line")
+    ap.add_argument("--json", action="store_true", help="print the stats as JSON")
+    return ap
+
+
+def _summary(st: dict) -> str:
+    s = st["stages_s"]
+    ffl = st["first_frame_latency_s"]
+    return (f"wrote {st['output']}: {st['frames']} frames ({st['seconds']:.2f} s at {st['fps_video']:g} fps) "
+            f"in {st['wall_s']:.2f} s = {st['fps']:.1f} fps; first frame after "
+            f"{ffl:.2f} s; load {st['load_s']:.2f} s; " +
+            ", ".join(f"{k} {v:.2f} s" for k, v in s.items()))
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="ifmdm-infer: %(levelname)s: %(message)s")
+    try:
+        common = dict(size=args.size, device=args.device, dtype=args.dtype, compile=args.compile,
+                      overwrite=args.overwrite, batch_frames=args.batch_frames, progress=not args.quiet,
+                      face_check=not args.no_face_check)
+        if args.driving_video:
+            st = reenact(args.checkpoint, args.image, args.driving_video, args.out, **common)
+        else:
+            st = generate(args.checkpoint, args.image, args.audio, args.out, fps=args.fps, steps=args.steps,
+                          cfg=args.cfg, motion_std=args.motion_std, motion_mean=args.motion_mean,
+                          seed=args.seed, wav2vec2=args.wav2vec2, **common)
+    except IfmdmError as e:
+        print(f"ifmdm-infer: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ifmdm-infer: interrupted; no output written", file=sys.stderr)
+        return 130
+    print(json.dumps(st, indent=2) if args.json else _summary(st))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
