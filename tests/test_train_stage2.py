@@ -88,3 +88,37 @@ def test_stage2_resume_with_other_encoder_is_refused(manifests, tmp_path, capsys
         shutil.rmtree(run / "stage1")
         train_stage1(cur, TrainOptions(run_dir=run))
         train_stage2(cur, TrainOptions(run_dir=run))
+
+
+def test_stage2_nan_and_ddp(manifests, tmp_path, monkeypatch, capsys):
+    import os
+    import subprocess
+    import sys
+
+    from ifmdm_model import train_stage2 as t2
+    from ifmdm_model.curriculum import load_curriculum
+    from ifmdm_model.train_stage1 import TrainingError, TrainOptions
+
+    run = tmp_path / "run"
+    assert train_main(["--curriculum", str(manifests), "-o", str(run), "--stage", "1"]) == 0
+    capsys.readouterr()
+    # DDP: two CPU processes (gloo) share the extraction and train stage 2
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29531", "-m", "ifmdm_model.cli", "--curriculum", str(manifests),
+                          "-o", str(run), "--stage", "2", "--max-steps", "2", "--device", "cpu"],
+                         env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    st = _state(run / "stage2")
+    assert st["world_size"] == 2 and st["global_step"] == 2
+    # a non-finite loss stops the run with the step and the batch keys
+    import shutil
+
+    import torch
+
+    import ifmdm_model.diffusion as diff
+    other = tmp_path / "other"
+    shutil.copytree(run / "stage1", other / "stage1")
+    monkeypatch.setattr(diff, "diffusion_loss",
+                        lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(TrainingError, match=r"non-finite stage-2 loss at step 0; batch keys"):
+        t2.train_stage2(load_curriculum(manifests), TrainOptions(run_dir=other))
