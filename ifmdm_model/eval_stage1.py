@@ -383,15 +383,9 @@ def evaluate_stage1(checkpoint, shards_root, subsets=SUBSETS, n_clips: int = 50,
 # ------------------------------------------------------------------------------------------
 
 def write_json_atomic(path: Path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Atomic JSON write (the project's one implementation, argument order of this module)."""
+    from ifmdm_data.manifest import write_json_atomic as _write
+    _write(obj, Path(path))
 
 
 def format_table(res: dict) -> str:

@@ -325,14 +325,9 @@ class _Done:
 # ------------------------------------------------------------------------------------------
 
 def _write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Atomic JSON write (the project's one implementation, argument order of this module)."""
+    from ifmdm_data.manifest import write_json_atomic as _write
+    _write(obj, Path(path))
 
 
 def _claim_out_root(out_root: Path, record: dict) -> None:

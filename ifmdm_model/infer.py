@@ -22,7 +22,8 @@ Talking head (DESIGN.md, "Inference"):
    any device). The last chunk is padded (speech repeated) to n_f frames and trimmed.
 4. Frames are decoded in batches of `batch_frames` by the stage-1 EMA decoder with the
    appearance tensors of step 1, converted to uint8 and written to H.264 (yuv420p) as they
-   are produced; the 16 kHz mono input audio is muxed as AAC alongside. The file is written
+   are produced (resized to `size` when given); the 16 kHz mono input audio is muxed as AAC
+   alongside. The file is written
    under a temporary name next to the output and renamed at the end.
 
 Memory is bounded by one motion chunk + one decode batch (plus the per-frame features and
@@ -477,9 +478,27 @@ def _check_common(fps, batch_frames, size, image_size):
         raise InferenceError(f"--fps must be in [1, 240], got {fps!r}")
     if not isinstance(batch_frames, int) or batch_frames < 1:
         raise InferenceError(f"batch_frames must be an integer >= 1, got {batch_frames!r}")
-    if size is not None and int(size) != image_size:
-        raise InferenceError(f"--size {size} differs from the model's image_size {image_size} "
-                             f"(the stage-1 model generates {image_size}x{image_size} only)")
+    if size is not None and (not isinstance(size, int) or size < 16 or size % 2 or size > 4096):
+        raise InferenceError(f"--size must be an even integer in [16, 4096], got {size!r} "
+                             f"(the model generates {image_size}x{image_size}; frames are resized to --size)")
+
+
+def _resize(frames: np.ndarray, size: Optional[int]) -> np.ndarray:
+    """uint8 (N, S, S, 3) -> (N, size, size, 3) (bicubic up, area down); no-op when size is None/S."""
+    if size is None or frames.shape[1] == size:
+        return frames
+    import cv2
+    interp = cv2.INTER_AREA if size < frames.shape[1] else cv2.INTER_CUBIC
+    return np.stack([cv2.resize(f, (size, size), interpolation=interp) for f in frames])
+
+
+def _decode_batch(decode, appearance, m: torch.Tensor, batch: int, pad: bool) -> torch.Tensor:
+    """decode(appearance, m) -> images; with `pad` (torch.compile, static shapes) a short last
+    batch is padded to `batch` (repeating its last motion) and the extra frames dropped."""
+    n = m.shape[0]
+    if pad and n < batch:
+        m = torch.cat([m, m[-1:].expand(batch - n, -1)])
+    return decode(appearance, m)[:n]
 
 
 @torch.inference_mode()
@@ -488,13 +507,15 @@ def generate(run_dir, image, audio, out_path, fps: float = 25.0, steps: int = 25
              device="auto", dtype: str = "fp32", compile: bool = False, overwrite: bool = False,
              batch_frames: int = 16, progress: bool = True, wav2vec2: Optional[str] = None,
              face_check: bool = True, return_motion: bool = False, models: Optional[Models] = None,
-             eta: float = 0.0) -> dict:
+             eta: float = 0.0, first_hint: str = "input") -> dict:
     """Image + speech -> talking-head mp4 at `out_path`. Returns stats: frames, seconds (audio),
     fps (frames per second of wall time after the models are loaded), first_frame_latency_s
     (from the start of the request, models loaded, to the first frame handed to the encoder),
     load_s, per-stage seconds {encode, features, motion, decode, write}, and with
     `return_motion` the generated motion (frames, D) float32. `models`: preloaded
-    `load_models(...)` (benchmarks, servers)."""
+    `load_models(...)` (benchmarks, servers). `first_hint`: "input" (DESIGN.md: the first
+    chunk's hint is m') or "learned" (the null hint embedding that stage 2 trains on clip-start
+    windows); `eta`: DDIM eta (0: deterministic given x_T)."""
     from ifmdm_data.audio import loudness_dbfs
     from ifmdm_data.features import align_to_frames
 
@@ -514,6 +535,8 @@ def generate(run_dir, image, audio, out_path, fps: float = 25.0, steps: int = 25
     if not math.isfinite(float(cfg)):
         raise InferenceError(f"--cfg must be finite, got {cfg!r}")
     mean_mode = motion_mean_arg(motion_mean, D)
+    if first_hint not in ("input", "learned"):
+        raise InferenceError(f"--first-hint must be input or learned, got {first_hint!r}")
     amp = _autocast(dev, dtype)
     out = Path(out_path)
     if out.exists() and not overwrite:
@@ -555,11 +578,11 @@ def generate(run_dir, image, audio, out_path, fps: float = 25.0, steps: int = 25
     model_fn = _maybe_compile(s2, compile)
     decode = _maybe_compile(s1.decode, compile)
 
-    writer = VideoWriter(out, models.image_size, fps, wav, overwrite=overwrite)
+    writer = VideoWriter(out, size or models.image_size, fps, wav, overwrite=overwrite)
     bar = _Progress(n_frames, progress)
     first_frame = None
     motions: List[np.ndarray] = []
-    hint, prev_mean = m_in, m_in
+    hint, prev_mean = (m_in if first_hint == "input" else None), m_in
     pending: List[torch.Tensor] = []                                   # generated, not yet decoded
     done = 0
     try:
@@ -570,7 +593,7 @@ def generate(run_dir, image, audio, out_path, fps: float = 25.0, steps: int = 25
                 if length < n_f:                                       # pad the last chunk
                     sp = np.concatenate([sp, np.repeat(sp[-1:], n_f - length, axis=0)])
                 sp_t = torch.from_numpy(sp).to(dev)[None]              # (1, n_f, S)
-                mu = m_in if mean_mode == "input" else prev_mean if mean_mode == "previous" else user_mu
+                mu = user_mu if user_mu is not None else prev_mean if mean_mode == "previous" else m_in
                 cond = {"speech": sp_t, "m_mu": mu, "m_sigma": sigma, "hint": hint}
                 eps_fn = cfg_model_fn(model_fn, cond, cfg, batched=True)
                 with amp:
@@ -588,8 +611,8 @@ def generate(run_dir, image, audio, out_path, fps: float = 25.0, steps: int = 25
                 queued = queued[batch_frames:]
                 with timer("decode"):
                     with amp:
-                        frames = decode(appearance, m)
-                    frames = to_uint8(frames)
+                        frames = _decode_batch(decode, appearance, m, batch_frames, compile)
+                    frames = _resize(to_uint8(frames), size)
                 with timer("write"):
                     writer.write(frames)
                 done += len(frames)
@@ -700,7 +723,7 @@ def reenact(run_dir, image, driving_video, out_path, size: Optional[int] = None,
         except ClipError:
             wav = None                                                 # no (decodable) audio: silent video
     decode = _maybe_compile(s1.decode, compile)
-    writer = VideoWriter(out, models.image_size, fps, wav, overwrite=overwrite)
+    writer = VideoWriter(out, size or models.image_size, fps, wav, overwrite=overwrite)
     bar = _Progress(0, False)
     done, first_frame = 0, None
     try:
@@ -710,7 +733,8 @@ def reenact(run_dir, image, driving_video, out_path, size: Optional[int] = None,
                     _, m = s1.encode(to_tensor(batch, dev))
             with timer("decode"):
                 with amp:
-                    frames = to_uint8(decode(appearance, m.float()))
+                    frames = _decode_batch(decode, appearance, m.float(), batch_frames, compile)
+                frames = _resize(to_uint8(frames), size)
             with timer("write"):
                 writer.write(frames)
             done += len(frames)
@@ -774,9 +798,13 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--motion-mean", default="input",
                     help="m_mu: input (the image's motion, default), previous (each chunk: the previous "
                          "chunk's mean) or a .npy of shape (D,) or (T, D)")
+    ap.add_argument("--first-hint", choices=["input", "learned"], default="input",
+                    help="motion hint of the first chunk: the image's motion m' (default) or the learned "
+                         "first-chunk embedding")
     ap.add_argument("--seed", type=int, default=0, help="noise seed (same seed, same video)")
     ap.add_argument("--fps", type=float, default=25.0, help="output frame rate (default 25)")
-    ap.add_argument("--size", type=int, help="output side; must equal the model's image size (checked)")
+    ap.add_argument("--size", type=int, help="output side in pixels (default: the model's image size; "
+                                             "other sizes resize the generated frames)")
     ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="autocast precision (bf16/fp16 on GPU)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the DiT and the decoder (GPU)")
@@ -810,7 +838,7 @@ def main(argv=None) -> int:
         else:
             st = generate(args.checkpoint, args.image, args.audio, args.out, fps=args.fps, steps=args.steps,
                           cfg=args.cfg, motion_std=args.motion_std, motion_mean=args.motion_mean,
-                          seed=args.seed, wav2vec2=args.wav2vec2, **common)
+                          seed=args.seed, wav2vec2=args.wav2vec2, first_hint=args.first_hint, **common)
     except IfmdmError as e:
         print(f"ifmdm-infer: error: {e}", file=sys.stderr)
         return 2

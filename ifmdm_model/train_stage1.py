@@ -65,6 +65,28 @@ def setup_distributed(device: str = "auto") -> tuple[torch.device, int, int]:
     return torch.device("cpu"), rank, world
 
 
+def wrap_ddp(model: torch.nn.Module, device: torch.device, world: int) -> torch.nn.Module:
+    if world <= 1:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def tensorboard_writer(rank: int, folder: Path):
+    """A SummaryWriter on rank 0, None elsewhere."""
+    if rank != 0:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(str(folder))
+
+
+def autocast_for(device: torch.device):
+    """bf16 autocast on CUDA; a disabled context on the CPU (float32)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
 # ------------------------------------------------------------------------------------------
 # Training loop
 # ------------------------------------------------------------------------------------------
@@ -151,16 +173,9 @@ def train_stage1(cur: Curriculum, opts: TrainOptions) -> dict:
         step, epoch = int(st["global_step"]), int(st.get("epoch", 0)) + 1
         if rank == 0:
             log.info("resumed from %s at step %d", ck, step)
-    ddp = model
-    if world > 1:
-        ddp = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    writer = None
-    if rank == 0:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(run / "tb"))
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    ddp = wrap_ddp(model, device, world)
+    writer = tensorboard_writer(rank, run / "tb")
+    amp = autocast_for(device)
     total = plan.total_steps if opts.max_steps is None else min(plan.total_steps, opts.max_steps)
     batch_size = opts.batch_size or plan.batch_size
     workers = plan.num_workers if opts.num_workers is None else opts.num_workers
@@ -201,7 +216,7 @@ def train_stage1(cur: Curriculum, opts: TrainOptions) -> dict:
             losses = loss_fn(out, mot, discriminator=disc)
         if not torch.isfinite(losses["loss"]):
             raise TrainingError(f"non-finite loss at step {step} (level '{level.name}'): "
-                                f"{ {k: float(v) for k, v in losses.items()} }; batch keys: {batch['key']}")
+                                f"{ {k: float(v.detach()) for k, v in losses.items()} }; batch keys: {batch['key']}")
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         opt.step()

@@ -23,7 +23,8 @@ import torch
 
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
 from .curriculum import Curriculum
-from .train_stage1 import TrainingError, TrainOptions, ema_update, setup_distributed
+from .train_stage1 import (TrainingError, TrainOptions, autocast_for, ema_update, setup_distributed,
+                           tensorboard_writer, wrap_ddp)
 
 log = logging.getLogger("ifmdm_model")
 
@@ -114,15 +115,9 @@ def train_stage2(cur: Curriculum, opts: TrainOptions) -> dict:
         step, epoch = int(st["global_step"]), int(st.get("epoch", 0)) + 1
         if rank == 0:
             log.info("stage 2 resumed from %s at step %d", ck, step)
-    ddp = model
-    if world > 1:
-        ddp = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    writer = None
-    if rank == 0:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(out_dir / "tb"))
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    ddp = wrap_ddp(model, device, world)
+    writer = tensorboard_writer(rank, out_dir / "tb")
+    amp = autocast_for(device)
     total = plan.steps if opts.max_steps is None else min(plan.steps, opts.max_steps)
     batch_size = opts.batch_size or plan.batch_size
     workers = plan.num_workers if opts.num_workers is None else opts.num_workers

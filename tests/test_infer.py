@@ -1,0 +1,284 @@
+"""ifmdm-infer: talking-head generation and reenactment end to end on a tiny run (CPU).
+
+The run folder holds random-init S1-tiny / M2-tiny checkpoints written exactly as the
+trainers write them (`save_random_run`): training one here (sample set -> filter -> shards ->
+stage 1 -> extraction -> stage 2) would cost minutes, and inference only reads the folder.
+The motion-statistics test uses an analytic (exact) denoiser for Gaussian motion instead of a
+trained DiT, so the expected direction is known.
+"""
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ifmdm_model.infer import (AUDIO_RATE, InferenceError, generate, load_models, main, reenact,
+                               save_random_run)
+
+ROOT = Path(__file__).resolve().parents[1]
+MEDIA = ROOT.parent / "shared" / "media"
+
+
+def _write_wav(path: Path, wav: np.ndarray, rate: int = AUDIO_RATE, channels: int = 1, width: int = 2):
+    a = np.clip(np.asarray(wav, np.float64), -1, 1)
+    if channels > 1:
+        a = np.repeat(a[:, None], channels, axis=1)
+    scale = 2 ** (8 * width - 1) - 1
+    ints = np.round(a * scale).astype("<i4").reshape(-1)
+    raw = ints.astype("<i2").tobytes() if width == 2 else b"".join(
+        int(v).to_bytes(3, "little", signed=True) for v in ints)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(width)
+        w.setframerate(rate)
+        w.writeframes(raw)
+    return path
+
+
+def _speech(seconds: float, rate: int = AUDIO_RATE) -> np.ndarray:
+    src = MEDIA / "audio" / "speech_en_16k_mono.wav"
+    if src.is_file() and rate == AUDIO_RATE:
+        from ifmdm_data.audio import load_audio
+        wav = load_audio(src, 0.5, 0.5 + seconds)
+        if np.sqrt(np.mean(wav ** 2)) > 1e-3:
+            return wav
+    t = np.arange(int(round(seconds * rate))) / rate          # fallback: a "syllabic" AM tone
+    return (0.3 * np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t))).astype(np.float32)
+
+
+def _decode(path):
+    import av
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        fps = float(v.average_rate)
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(v)])
+    with av.open(str(path)) as c:
+        audio = None
+        if c.streams.audio:
+            a = c.streams.audio[0]                               # the edit list trims AAC padding
+            audio = float(a.duration * a.time_base)
+    return frames, fps, audio
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return save_random_run(tmp_path_factory.mktemp("infer") / "run", n_frames=8)
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    src = MEDIA / "image" / "face_aflw.jpg"
+    if src.is_file():
+        return src
+    import cv2
+    from skimage import data
+    p = tmp_path_factory.mktemp("img") / "astronaut.png"
+    cv2.imwrite(str(p), cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
+    return p
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory):
+    return _write_wav(tmp_path_factory.mktemp("aud") / "speech.wav", _speech(0.9))
+
+
+FAST = dict(steps=2, progress=False, face_check=False)
+
+
+@pytest.mark.parametrize("fps", [25.0, 30.0])
+def test_generate_mp4(run, image, speech, tmp_path, fps):
+    out = tmp_path / "out.mp4"
+    st = generate(run, image, speech, out, fps=fps, batch_frames=7, **FAST)
+    seconds = 0.9
+    want = round(seconds * fps)
+    assert st["frames"] == want and abs(st["seconds"] - seconds) < 1e-3
+    frames, got_fps, audio_s = _decode(out)
+    assert len(frames) == want and frames.shape[1:] == (64, 64, 3)
+    assert abs(got_fps - fps) < 1e-3
+    assert audio_s is not None and abs(audio_s - seconds) <= 1.0 / fps
+    assert st["first_frame_latency_s"] > 0 and set(st["stages_s"]) == {"encode", "features", "motion", "decode", "write"}
+    assert not list(tmp_path.glob(".*tmp"))                      # temp file renamed
+
+
+def test_48k_stereo_24bit_input(run, image, tmp_path):
+    src = MEDIA / "audio" / "speech_ja_48k_s24.wav"
+    if src.is_file():
+        import av
+        with av.open(str(src)) as c:                              # a 0.6 s cut of the real file
+            a = c.streams.audio[0]
+            assert a.rate == 48000
+        from ifmdm_data.audio import load_audio
+        wav = load_audio(src, 1.0, 1.6, sample_rate=48000)
+    else:
+        t = np.arange(int(0.6 * 48000)) / 48000
+        wav = 0.3 * np.sin(2 * np.pi * 200 * t)
+    p = _write_wav(tmp_path / "s24.wav", wav, rate=48000, channels=2, width=3)
+    st = generate(run, image, p, tmp_path / "o.mp4", fps=25, **FAST)
+    frames, _, audio_s = _decode(tmp_path / "o.mp4")
+    assert st["frames"] == len(frames) == 15 and abs(audio_s - 0.6) <= 0.04
+
+
+def test_seed_determinism(run, image, tmp_path):
+    p = _write_wav(tmp_path / "s.wav", _speech(0.4))
+    a = generate(run, image, p, tmp_path / "a.mp4", seed=3, return_motion=True, **FAST)
+    b = generate(run, image, p, tmp_path / "b.mp4", seed=3, return_motion=True, **FAST)
+    c = generate(run, image, p, tmp_path / "c.mp4", seed=4, return_motion=True, **FAST)
+    np.testing.assert_array_equal(a["motion"], b["motion"])
+    assert not np.allclose(a["motion"], c["motion"])
+    fa, fb, fc = (_decode(tmp_path / f"{k}.mp4")[0] for k in "abc")
+    np.testing.assert_array_equal(fa, fb)
+    assert not np.array_equal(fa, fc)
+
+
+class GaussianDenoiser(torch.nn.Module):
+    """The exact eps predictor for motion x0 ~ N(m_mu, m_sigma^2) i.i.d. per frame:
+    E[eps | x_t] = sqrt(1 - a) (x_t - sqrt(a) mu) / (a sigma^2 + 1 - a); ignores speech."""
+
+    def __init__(self, cfg, schedule):
+        super().__init__()
+        self.cfg, self.abar = cfg, schedule.alphas_cumprod.float()
+
+    def forward(self, x, t, speech, m_mu, m_sigma, hint, **drops):
+        a = self.abar[t.cpu()].to(x)[:, None, None]
+        mu, s = m_mu[:, None, :], m_sigma[:, None, :]
+        return (1 - a).sqrt() * (x - a.sqrt() * mu) / (a * s ** 2 + 1 - a)
+
+
+def test_motion_statistics(run, image, tmp_path):
+    p = _write_wav(tmp_path / "s.wav", _speech(1.0))
+    models = load_models(run, "cpu")
+    models.stage2 = GaussianDenoiser(models.stage2.cfg, models.schedule)
+
+    def motion(i, **kw):
+        kw = {**FAST, "steps": 20, "cfg": 1.0, **kw}
+        return generate(run, image, p, tmp_path / f"{i}.mp4", models=models, return_motion=True, **kw)["motion"]
+
+    calm, lively = motion(0, motion_std=0.0), motion(1, motion_std=0.5)
+    assert calm.shape == (25, models.motion_dim)
+    assert calm.std(0).mean() < 0.05 and 0.3 < lively.std(0).mean() < 0.7
+    target = np.full(models.motion_dim, 2.0, np.float32)
+    np.save(tmp_path / "mu.npy", target)
+    shifted = motion(2, motion_std=0.0, motion_mean=str(tmp_path / "mu.npy"))
+    assert np.abs(shifted - 2.0).max() < 0.05
+    prev = motion(3, motion_std=0.2, motion_mean="previous", first_hint="learned")
+    assert np.isfinite(prev).all()
+
+
+def test_face_check_warns(caplog):
+    from ifmdm_model.infer import check_face, load_image
+    p = MEDIA / "image" / "grass_noface.jpg"
+    if not p.is_file():
+        pytest.skip("../shared/media is absent")
+    n = check_face(load_image(p))
+    if n is None:
+        pytest.skip("mediapipe face detector unavailable")
+    assert n == 0 and "no face" in caplog.text
+
+
+def _one_line_error(capsys, argv, needle):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("ifmdm-infer: error:") and needle in err, err
+
+
+def test_bad_inputs(run, image, speech, tmp_path, capsys):
+    out = str(tmp_path / "o.mp4")
+    base = ["--checkpoint", str(run), "--no-face-check", "-q", "--steps", "2", "-o", out]
+    bad_img = tmp_path / "bad.png"
+    bad_img.write_bytes(b"not an image")
+    _one_line_error(capsys, base + ["--image", str(bad_img), "--audio", str(speech)], "cannot read image")
+    garbage = tmp_path / "garbage.wav"
+    garbage.write_bytes(np.random.default_rng(0).bytes(4000))
+    _one_line_error(capsys, base + ["--image", str(image), "--audio", str(garbage)], "cannot read audio")
+    silent = _write_wav(tmp_path / "silent.wav", np.zeros(AUDIO_RATE))
+    _one_line_error(capsys, base + ["--image", str(image), "--audio", str(silent)], "silent")
+    Path(out).write_bytes(b"x")
+    _one_line_error(capsys, base + ["--image", str(image), "--audio", str(speech)], "--overwrite")
+    assert Path(out).read_bytes() == b"x"
+    only1 = tmp_path / "only1"
+    only1.mkdir()
+    (only1 / "stage1").symlink_to(run / "stage1")
+    _one_line_error(capsys, ["--checkpoint", str(only1), "--image", str(image), "--audio", str(speech),
+                             "-o", str(tmp_path / "p.mp4")], "no stage-2 checkpoint")
+    _one_line_error(capsys, base[:-1] + [str(tmp_path / "q.mp4"), "--image", str(image), "--audio",
+                                         str(speech), "--size", "127"], "--size")
+    with pytest.raises(InferenceError, match="--motion-mean"):
+        generate(run, image, speech, tmp_path / "r.mp4", motion_mean="nope.npy", **FAST)
+
+
+def test_cli_and_reenactment(run, image, speech, tmp_path, capsys):
+    talk = tmp_path / "talk.mp4"
+    assert main(["--checkpoint", str(run), "--image", str(image), "--audio", str(speech), "-o", str(talk),
+                 "--steps", "2", "--fps", "20", "--no-face-check", "-q"]) == 0
+    assert "18 frames" in capsys.readouterr().out
+    out = tmp_path / "re.mp4"
+    assert main(["--checkpoint", str(run), "--image", str(image), "--driving-video", str(talk),
+                 "-o", str(out), "--no-face-check", "-q"]) == 0
+    frames, fps, audio_s = _decode(out)
+    assert len(frames) == 18 and abs(fps - 20) < 1e-3 and audio_s is not None
+    st = reenact(run, image, talk, out, overwrite=True, progress=False, face_check=False, batch_frames=5,
+                 size=96)
+    frames, _, _ = _decode(out)
+    assert st["frames"] == len(frames) == 18 and frames.shape[1:] == (96, 96, 3)
+
+
+def test_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0 and "--driving-video" in capsys.readouterr().out
+
+
+CURRICULUM = """\
+shards: {shards}
+stage1:
+  model: S1-tiny
+  batch_size: 2
+  pairs_per_clip: 4
+  num_workers: 0
+  warmup_steps: 1
+  log_every: 100
+  image_every: 100
+  checkpoint_every: 100
+  levels:
+    - {{name: coarse, subsets: [coarse], steps: 1, lr: 1.0e-3}}
+stage2:
+  model: M2-tiny
+  batch_size: 2
+  window: 8
+  steps: 2
+  lr: 1.0e-3
+  warmup_steps: 1
+  num_workers: 0
+  log_every: 100
+  checkpoint_every: 100
+  extract_batch: 16
+"""
+
+
+@pytest.fixture(scope="module")
+def trained_run(sample_shards, tmp_path_factory):
+    """A real (tiny) run: the trainer test's recipe, stage 1 then stage 2 on the sample shards."""
+    from ifmdm_model.cli import train_main
+
+    d = tmp_path_factory.mktemp("trained")
+    (d / "manifests").mkdir()
+    (d / "manifests" / "curriculum.yaml").write_text(CURRICULUM.format(shards=sample_shards))
+    assert train_main(["--curriculum", str(d / "manifests"), "-o", str(d / "run")]) == 0
+    return d / "run"
+
+
+@pytest.mark.slow
+def test_generate_from_trained_run(trained_run, sample_dir, image, tmp_path, capsys):
+    """The speech track of the sample set's lip_talk.mp4 (a video as --audio) with a trained run."""
+    talk = sample_dir / "lip_talk.mp4"
+    out = tmp_path / "o.mp4"
+    assert main(["--checkpoint", str(trained_run), "--image", str(image), "--audio", str(talk), "-o", str(out),
+                 "--steps", "2", "--no-face-check", "-q", "--json"]) == 0
+    import json
+    st = json.loads(capsys.readouterr().out)
+    frames, _, audio_s = _decode(out)
+    assert len(frames) == st["frames"] == round(st["seconds"] * 25) and frames.shape[1:] == (64, 64, 3)
+    assert abs(audio_s - st["seconds"]) <= 0.04
