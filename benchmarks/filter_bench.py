@@ -26,14 +26,9 @@ from __future__ import annotations
 
 import os
 
-_CPU = min(os.sched_getaffinity(0))
-_ALL_CPUS = os.sched_getaffinity(0)
-os.sched_setaffinity(0, {_CPU})
-for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
-           "VECLIB_MAXIMUM_THREADS", "TF_NUM_INTEROP_THREADS", "TF_NUM_INTRAOP_THREADS"):
-    os.environ[_v] = "1"
-os.environ.setdefault("GLOG_minloglevel", "2")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from _onecore import pin_one_core
+
+_CPU, _ALL_CPUS = pin_one_core("min")
 
 import argparse, contextlib, math, sys, tempfile, time  # noqa: E401,E402
 from collections import defaultdict  # noqa: E402

@@ -29,14 +29,9 @@ from __future__ import annotations
 
 import os
 
-_CPU = max(os.sched_getaffinity(0))  # filter_bench takes the lowest core
-_ALL_CPUS = os.sched_getaffinity(0)
-os.sched_setaffinity(0, {_CPU})
-for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
-           "VECLIB_MAXIMUM_THREADS", "TF_NUM_INTEROP_THREADS", "TF_NUM_INTRAOP_THREADS"):
-    os.environ[_v] = "1"
-os.environ.setdefault("GLOG_minloglevel", "2")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from _onecore import pin_one_core
+
+_CPU, _ALL_CPUS = pin_one_core("max")  # filter_bench takes the lowest core
 
 import argparse, contextlib, json, math, shutil, sys, tempfile, time  # noqa: E401,E402
 from pathlib import Path  # noqa: E402
