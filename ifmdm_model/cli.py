@@ -1,4 +1,4 @@
-"""`ifmdm-train` and `ifmdm-infer`. Thin: parse, call the library, one-line errors (exit 2)."""
+"""`ifmdm-train`. Thin: parse, call the library, one-line errors (exit 2). (`ifmdm-infer` lives in infer.py.)"""
 from __future__ import annotations
 
 import argparse
@@ -85,11 +85,6 @@ def train_main(argv=None) -> int:
         print("ifmdm-train: interrupted; the latest checkpoint is kept, re-run to resume", file=sys.stderr)
         return 130
     return 0
-
-
-def infer_main(argv=None) -> int:
-    print("ifmdm-infer: not built yet (inference is an open issue)", file=sys.stderr)
-    return 2
 
 
 if __name__ == "__main__":

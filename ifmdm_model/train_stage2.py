@@ -145,8 +145,9 @@ def train_stage2(cur: Curriculum, opts: TrainOptions) -> dict:
         cond = {k: b[k].to(device) for k in ("speech", "hint")}
         cond["m_mu"], cond["m_sigma"] = b["motion_mean"].to(device), b["motion_std"].to(device)
         drops = model.sample_drops(x0.shape[0], gen, device=device)
-        # windows at the start of a clip have no previous frame: they train the learned
-        # first-chunk hint (the null hint embedding) that inference uses for its first chunk
+        # windows at the start of a clip have no previous frame: they train the null hint
+        # embedding, which inference can use for its first chunk (`--first-hint learned`;
+        # the default, as in DESIGN.md, is the input image's motion m')
         drops["drop_hint"] = drops["drop_hint"] | b["hint_is_first"].to(device).bool()
         with amp:
             loss = diffusion_loss(ddp, schedule, x0, cond, generator=gen, drops=drops)
