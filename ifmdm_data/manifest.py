@@ -14,7 +14,7 @@ import pandas as pd
 from .config import FilterConfig
 from .decide import decide
 from .reasons import SUBSETS
-from .schema import CLIP_COLUMNS, clips_table, readable_mode, write_parquet_atomic
+from .schema import clips_table, readable_mode, write_parquet_atomic
 
 
 def write_json_atomic(obj, path: Path) -> None:

@@ -439,7 +439,7 @@ def write_report(manifest_dir, out_dir, examples_per_subset: int = 6, seed: int 
             rgb, note = render_tile(row, manifest_dir, COLOURS[g])
             ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
             name = f"tiles/{g}_{i:02d}.png"
-            tiles.append(f'<div class="tilebox">'
+            tiles.append('<div class="tilebox">'
                          + _img(save(name, buf.tobytes()), name, "tile", row.segment_id,
                                 f' data-group="{g}" title="{e(row.segment_id)}"')
                          + _caption(row, note) + "</div>")

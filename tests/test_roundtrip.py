@@ -1,11 +1,8 @@
 """Sample set -> filter -> shard -> loaders: what the trainer receives."""
 from __future__ import annotations
 
-import json
 
-import numpy as np
 import pandas as pd
-import pytest
 import torch
 
 from ifmdm_data.cli import main
