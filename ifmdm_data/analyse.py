@@ -72,8 +72,10 @@ def analyse_unit(unit: dict, cfg: FilterConfig, models: FaceModels, speech=None)
     acc = _Accumulator(start_s=unit["start_s"], cut_before=False)
     person = None
     k = 0
+    # decode only reference frames when the source has at least ~2 frames per analysed frame
+    skip = bool(a.skip_nonref) and float(probe.get("fps") or 0) >= 1.9 * a.fps
     for t, rgb in iter_frames(unit["path"], unit["start_s"], unit["end_s"], a.fps, size,
-                              probe.get("rotation", 0)):
+                              probe.get("rotation", 0), skip_nonref=skip):
         if cuts is not None:
             is_cut, _ = cuts(rgb)
             if is_cut and acc.t:

@@ -35,6 +35,7 @@ class SegmentConfig:
 class AnalysisConfig:
     backend: str = "mediapipe"        # mediapipe | fan | facexlib (see backends.build_models)
     fps: float = 12.5                 # face mesh and lip motion rate
+    skip_nonref: bool = True          # sources >= 1.9x fps: decode reference frames only
     max_side: int = 640               # frames are downscaled so their long side is at most this
     detect_fps: float = 2.5           # face counting (full-range detector) rate
     segmentation_fps: float = 2.5     # person segmentation rate

@@ -32,10 +32,15 @@ def to_rgb(frame, width: int, height: int) -> np.ndarray:
 
 
 def iter_frames(path: str, start_s: float, end_s: float, fps: float, size: Tuple[int, int],
-                rotation: int = 0, threads: int = 1) -> Iterator[Tuple[float, np.ndarray]]:
+                rotation: int = 0, threads: int = 1,
+                skip_nonref: bool = False) -> Iterator[Tuple[float, np.ndarray]]:
     """Yield (t, rgb (H, W, 3) uint8) for frames on a `fps` grid within [start_s, end_s).
 
-    `size` is the displayed (w, h) after rotation. Raises ClipError(DECODE_ERROR) when the
+    `size` is the displayed (w, h) after rotation. `skip_nonref`: the decoder skips frames no
+    other frame references (about half of a typical H.264 / HEVC stream), so only reference
+    frames are candidates for the grid; use it when the source rate is well above `fps`
+    (frame times stay exact; the grid is then filled by the nearest following reference
+    frame). Raises ClipError(DECODE_ERROR) when the
     stream cannot be opened or breaks before the first frame; a stream that breaks later ends
     the iteration (the caller sees fewer frames than expected and records it).
     """
@@ -54,6 +59,8 @@ def iter_frames(path: str, start_s: float, end_s: float, fps: float, size: Tuple
         stream = container.streams.video[0]
         stream.thread_type = "AUTO" if threads > 1 else "SLICE"
         stream.codec_context.thread_count = threads
+        if skip_nonref:
+            stream.codec_context.skip_frame = "NONREF"
         tb = float(stream.time_base) if stream.time_base else 1.0 / 90000
         t0 = float(stream.start_time * tb) if stream.start_time is not None else 0.0
         if start_s > 0.5:
