@@ -48,7 +48,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -431,7 +430,10 @@ def parser() -> argparse.ArgumentParser:
                     "cross-identity reconstruction PSNR / SSIM / L1 on held-out clips, next to "
                     "the paper's numbers. Point --shards at shards of clips NOT used for "
                     "training (`ifmdm-data shard` of a held-out manifest): there is no "
-                    "automatic split.")
+                    "automatic split. With `--clips VIDEO...` and no --shards, it evaluates "
+                    "generated talking-head video instead: `ifmdm-eval --checkpoint runs/x "
+                    "--clips a.mp4 b.mp4 -o eval_out/ [--inception F] [--arcface F] "
+                    "[--syncnet F]` (see ifmdm_model/eval_video.py).")
     ap.add_argument("--checkpoint", required=True,
                     help="run folder (runs/x: its stage1/latest) or a ckpt-XXXXXXXX folder")
     ap.add_argument("--shards", required=True, help="held-out shard folder of `ifmdm-data shard`")
@@ -449,6 +451,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    flags = [a.split("=", 1)[0] for a in argv]
+    if "--clips" in flags and "--shards" not in flags:     # talking-head evaluation on videos
+        from . import eval_video
+        return eval_video.main(argv)
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
