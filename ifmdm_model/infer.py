@@ -502,6 +502,24 @@ def _decode_batch(decode, appearance, m: torch.Tensor, batch: int, pad: bool) ->
 
 
 @torch.inference_mode()
+def _output_path(out_path, overwrite: bool) -> Path:
+    out = Path(out_path)
+    if out.exists() and not overwrite:
+        raise InferenceError(f"{out} exists: pass --overwrite to replace it")
+    return out
+
+
+def _encode_image(models, image, face_check: bool, amp):
+    """E_v on the input image once: (appearance tensors A_l in float32, m' (1, D))."""
+    rgb = load_image(image)
+    if face_check:
+        check_face(rgb)
+    img = to_tensor(square_resize(rgb, models.image_size)[None], models.device)
+    with amp:
+        appearance, m_in = models.stage1.encode(img)
+    return [a.float() for a in appearance], m_in
+
+
 def generate(run_dir, image, audio, out_path, fps: float = 25.0, steps: int = 25, cfg: float = 2.5,
              motion_std: float = 0.1, motion_mean="input", seed: int = 0, size: Optional[int] = None,
              device="auto", dtype: str = "fp32", compile: bool = False, overwrite: bool = False,
@@ -538,21 +556,13 @@ def generate(run_dir, image, audio, out_path, fps: float = 25.0, steps: int = 25
     if first_hint not in ("input", "learned"):
         raise InferenceError(f"--first-hint must be input or learned, got {first_hint!r}")
     amp = _autocast(dev, dtype)
-    out = Path(out_path)
-    if out.exists() and not overwrite:
-        raise InferenceError(f"{out} exists: pass --overwrite to replace it")
+    out = _output_path(out_path, overwrite)
     timer = _Timer(dev)
     t0 = time.perf_counter()
 
     # inputs: image -> A_l, m'
     with timer("encode"):
-        rgb = load_image(image)
-        if face_check:
-            check_face(rgb)
-        img = to_tensor(square_resize(rgb, models.image_size)[None], dev)
-        with amp:
-            appearance, m_in = s1.encode(img)
-        appearance = [a.float() for a in appearance]
+        appearance, m_in = _encode_image(models, image, face_check, amp)
         m_in = m_in.float()                                            # (1, D)
 
     # audio -> per-frame speech features
@@ -705,18 +715,11 @@ def reenact(run_dir, image, driving_video, out_path, size: Optional[int] = None,
     fps = _video_fps(p)
     _check_common(fps, batch_frames, size, models.image_size)
     amp = _autocast(dev, dtype)
-    out = Path(out_path)
-    if out.exists() and not overwrite:
-        raise InferenceError(f"{out} exists: pass --overwrite to replace it")
+    out = _output_path(out_path, overwrite)
     timer = _Timer(dev)
     t0 = time.perf_counter()
     with timer("encode"):
-        rgb = load_image(image)
-        if face_check:
-            check_face(rgb)
-        with amp:
-            appearance, _ = s1.encode(to_tensor(square_resize(rgb, models.image_size)[None], dev))
-        appearance = [a.float() for a in appearance]
+        appearance, _ = _encode_image(models, image, face_check, amp)
     with timer("features"):
         try:
             wav = load_audio(p, sample_rate=AUDIO_RATE)

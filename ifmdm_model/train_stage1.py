@@ -65,6 +65,16 @@ def setup_distributed(device: str = "auto") -> tuple[torch.device, int, int]:
     return torch.device("cpu"), rank, world
 
 
+def restore(ck: Path, data: dict, model, ema, opt) -> tuple[int, int]:
+    """Load weights, EMA and optimizer from a loaded checkpoint; returns (global step, next
+    epoch). The caller has already checked that the checkpoint matches its configuration."""
+    load_weights(model, data["model"], str(ck / "model.safetensors"))
+    load_weights(ema, data["ema"], str(ck / "ema.safetensors"))
+    opt.load_state_dict(data["optim"]["opt"])
+    st = data["state"]
+    return int(st["global_step"]), int(st.get("epoch", 0)) + 1
+
+
 def wrap_ddp(model: torch.nn.Module, device: torch.device, world: int) -> torch.nn.Module:
     if world <= 1:
         return model
@@ -164,13 +174,10 @@ def train_stage1(cur: Curriculum, opts: TrainOptions) -> dict:
         if st.get("levels") != levels_json:
             raise CheckpointError(f"{ck} was trained with other curriculum levels; use another -o "
                                   f"folder or restore the curriculum")
-        load_weights(model, data["model"], str(ck / "model.safetensors"))
-        load_weights(ema, data["ema"], str(ck / "ema.safetensors"))
-        opt.load_state_dict(data["optim"]["opt"])
+        step, epoch = restore(ck, data, model, ema, opt)
         if disc is not None and "disc" in data["optim"]:
             disc.load_state_dict(data["optim"]["disc"])
             opt_d.load_state_dict(data["optim"]["opt_d"])
-        step, epoch = int(st["global_step"]), int(st.get("epoch", 0)) + 1
         if rank == 0:
             log.info("resumed from %s at step %d", ck, step)
     ddp = wrap_ddp(model, device, world)

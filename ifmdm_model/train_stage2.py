@@ -21,10 +21,10 @@ from typing import Iterator
 import pandas as pd
 import torch
 
-from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
+from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from .curriculum import Curriculum
-from .train_stage1 import (TrainingError, TrainOptions, autocast_for, ema_update, setup_distributed,
-                           tensorboard_writer, wrap_ddp)
+from .train_stage1 import (TrainingError, TrainOptions, autocast_for, ema_update, restore,
+                           setup_distributed, tensorboard_writer, wrap_ddp)
 
 log = logging.getLogger("ifmdm_model")
 
@@ -109,10 +109,7 @@ def train_stage2(cur: Curriculum, opts: TrainOptions) -> dict:
         if st.get("model_config") != model_cfg or st.get("encoder") != encoder:
             raise CheckpointError(f"{ck} was trained with another model or stage-1 encoder "
                                   f"({st.get('model')}, encoder {st.get('encoder')}); use another -o folder")
-        load_weights(model, data["model"], str(ck / "model.safetensors"))
-        load_weights(ema, data["ema"], str(ck / "ema.safetensors"))
-        opt.load_state_dict(data["optim"]["opt"])
-        step, epoch = int(st["global_step"]), int(st.get("epoch", 0)) + 1
+        step, epoch = restore(ck, data, model, ema, opt)
         if rank == 0:
             log.info("stage 2 resumed from %s at step %d", ck, step)
     ddp = wrap_ddp(model, device, world)
