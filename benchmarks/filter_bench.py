@@ -42,7 +42,7 @@ cv2.setNumThreads(1)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ifmdm_data import analyse, audio  # noqa: E402
-from ifmdm_data.config import FilterConfig  # noqa: E402
+from ifmdm_data.config import FilterConfig, load_config  # noqa: E402
 from ifmdm_data.errors import ClipError  # noqa: E402
 from ifmdm_data.inputs import VIDEO_EXTENSIONS  # noqa: E402
 from ifmdm_data.probe import probe_file  # noqa: E402
@@ -233,6 +233,7 @@ def main():
     ap.add_argument("--limit-s", type=float, default=math.inf, help="analyse at most S s of each clip")
     ap.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
     ap.add_argument("--ray", action="store_true", help="also time run_filter with Ray, 2 workers")
+    ap.add_argument("--config", default=None, help="filter YAML (any subset of keys) instead of the defaults")
     args = ap.parse_args()
 
     sets = []
@@ -253,7 +254,7 @@ def main():
         except Exception as e:  # noqa: BLE001 - the sample module may be unfinished
             print(f"note: could not make the sample set ({type(e).__name__}: {e}): skipping it")
 
-    cfg = FilterConfig()
+    cfg = load_config(args.config) if args.config else FilterConfig()
     with quiet_stderr():
         models, speech = analyse.load_models(cfg)
         naive = None if args.no_naive else Naive()
@@ -271,7 +272,8 @@ def main():
     lim = "" if math.isinf(args.limit_s) else f", each clip capped at {args.limit_s:g} s"
     print(f"\nfilter_bench: best of {args.repeat}{lim}; default config "
           f"(analysis {cfg.analysis.fps} fps, long side {cfg.analysis.max_side}, "
-          f"detect/segment {cfg.analysis.detect_fps} fps, backend {cfg.analysis.backend})")
+          f"detect {cfg.analysis.detect_fps} fps, segment {cfg.analysis.segmentation_fps} fps, "
+          f"backend {cfg.analysis.backend})")
     for name, rows, stages in results:
         print_table(name, rows, stages)
     if args.ray and Path(args.media).is_dir():

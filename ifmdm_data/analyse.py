@@ -18,7 +18,7 @@ from .backends.base import FaceModels
 from .config import FilterConfig
 from .errors import ClipError
 from .reasons import Reason, Stage2Reason
-from .scenes import SceneCutDetector
+from .scenes import SceneCutDetector, frame_histogram
 from .video import analysis_size, iter_frames
 
 
@@ -64,7 +64,16 @@ def analyse_unit(unit: dict, cfg: FilterConfig, models: FaceModels, speech=None)
     scheme = models.landmarks.scheme
     det_every = _every(a.detect_fps, a.fps)
     seg_every = _every(a.segmentation_fps, a.fps)
-    cuts = SceneCutDetector(cfg.segment.scene_threshold, min_gap=max(1, int(round(0.25 * a.fps)))) if cfg.segment.scene_cut else None
+    # scene cuts are looked for on every decoded frame, so their times do not depend on the
+    # analysis rate; `cut_at` holds the latest cut not yet applied to the analysed frames
+    cut_at: list[float] = []
+    on_decoded = None
+    if cfg.segment.scene_cut:
+        cuts = SceneCutDetector(cfg.segment.scene_threshold, min_gap_s=0.25)
+
+        def on_decoded(t, frame):
+            if cuts.feed(frame_histogram(frame), t)[0]:
+                cut_at[:] = [t]
     cam = sig.CameraMotion()
     models.landmarks.reset()
 
@@ -75,16 +84,16 @@ def analyse_unit(unit: dict, cfg: FilterConfig, models: FaceModels, speech=None)
     # decode only reference frames when the source has at least ~2 frames per analysed frame
     skip = bool(a.skip_nonref) and float(probe.get("fps") or 0) >= 1.9 * a.fps
     for t, rgb in iter_frames(unit["path"], unit["start_s"], unit["end_s"], a.fps, size,
-                              probe.get("rotation", 0), skip_nonref=skip):
-        if cuts is not None:
-            is_cut, _ = cuts(rgb)
-            if is_cut and acc.t:
+                              probe.get("rotation", 0), skip_nonref=skip, on_decoded=on_decoded):
+        if cut_at:
+            if acc.t:
                 segments.append(acc)
-                acc = _Accumulator(start_s=t, cut_before=True)
+                acc = _Accumulator(start_s=cut_at[0], cut_before=True)
                 models.landmarks.reset()
                 cam.reset()
                 person = None
                 k = 0
+            cut_at.clear()
         gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
         n_faces = -1
         if k % det_every == 0:

@@ -34,11 +34,11 @@ class SegmentConfig:
 @dataclass
 class AnalysisConfig:
     backend: str = "mediapipe"        # mediapipe | fan | facexlib (see backends.build_models)
-    fps: float = 12.5                 # face mesh and lip motion rate
+    fps: float = 6.25                 # face mesh and lip motion rate
     skip_nonref: bool = True          # sources >= 1.9x fps: decode reference frames only
     max_side: int = 640               # frames are downscaled so their long side is at most this
-    detect_fps: float = 2.5           # face counting (full-range detector) rate
-    segmentation_fps: float = 2.5     # person segmentation rate
+    detect_fps: float = 1.25          # face counting (full-range detector) rate
+    segmentation_fps: float = 1.25    # person segmentation rate
     min_detection_confidence: float = 0.5
     lip_crop_px: int = 32             # pose-normalised mouth crop used for lip motion energy
     face_crop_px: int = 128           # face crop used for sharpness

@@ -6,7 +6,7 @@ player would show them.
 """
 from __future__ import annotations
 
-from typing import Iterator, Tuple
+from typing import Callable, Iterator, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -33,14 +33,17 @@ def to_rgb(frame, width: int, height: int) -> np.ndarray:
 
 def iter_frames(path: str, start_s: float, end_s: float, fps: float, size: Tuple[int, int],
                 rotation: int = 0, threads: int = 1,
-                skip_nonref: bool = False) -> Iterator[Tuple[float, np.ndarray]]:
+                skip_nonref: bool = False,
+                on_decoded: Optional[Callable] = None) -> Iterator[Tuple[float, np.ndarray]]:
     """Yield (t, rgb (H, W, 3) uint8) for frames on a `fps` grid within [start_s, end_s).
 
     `size` is the displayed (w, h) after rotation. `skip_nonref`: the decoder skips frames no
     other frame references (about half of a typical H.264 / HEVC stream), so only reference
     frames are candidates for the grid; use it when the source rate is well above `fps`
     (frame times stay exact; the grid is then filled by the nearest following reference
-    frame). Raises ClipError(DECODE_ERROR) when the
+    frame). `on_decoded(t, frame)` is called with every decoded PyAV frame of the range (grid
+    or not) before the grid frame at t is yielded (scene-cut detection). Raises
+    ClipError(DECODE_ERROR) when the
     stream cannot be opened or breaks before the first frame; a stream that breaks later ends
     the iteration (the caller sees fewer frames than expected and records it).
     """
@@ -77,7 +80,11 @@ def iter_frames(path: str, start_s: float, end_s: float, fps: float, size: Tuple
                 last_pts_t = t
                 if t >= end_s:
                     break
-                if t < start_s - 1e-3 or t + 1e-3 < next_t:
+                if t < start_s - 1e-3:
+                    continue
+                if on_decoded is not None:
+                    on_decoded(t, frame)
+                if t + 1e-3 < next_t:
                     continue
                 rgb = to_rgb(frame, dec_w, dec_h)
                 if rotation:

@@ -30,18 +30,47 @@ fid           (--inception FILE) Frechet distance between Inception-v3 pool3 (20
               FID: compare numbers computed on the same clips only.
 csim          (--arcface FILE) mean cosine similarity between the ArcFace embedding of the
               source image and that of each generated frame. The backbone is `IResNet`
-              below: insightface's arcface_torch iresnet layout and parameter names
+              (eval_nets): insightface's arcface_torch iresnet layout and parameter names
               (iresnet18/34/50/100 state dicts load; depth and widths are read from the
-              state dict), 112 x 112 RGB input scaled to [-1, 1], 512-d output. The whole
-              (square) frame is resized to 112 x 112: no face alignment.
-lse_d / lse_c (--syncnet FILE) SyncNet-style two-stream network (`SyncNet` below, its own
-              state-dict format): audio 13 MFCC x 20 windows (0.2 s, 4 MFCC per video frame),
-              video 5 grayscale 48 x 48 mouth crops (`signals.mouth_crop` on MediapipeMesh
-              landmarks; the lower-centre of the frame when no face is found). As in
-              syncnet_python: per video window i, distances to audio windows i + o,
-              o in [-15, 15] (zero-padded embeddings outside the clip); averaged over
-              windows -> mean distance per offset d(o). LSE-D = min_o d(o); LSE-C =
-              median_o d(o) - min_o d(o). Lower LSE-D and higher LSE-C are better.
+              state dict), 112 x 112 RGB input scaled to [-1, 1], 512-d output. Faces are
+              aligned as insightface does for ArcFace: five points from the MediapipeMesh
+              landmarks (iris centres 468 / 473, nose tip 1, outer mouth corners 61 / 291;
+              image-left first), a least-squares similarity transform (Umeyama) onto
+              insightface's 112 x 112 template (38.2946, 51.6963), (73.5318, 51.5014),
+              (56.0252, 71.7366), (41.5493, 92.3655), (70.7299, 92.2041), cv2.warpAffine to
+              112 x 112. The source is aligned on the full-resolution first frame. A frame
+              without a face falls back to the whole (square) frame resized to 112 x 112;
+              such generated frames are counted in `csim_unaligned_frames` (and
+              `csim_source_aligned` says whether the source was aligned).
+lse_d / lse_c (--syncnet FILE) Lip-sync error of the generated video against the input audio
+              with a SyncNet; the layout is read from the state-dict keys and reported as
+              `syncnet_layout`:
+              - "syncnet_python" (`SyncNetPython`): Joon Son Chung's syncnet_python network;
+                its released `syncnet_v2.model` is what Wav2Lip, LatentSync and the IF-MDM
+                paper report LSE with, so only this file gives paper-comparable numbers. It is
+                not shipped: download_model.sh of github.com/joonson/syncnet_python fetches
+                it (a plain state dict; pass it as is). Preprocessing as syncnet_python's
+                run_pipeline.py + SyncNetInstance.py: the video re-timed to 25 fps (nearest
+                frame); per frame the box of the MediapipeMesh landmarks (in place of its S3FD
+                detection; interpolated over frames without a face, median-filtered over 13
+                frames), enlarged by crop scale 0.4 (columns centre -+ 1.4 s, rows centre - s
+                .. centre + 1.8 s, s = half the box side), grey 110 outside the frame,
+                resized to 224 x 224, BGR, raw 0-255, 5 frames per window (B, 3, 5, 224, 224);
+                audio: python_speech_features' MFCC (13 x 100 Hz, `syncnet_mfcc`) of the
+                int16-scaled 16 kHz signal, 20 MFCC frames per window (4 per video frame);
+                min(frames, samples // 640) - 5 windows. Frames without a face of their own
+                are counted in `lse_no_face_frames`.
+              - "ifmdm" (`SyncNet`, this project's own state-dict format): audio 13 MFCC x 20
+                windows (0.2 s, 4 MFCC per video frame at the clip's rate), video 5 grayscale
+                48 x 48 mouth crops (`signals.mouth_crop` on MediapipeMesh landmarks; the
+                lower-centre of the frame when no face is found).
+              Both then follow syncnet_python's evaluation: per video window i, distances to
+              audio windows i + o, o in [-15, 15] (zero-padded embeddings outside the clip);
+              averaged over windows -> mean distance per offset d(o). LSE-D = min_o d(o);
+              LSE-C = median_o d(o) - min_o d(o). Lower LSE-D and higher LSE-C are better.
+              Differences from the published pipeline: no scene-cut / face-track split (one
+              track per clip, every frame), no minimum track length, MediapipeMesh boxes
+              instead of S3FD's, frames not re-encoded to JPEG / MPEG-4 before scoring.
 
 A metric whose weights file is not given is reported under "skipped" with the file it needs,
 never as a number. A weights file that does not fit its network raises an error naming it.
@@ -55,15 +84,17 @@ import sys
 import tempfile
 import wave
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from ifmdm_data.errors import IfmdmError
 
+from .eval_nets import (  # noqa: F401 - the networks and loaders stay importable from here
+    SYNC_FRAMES, IBasicBlock, IResNet, SyncNet, SyncNetPython, VideoEvalError, load_arcface,
+    load_inception, load_syncnet, syncnet_layout)
 from .eval_stage1 import psnr, ssim
 
 log = logging.getLogger("ifmdm_model")
@@ -72,160 +103,24 @@ SKIP_FID = ("needs an Inception-v3 state dict file (e.g. pt_inception-2015-12-05
             "torchvision inception_v3 weights): pass --inception FILE")
 SKIP_CSIM = ("needs an ArcFace iresnet state dict file (insightface arcface_torch backbone.pth, "
              "112x112 input, 512-d output): pass --arcface FILE")
-SKIP_LSE = ("needs a SyncNet state dict file (ifmdm_model.eval_video.SyncNet format: 13 MFCC x 20 "
-            "audio windows, 5 grayscale mouth crops): pass --syncnet FILE")
-SYNC_FRAMES = 5
+SKIP_LSE = ("needs a SyncNet state dict file: syncnet_python's syncnet_v2.model for paper-comparable "
+            "LSE-D / LSE-C (not shipped: fetched by download_model.sh of github.com/joonson/"
+            "syncnet_python), or an ifmdm_model.eval_nets.SyncNet state dict: pass --syncnet FILE")
 SYNC_MFCC_PER_FRAME = 4
 SYNC_CROP = 48
 SYNC_VSHIFT = 15
 AUDIO_RATE = 16000
-
-
-class VideoEvalError(IfmdmError):
-    """The talking-head evaluation cannot run (bad clip, bad weights file)."""
-
-
-# ------------------------------------------------------------------------------------------
-# Networks
-# ------------------------------------------------------------------------------------------
-
-class IBasicBlock(nn.Module):
-    def __init__(self, inplanes, planes, stride=1, downsample=None):
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(inplanes, eps=1e-05)
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes, eps=1e-05)
-        self.prelu = nn.PReLU(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes, eps=1e-05)
-        self.downsample = downsample
-
-    def forward(self, x):
-        out = self.bn3(self.conv2(self.prelu(self.bn2(self.conv1(self.bn1(x))))))
-        return out + (self.downsample(x) if self.downsample is not None else x)
-
-
-class IResNet(nn.Module):
-    """ArcFace iresnet backbone (insightface arcface_torch names): 112 x 112 -> `emb` (512).
-    layers: blocks per stage (iresnet50: (3, 4, 14, 3)); widths: (64, 128, 256, 512)."""
-
-    def __init__(self, layers=(3, 4, 14, 3), widths=(64, 128, 256, 512), stem: int = 64,
-                 emb: int = 512):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, stem, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(stem, eps=1e-05)
-        self.prelu = nn.PReLU(stem)
-        inplanes = stem
-        for k, (n, w) in enumerate(zip(layers, widths), 1):
-            down = nn.Sequential(nn.Conv2d(inplanes, w, 1, 2, bias=False), nn.BatchNorm2d(w, eps=1e-05))
-            blocks = [IBasicBlock(inplanes, w, 2, down)] + [IBasicBlock(w, w) for _ in range(n - 1)]
-            setattr(self, f"layer{k}", nn.Sequential(*blocks))
-            inplanes = w
-        self.bn2 = nn.BatchNorm2d(inplanes, eps=1e-05)
-        self.dropout = nn.Dropout(0.0)
-        self.fc = nn.Linear(inplanes * 7 * 7, emb)
-        self.features = nn.BatchNorm1d(emb, eps=1e-05)
-
-    def forward(self, x):
-        x = self.prelu(self.bn1(self.conv1(x)))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        x = self.dropout(torch.flatten(self.bn2(x), 1))
-        return self.features(self.fc(x))
-
-    @classmethod
-    def config_of(cls, sd: dict) -> dict:
-        layers, widths = [], []
-        for k in range(1, 5):
-            idx = {int(key.split(".")[1]) for key in sd if key.startswith(f"layer{k}.")}
-            layers.append(len(idx))
-            widths.append(int(sd[f"layer{k}.0.conv1.weight"].shape[0]))
-        return {"layers": tuple(layers), "widths": tuple(widths),
-                "stem": int(sd["conv1.weight"].shape[0]), "emb": int(sd["fc.weight"].shape[0])}
-
-
-class SyncNet(nn.Module):
-    """SyncNet-style two-stream network. audio (B, 1, 13, 20) MFCC; video (B, 5, 48, 48)
-    grayscale mouth crops in [0, 1] stacked as channels. Both -> `emb`-d embeddings compared
-    by Euclidean distance (as SyncNet's contrastive training makes them comparable)."""
-
-    def __init__(self, width: int = 64, emb: int = 512):
-        super().__init__()
-        w = width
-
-        def block(cin, cout, pool):
-            return [nn.Conv2d(cin, cout, 3, 1, 1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)] + (
-                [nn.MaxPool2d(pool)] if pool else [])
-
-        self.audio = nn.Sequential(*block(1, w, (1, 2)), *block(w, 2 * w, (2, 2)),
-                                   *block(2 * w, 4 * w, None), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.audio_fc = nn.Sequential(nn.Linear(4 * w, 4 * w), nn.ReLU(inplace=True), nn.Linear(4 * w, emb))
-        self.video = nn.Sequential(*block(SYNC_FRAMES, w, 2), *block(w, 2 * w, 2), *block(2 * w, 4 * w, 2),
-                                   *block(4 * w, 4 * w, None), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.video_fc = nn.Sequential(nn.Linear(4 * w, 4 * w), nn.ReLU(inplace=True), nn.Linear(4 * w, emb))
-
-    def forward_audio(self, x):
-        return self.audio_fc(self.audio(x))
-
-    def forward_video(self, x):
-        return self.video_fc(self.video(x))
-
-    @classmethod
-    def config_of(cls, sd: dict) -> dict:
-        return {"width": int(sd["audio.0.weight"].shape[0]), "emb": int(sd["audio_fc.2.weight"].shape[0])}
-
-
-def _read_state_dict(path, what: str) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise VideoEvalError(f"{what} weights file {p} does not exist")
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            sd = load_file(str(p))
-        else:
-            sd = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise VideoEvalError(f"cannot read {what} weights {p} ({type(e).__name__}: {e})") from None
-    for key in ("state_dict", "model"):
-        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
-            sd = sd[key]
-    if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
-        raise VideoEvalError(f"{what} weights {p} is not a state dict (a dict of tensors)")
-    return {k[7:] if k.startswith("module.") else k: v for k, v in sd.items()}
-
-
-def _load_net(path, what: str, build, device) -> nn.Module:
-    sd = _read_state_dict(path, what)
-    try:
-        net = build(sd)
-        net.load_state_dict(sd, strict=True)
-    except Exception as e:  # noqa: BLE001 - KeyError, size mismatch, missing keys
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise VideoEvalError(f"{what} weights {path} do not fit the {what} network "
-                             f"({type(e).__name__}: {msg[:300]})") from None
-    return net.to(device).eval().requires_grad_(False)
-
-
-def load_inception(path, device="cpu") -> nn.Module:
-    from torchvision.models import inception_v3
-
-    def build(sd):
-        net = inception_v3(weights=None, aux_logits=True, init_weights=False)
-        if "AuxLogits.fc.weight" not in sd:              # weights saved without the aux head
-            net.AuxLogits = None
-            net.aux_logits = False
-        return net
-    net = _load_net(path, "Inception-v3", build, device)
-    net.fc = nn.Identity()                                # pool3 (2048-d) features
-    return net
-
-
-def load_arcface(path, device="cpu") -> IResNet:
-    return _load_net(path, "ArcFace", lambda sd: IResNet(**IResNet.config_of(sd)), device)
-
-
-def load_syncnet(path, device="cpu") -> SyncNet:
-    return _load_net(path, "SyncNet", lambda sd: SyncNet(**SyncNet.config_of(sd)), device)
+# syncnet_python's preprocessing (run_pipeline.py / SyncNetInstance.py)
+SYNCNET_PY_FPS = 25.0               # videos are converted to 25 fps; 640 audio samples per frame
+SYNCNET_PY_SIZE = 224               # face crops resized to 224 x 224
+SYNCNET_PY_CROP_SCALE = 0.4         # --crop_scale: the face box is enlarged by this fraction
+SYNCNET_PY_PAD = 110                # border value where the enlarged box leaves the frame
+SYNCNET_PY_SMOOTH = 13              # median filter (frames) over the face box track
+# insightface's 112 x 112 ArcFace template (arcface_dst): image-left eye (the subject's right),
+# image-right eye, nose tip, image-left and image-right mouth corners
+ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
+                             [41.5493, 92.3655], [70.7299, 92.2041]], np.float64)
+ARCFACE_SIZE = 112
 
 
 # ------------------------------------------------------------------------------------------
@@ -278,19 +173,81 @@ def frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:
 
 
 @torch.inference_mode()
-def arcface_embed(net, frames: np.ndarray, device="cpu", batch: int = 32) -> torch.Tensor:
+def arcface_embed(net, faces: np.ndarray, device="cpu", batch: int = 32) -> torch.Tensor:
+    """Unit ArcFace embeddings (N, 512) of RGB face crops (N, 112, 112, 3) uint8 (`arcface_crops`)."""
     out = []
-    for s in range(0, len(frames), batch):
-        x = F.interpolate(_frames_tensor(frames[s:s + batch], device), size=(112, 112),
-                          mode="bilinear", align_corners=False)
+    for s in range(0, len(faces), batch):
+        x = _frames_tensor(faces[s:s + batch], device)              # (b, 3, 112, 112) in [0, 1]
+        if x.shape[-2:] != (ARCFACE_SIZE, ARCFACE_SIZE):
+            x = F.interpolate(x, size=(ARCFACE_SIZE, ARCFACE_SIZE), mode="bilinear", align_corners=False)
         out.append(F.normalize(net(x * 2.0 - 1.0).float(), dim=1).cpu())
     return torch.cat(out)
 
 
+# ------------------------------------------------------------------------------------------
+# ArcFace alignment (CSIM)
+# ------------------------------------------------------------------------------------------
+
+MP_IRIS = (468, 473)                # iris centres of the refined 478-point mesh, image-left first
+MP_EYE_CORNERS = ((33, 133), (362, 263))
+MP_NOSE_TIP = 1
+MP_MOUTH_OUTER = (61, 291)          # outer mouth corners, image-left first
+
+
+def five_points(lm: np.ndarray) -> np.ndarray:
+    """ArcFace's five points (5, 2) from MediapipeMesh landmarks, in ARCFACE_TEMPLATE's order:
+    the eye centres (iris centres 468 / 473; the mean of each eye's two corners on a mesh
+    without iris points), the nose tip (1) and the outer mouth corners (61 / 291)."""
+    p = np.asarray(lm, np.float64)[:, :2]
+    if len(p) > max(MP_IRIS):
+        eyes = p[list(MP_IRIS)]
+    else:
+        eyes = np.stack([p[list(c)].mean(0) for c in MP_EYE_CORNERS])
+    return np.concatenate([eyes, p[[MP_NOSE_TIP]], p[list(MP_MOUTH_OUTER)]])
+
+
+def arcface_matrix(points: np.ndarray) -> np.ndarray:
+    """(2, 3) least-squares similarity transform (rotation, uniform scale, shift; Umeyama 1991)
+    taking the five points onto insightface's 112 x 112 template, as insightface's `norm_crop`
+    estimates it."""
+    from ifmdm_data.signals import similarity_align
+    s, r, t = similarity_align(np.asarray(points, np.float64), ARCFACE_TEMPLATE)
+    return np.hstack([s * r, t[:, None]])
+
+
+def arcface_align(frame: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """The ArcFace input of one RGB frame: warped so that its five points land on the template,
+    (112, 112, 3) uint8 (bilinear; black outside the frame, as insightface's norm_crop)."""
+    import cv2
+    m = arcface_matrix(five_points(lm))
+    return cv2.warpAffine(frame, m, (ARCFACE_SIZE, ARCFACE_SIZE), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def arcface_crops(frames, lms) -> Tuple[np.ndarray, int]:
+    """Aligned 112 x 112 crops (N, 112, 112, 3) of RGB frames with their landmarks (None: no
+    face) and the number of unaligned frames: those without a face are centre-cropped to a
+    square and resized to 112 x 112 instead."""
+    from .infer import square_resize
+    crops, unaligned = [], 0
+    for f, lm in zip(frames, lms):
+        if lm is None:
+            crops.append(square_resize(f, ARCFACE_SIZE))
+            unaligned += 1
+        else:
+            crops.append(arcface_align(f, lm))
+    return np.stack(crops), unaligned
+
+
+# ------------------------------------------------------------------------------------------
+# Audio features
+# ------------------------------------------------------------------------------------------
+
 def mfcc(wav: np.ndarray, sample_rate: int, hop: float, n_mfcc: int = 13, n_mels: int = 40,
          win_s: float = 0.025) -> np.ndarray:
-    """(T, n_mfcc) MFCC, one row every `hop` samples (may be fractional), Hamming window of
-    `win_s`, 512-point FFT power, `n_mels` triangular mel filters, log, DCT-II (ortho)."""
+    """(T, n_mfcc) MFCC of the ifmdm SyncNet layout: one row every `hop` samples (may be
+    fractional), Hamming window of `win_s`, 512-point FFT power, `n_mels` triangular mel
+    filters, log, DCT-II (ortho)."""
     from scipy.fft import dct
 
     x = np.asarray(wav, np.float64).reshape(-1)
@@ -314,27 +271,220 @@ def mfcc(wav: np.ndarray, sample_rate: int, hop: float, n_mfcc: int = 13, n_mels
     return dct(np.log(power @ fb.T + 1e-10), type=2, axis=1, norm="ortho")[:, :n_mfcc]
 
 
-@torch.inference_mode()
-def lse(net: SyncNet, crops: np.ndarray, wav: np.ndarray, fps: float, device="cpu",
-        vshift: int = SYNC_VSHIFT) -> Dict[str, float]:
-    """LSE-D / LSE-C of grayscale mouth crops (N, 48, 48) uint8 against 16 kHz audio."""
-    feats = mfcc(wav, AUDIO_RATE, AUDIO_RATE / (fps * SYNC_MFCC_PER_FRAME))
-    n_win = min(len(crops), len(feats) // SYNC_MFCC_PER_FRAME) - SYNC_FRAMES + 1
-    if n_win < 1:
-        return {"lse_d": None, "lse_c": None, "offset_frames": None}
-    v = torch.from_numpy(np.stack([crops[i:i + SYNC_FRAMES] for i in range(n_win)])).float().div(255.0)
-    a = np.stack([feats[SYNC_MFCC_PER_FRAME * i:SYNC_MFCC_PER_FRAME * i + SYNC_FRAMES * SYNC_MFCC_PER_FRAME].T
-                  for i in range(n_win)])
-    a = torch.from_numpy(a).float()[:, None]                        # (n, 1, 13, 20)
-    ev = torch.cat([net.forward_video(v[s:s + 64].to(device)).cpu() for s in range(0, n_win, 64)])
-    ea = torch.cat([net.forward_audio(a[s:s + 64].to(device)).cpu() for s in range(0, n_win, 64)])
-    eap = F.pad(ea, (0, 0, vshift, vshift))
-    w = 2 * vshift + 1
-    dists = torch.stack([F.pairwise_distance(ev[i:i + 1].expand(w, -1), eap[i:i + w]) for i in range(n_win)])
-    mdist = dists.mean(0)                                           # (31,) per offset
-    mn, idx = torch.min(mdist, 0)
+def hz_to_mel(f):
+    return 2595.0 * np.log10(1.0 + np.asarray(f, np.float64) / 700.0)
+
+
+def mel_to_hz(m):
+    return 700.0 * (10.0 ** (np.asarray(m, np.float64) / 2595.0) - 1.0)
+
+
+def mel_filterbank(n_filters: int = 26, n_fft: int = 512, sample_rate: int = AUDIO_RATE) -> np.ndarray:
+    """(n_filters, n_fft // 2 + 1) triangular mel filters on FFT bins, built as
+    python_speech_features' `get_filterbanks`: n_filters + 2 points evenly spaced in mel from
+    0 Hz to sample_rate / 2, each put on bin b = floor((n_fft + 1) f / sample_rate); filter j
+    rises as (k - b_j) / (b_j+1 - b_j) on bins b_j <= k < b_j+1 and falls as
+    (b_j+2 - k) / (b_j+2 - b_j+1) on b_j+1 <= k < b_j+2 (peak 1 at b_j+1, no area normalisation)."""
+    b = np.floor((n_fft + 1) * mel_to_hz(np.linspace(0.0, hz_to_mel(sample_rate / 2.0), n_filters + 2))
+                 / sample_rate)
+    k = np.arange(n_fft // 2 + 1)[None, :]
+    lo, mid, hi = b[:-2, None], b[1:-1, None], b[2:, None]
+    rise = np.where((k >= lo) & (k < mid), (k - lo) / np.maximum(mid - lo, 1.0), 0.0)
+    fall = np.where((k >= mid) & (k < hi), (hi - k) / np.maximum(hi - mid, 1.0), 0.0)
+    return rise + fall
+
+
+def mel_energies(signal: np.ndarray, sample_rate: int = AUDIO_RATE, win_s: float = 0.025,
+                 hop_s: float = 0.01, n_filters: int = 26, n_fft: int = 512,
+                 preemph: float = 0.97) -> Tuple[np.ndarray, np.ndarray]:
+    """Mel filterbank energies (T, n_filters) and total frame energies (T,), as
+    python_speech_features' `fbank` with its defaults: pre-emphasis y[0] = x[0],
+    y[t] = x[t] - 0.97 x[t-1]; frames of round(0.025 sr) = 400 samples every 160 (no taper:
+    a rectangular window), T = 1 + ceil((len - 400) / 160) (1 when shorter), the last frame
+    zero-padded; power |rfft(frame, 512)|^2 / 512; energy = the sum of a frame's power
+    spectrum; exact zeros replaced by float eps (so the log is finite)."""
+    x = np.asarray(signal, np.float64).reshape(-1)
+    if len(x) == 0:
+        return np.zeros((0, n_filters)), np.zeros(0)
+    x = np.concatenate([x[:1], x[1:] - preemph * x[:-1]])
+    win, hop = int(math.floor(win_s * sample_rate + 0.5)), int(math.floor(hop_s * sample_rate + 0.5))
+    n = 1 if len(x) <= win else 1 + int(math.ceil((len(x) - win) / hop))
+    x = np.pad(x, (0, (n - 1) * hop + win - len(x)))
+    frames = x[np.arange(n)[:, None] * hop + np.arange(win)[None, :]]   # (T, 400)
+    power = np.abs(np.fft.rfft(frames, n_fft)) ** 2 / n_fft             # (T, 257)
+    mel = power @ mel_filterbank(n_filters, n_fft, sample_rate).T       # (T, 26)
+    energy = power.sum(1)
+    eps = np.finfo(np.float64).eps
+    return np.where(mel == 0, eps, mel), np.where(energy == 0, eps, energy)
+
+
+def syncnet_mfcc(signal: np.ndarray, sample_rate: int = AUDIO_RATE, n_ceps: int = 13,
+                 lifter: int = 22) -> np.ndarray:
+    """The MFCC syncnet_python feeds its audio stream, (13, T) at 100 frames per second.
+
+    syncnet_python calls `python_speech_features.mfcc(audio, 16000)` on the int16 samples
+    that scipy's wavfile.read gives (pass the signal in int16 units: only c0 depends on the
+    scale). With that function's defaults this is: `mel_energies` (25 ms frames every 10 ms,
+    pre-emphasis 0.97, rectangular window, 512-point FFT, 26 mel filters), natural log,
+    DCT-II with norm="ortho" (scipy's, as python_speech_features uses scipy.fftpack's), the
+    first 13 coefficients, lifter c_n *= 1 + (22 / 2) sin(pi n / 22), and c0 replaced by the
+    log of the frame's total energy (appendEnergy=True). Row t starts at sample 160 t, so MFCC
+    frames 4i .. 4i+19 start with video frame i at 25 fps (640 samples per frame)."""
+    from scipy.fft import dct
+    mel, energy = mel_energies(signal, sample_rate)
+    if len(mel) == 0:
+        return np.zeros((n_ceps, 0))
+    ceps = dct(np.log(mel), type=2, axis=1, norm="ortho")[:, :n_ceps]
+    ceps = ceps * (1.0 + (lifter / 2.0) * np.sin(np.pi * np.arange(n_ceps) / lifter))
+    ceps[:, 0] = np.log(energy)
+    return ceps.T
+
+
+def to_int16_scale(wav: np.ndarray) -> np.ndarray:
+    """float audio in [-1, 1] -> the values of its 16-bit PCM samples (as wavfile.read gives)."""
+    return np.clip(np.round(np.asarray(wav, np.float64) * 32768.0), -32768.0, 32767.0)
+
+
+# ------------------------------------------------------------------------------------------
+# LSE-D / LSE-C
+# ------------------------------------------------------------------------------------------
+
+def sync_window_starts(n_frames: int, n_audio_frames: int, drop_last: bool = False) -> np.ndarray:
+    """First video frame of each SyncNet window over a clip of `n_frames` video frames with
+    audio for `n_audio_frames` video frames. Window i holds video frames i .. i+4 and MFCC
+    frames 4i .. 4i+19 (4 MFCC frames per video frame): the same 5 frame periods.
+    drop_last: syncnet_python's count (`lastframe = min_length - 5`), one window fewer than fit."""
+    n = min(n_frames, n_audio_frames) - SYNC_FRAMES + (0 if drop_last else 1)
+    return np.arange(max(n, 0))
+
+
+def sync_windows(video: np.ndarray, feats: np.ndarray, starts, layout: str):
+    """The network inputs of the windows starting at video frames `starts`.
+
+    video: "ifmdm" (N, 48, 48) uint8 grayscale mouth crops; "syncnet_python" (N, 224, 224, 3)
+    uint8 BGR face crops. feats: (13, T) MFCC, 4 frames per video frame. Returns video
+    (b, 5, 48, 48) in [0, 1] or (b, 3, 5, 224, 224) raw 0-255, and audio (b, 1, 13, 20)."""
+    k, m = SYNC_FRAMES, SYNC_MFCC_PER_FRAME
+    v = torch.from_numpy(np.stack([video[i:i + k] for i in starts])).float()
+    if layout == "syncnet_python":
+        v = v.permute(0, 4, 1, 2, 3).contiguous()                  # (b, 3, 5, 224, 224)
+    else:
+        v = v / 255.0                                               # (b, 5, 48, 48)
+    a = np.stack([feats[:, m * i:m * i + k * m] for i in starts])   # (b, 13, 20)
+    return v, torch.from_numpy(a).float()[:, None]
+
+
+def offset_scores(ev: torch.Tensor, ea: torch.Tensor, vshift: int = SYNC_VSHIFT) -> Dict[str, float]:
+    """syncnet_python's offset search (`calc_pdist`) on video / audio window embeddings (n, D):
+    for each video window i, the Euclidean distance to audio window i + o, o in [-vshift,
+    vshift] (zero embeddings outside the clip); d(o) = its mean over windows. LSE-D =
+    min_o d(o); LSE-C = median_o d(o) - min_o d(o); offset_frames = -argmin_o d(o)
+    (syncnet_python's "AV offset")."""
+    n, w = len(ev), 2 * vshift + 1
+    eap = F.pad(ea, (0, 0, vshift, vshift))                         # (n + 2 vshift, D)
+    idx = torch.arange(n)[:, None] + torch.arange(w)[None, :]       # (n, w)
+    dists = F.pairwise_distance(ev[:, None, :].expand(-1, w, -1), eap[idx])   # (n, w)
+    mdist = dists.mean(0)                                           # (w,) per offset
+    mn, j = torch.min(mdist, 0)
     return {"lse_d": float(mn), "lse_c": float(torch.median(mdist) - mn),
-            "offset_frames": int(vshift - int(idx))}
+            "offset_frames": int(vshift - int(j))}
+
+
+@torch.inference_mode()
+def lse(net, video: np.ndarray, wav: np.ndarray, fps: float, device="cpu",
+        vshift: int = SYNC_VSHIFT, batch: int = 32) -> Dict[str, float]:
+    """LSE-D / LSE-C of a video (`sync_video`: the input of `net`'s layout) against its
+    16 kHz audio. syncnet_python layout: 25 fps, MFCC `syncnet_mfcc` of the int16-scaled
+    audio, min(frames, samples // 640) - 5 windows; ifmdm layout: `mfcc` at 4 rows per frame
+    of the clip's rate, every window that fits."""
+    if net.layout == "syncnet_python":
+        if abs(fps - SYNCNET_PY_FPS) > 1e-6:
+            raise ValueError(f"the syncnet_python layout needs 25 fps video, got {fps}")
+        feats = syncnet_mfcc(to_int16_scale(wav))                   # (13, T)
+        starts = sync_window_starts(len(video), len(wav) // int(AUDIO_RATE / SYNCNET_PY_FPS),
+                                    drop_last=True)
+    else:
+        feats = mfcc(wav, AUDIO_RATE, AUDIO_RATE / (fps * SYNC_MFCC_PER_FRAME)).T
+        starts = sync_window_starts(len(video), feats.shape[1] // SYNC_MFCC_PER_FRAME)
+    if len(starts) < 1:
+        return {"lse_d": None, "lse_c": None, "offset_frames": None}
+    ev, ea = [], []
+    for s in range(0, len(starts), batch):
+        v, a = sync_windows(video, feats, starts[s:s + batch], net.layout)
+        ev.append(net.forward_video(v.to(device)).float().cpu())
+        ea.append(net.forward_audio(a.to(device)).float().cpu())
+    return offset_scores(torch.cat(ev), torch.cat(ea), vshift)
+
+
+def resample_indices(n: int, fps: float, target: float = SYNCNET_PY_FPS) -> np.ndarray:
+    """Source frame of each frame of an n-frame clip re-timed from fps to `target` (as
+    syncnet_python's `ffmpeg -r 25`): round(n target / fps) frames, frame k showing the
+    source frame nearest its time, floor(k fps / target + 0.5)."""
+    if abs(fps - target) < 1e-6:
+        return np.arange(n)
+    m = max(1, int(round(n * target / fps)))
+    return np.minimum(np.floor(np.arange(m) * fps / target + 0.5).astype(np.int64), n - 1)
+
+
+def face_track(lms, smooth: int = SYNCNET_PY_SMOOTH) -> Optional[np.ndarray]:
+    """(N, 3) face boxes [centre x, centre y, half side] of a frame sequence, as
+    syncnet_python's crop track: the box of each frame's landmarks (standing in for its S3FD
+    detection), half side = max(width, height) / 2; frames without a face interpolated
+    linearly in time (held at the ends); each column median-filtered over `smooth` frames
+    (syncnet_python uses scipy.signal.medfilt, which pads the ends with zeros; here the
+    ends repeat). None when no frame has a face."""
+    from scipy.ndimage import median_filter
+    have = [i for i, lm in enumerate(lms) if lm is not None]
+    if not have:
+        return None
+    boxes = []
+    for i in have:
+        (x0, y0), (x1, y1) = lms[i][:, :2].min(0), lms[i][:, :2].max(0)
+        boxes.append([(x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0) / 2])
+    boxes = np.asarray(boxes, np.float64)
+    t = np.arange(len(lms))
+    track = np.stack([np.interp(t, have, boxes[:, j]) for j in range(3)], 1)
+    return median_filter(track, size=(smooth, 1), mode="nearest")
+
+
+def syncnet_face_crop(frame: np.ndarray, cx: float, cy: float, half: float,
+                      crop_scale: float = SYNCNET_PY_CROP_SCALE, size: int = SYNCNET_PY_SIZE,
+                      pad: int = SYNCNET_PY_PAD) -> np.ndarray:
+    """syncnet_python's face crop of an RGB frame -> (size, size, 3) uint8 BGR. The box
+    (centre (cx, cy), half side `half`) is enlarged by crop_scale: columns cx -+ half (1 + cs),
+    rows cy - half .. cy + half (1 + 2 cs) (a square shifted down, towards mouth and chin);
+    what lies outside the frame is grey `pad`; bilinear resize."""
+    import cv2
+    h, w = frame.shape[:2]
+    half = max(float(half), 1.0)
+    cx, cy = float(np.clip(cx, 0, w)), float(np.clip(cy, 0, h))
+    p = int(half * (1 + 2 * crop_scale))
+    bgr = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2BGR)
+    big = cv2.copyMakeBorder(bgr, p, p, p, p, cv2.BORDER_CONSTANT, value=(pad, pad, pad))
+    my, mx = cy + p, cx + p
+    face = big[int(my - half):int(my + half * (1 + 2 * crop_scale)),
+               int(mx - half * (1 + crop_scale)):int(mx + half * (1 + crop_scale))]
+    return cv2.resize(face, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+def syncnet_face_crops(frames: np.ndarray, lms, fps: float) -> Tuple[np.ndarray, int]:
+    """syncnet_python's video input: the frames re-timed to 25 fps (`resample_indices`),
+    face crops (M, 224, 224, 3) uint8 BGR along `face_track`, and the number of re-timed
+    frames without a face of their own (boxes interpolated; with no face in the clip, the
+    whole square frame is resized)."""
+    import cv2
+
+    from .infer import square_resize
+    idx = resample_indices(len(frames), fps)
+    sel = [lms[i] for i in idx]
+    track = face_track(sel)
+    out = []
+    for k, i in enumerate(idx):
+        if track is None:
+            out.append(cv2.cvtColor(square_resize(frames[i], SYNCNET_PY_SIZE), cv2.COLOR_RGB2BGR))
+        else:
+            out.append(syncnet_face_crop(frames[i], *track[k]))
+    return np.stack(out), int(sum(lm is None for lm in sel))
 
 
 # ------------------------------------------------------------------------------------------
@@ -387,7 +537,8 @@ class _Mesh:
             from ifmdm_data.backends.mediapipe_backend import MediapipeMesh
             self.mesh = MediapipeMesh()
         except Exception as e:  # noqa: BLE001
-            log.warning("mediapipe face mesh unavailable (%s): av_corr and mouth crops skipped", e)
+            log.warning("mediapipe face mesh unavailable (%s): no av_corr, no face alignment for CSIM, "
+                        "no face / mouth crops for LSE (whole-frame fallbacks)", e)
             self.mesh = None
 
     def landmarks(self, frames) -> List[Optional[np.ndarray]]:
@@ -438,6 +589,16 @@ def mouth_crops(frames: np.ndarray, lms, scheme) -> np.ndarray:
             crop = gray[h // 2:h // 2 + h * 2 // 5, w * 3 // 10:w * 7 // 10]
             out.append(cv2.resize(crop, (SYNC_CROP, SYNC_CROP), interpolation=cv2.INTER_AREA))
     return np.stack(out)
+
+
+def sync_video(layout: str, frames: np.ndarray, lms, scheme, fps: float):
+    """The SyncNet video input of generated frames for a layout -> (video, its fps, frames
+    without a face): syncnet_python, face crops at 25 fps (`syncnet_face_crops`); ifmdm,
+    mouth crops at the clip's rate (`mouth_crops`)."""
+    if layout == "syncnet_python":
+        crops, missing = syncnet_face_crops(frames, lms, fps)
+        return crops, SYNCNET_PY_FPS, missing
+    return mouth_crops(frames, lms, scheme), fps, int(sum(lm is None for lm in lms))
 
 
 def _num(v) -> Optional[float]:
@@ -524,10 +685,20 @@ def evaluate_videos(run_dir, clips: List[str], out_dir, inception=None, arcface=
                 feats_gen.append(inception_features(inc, gen, dev))
                 feats_real.append(inception_features(inc, real_sq, dev))
             if arc is not None:
-                e = arcface_embed(arc, np.concatenate([real_sq[:1], gen]), dev)
+                # the source: the full-resolution first frame when its face is found, else the
+                # square-resized one (whole-frame fallback)
+                src = real_full[0] if lms_real[0] is not None else real_sq[0]
+                src_face, src_unaligned = arcface_crops([src], lms_real[:1])
+                gen_faces, unaligned = arcface_crops(gen, lms_gen)
+                e = arcface_embed(arc, np.concatenate([src_face, gen_faces]), dev)
                 rec["csim"] = float((e[1:] @ e[0]).mean())
+                rec["csim_unaligned_frames"] = int(unaligned)
+                rec["csim_source_aligned"] = not src_unaligned
             if syn is not None:
-                rec.update(lse(syn, mouth_crops(gen, lms_gen, scheme), wav, fps, dev))
+                video, sync_fps, no_face = sync_video(syn.layout, gen, lms_gen, scheme, fps)
+                rec.update(lse(syn, video, wav, sync_fps, dev))
+                rec["lse_fps"] = float(sync_fps)
+                rec["lse_no_face_frames"] = int(no_face)
             rec["generate_stats"] = {k: st[k] for k in ("frames", "seconds", "wall_s", "steps", "cfg", "seed")}
             per_clip.append(rec)
             del real_full
@@ -543,6 +714,7 @@ def evaluate_videos(run_dir, clips: List[str], out_dir, inception=None, arcface=
         summary["fid_frames"] = [int(sum(len(f) for f in feats_gen)), int(sum(len(f) for f in feats_real))]
     if arc is not None:
         summary["csim"] = _mean([c["csim"] for c in per_clip])
+        summary["csim_unaligned_frames"] = int(sum(c["csim_unaligned_frames"] for c in per_clip))
     if syn is not None:
         summary["lse_d"] = _mean([c["lse_d"] for c in per_clip])
         summary["lse_c"] = _mean([c["lse_c"] for c in per_clip])
@@ -552,6 +724,7 @@ def evaluate_videos(run_dir, clips: List[str], out_dir, inception=None, arcface=
             "weights": {"inception": str(inception) if inception else None,
                         "arcface": str(arcface) if arcface else None,
                         "syncnet": str(syncnet) if syncnet else None},
+            "syncnet_layout": syn.layout if syn is not None else None,
             "clips": per_clip, "summary": summary, "skipped": skipped}
 
 
@@ -570,6 +743,11 @@ def format_table(res: dict) -> str:
     lines.append(f"{'mean':24s} " + " ".join(f"{f(res['summary'].get(k)):>12s}" for k in cols))
     if "fid" in res["summary"]:
         lines.append(f"FID (all clips pooled): {res['summary']['fid']:.3f}")
+    if "csim_unaligned_frames" in res["summary"]:
+        lines.append(f"CSIM: {res['summary']['csim_unaligned_frames']} generated frame(s) without a face "
+                     "(not aligned)")
+    if res.get("syncnet_layout"):
+        lines.append(f"LSE: SyncNet layout {res['syncnet_layout']}")
     for k, why in res["skipped"].items():
         lines.append(f"{k}: skipped ({why})")
     return "\n".join(lines)
@@ -586,7 +764,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("-o", "--out", required=True, help="output folder (videos, results.json)")
     ap.add_argument("--inception", help="Inception-v3 state dict (FID)")
     ap.add_argument("--arcface", help="ArcFace iresnet state dict (CSIM)")
-    ap.add_argument("--syncnet", help="SyncNet state dict (LSE-D / LSE-C)")
+    ap.add_argument("--syncnet", help="SyncNet state dict (LSE-D / LSE-C): syncnet_python's "
+                    "syncnet_v2.model (paper-comparable) or an ifmdm SyncNet state dict")
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--cfg", type=float, default=2.5)
     ap.add_argument("--seed", type=int, default=0)

@@ -207,3 +207,24 @@ def test_build_models_facexlib(weights, rgb):
 def test_build_models_needs_weights_dir(backend):
     with pytest.raises(ConfigError, match="--weights-dir"):
         build_models(backend)
+
+
+def test_mediapipe_landmarks_array_matches_protobuf_fields():
+    """The serialised-bytes fast path and the attribute fallback read the same numbers."""
+    from mediapipe.framework.formats import landmark_pb2
+    from ifmdm_data.backends.mediapipe_backend import landmarks_array
+
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(0.05, 0.95, (478, 3)).astype(np.float32)
+    msg = landmark_pb2.NormalizedLandmarkList()
+    for x, y, z in pts:
+        msg.landmark.add(x=float(x), y=float(y), z=float(z))
+    out = landmarks_array(msg)
+    assert out.shape == (478, 3) and out.dtype == np.float32
+    np.testing.assert_array_equal(out, pts)
+    # a zero coordinate is not serialised (proto3) and visibility adds bytes: fallback path
+    msg.landmark[3].x = 0.0
+    msg.landmark[9].visibility = 0.7
+    pts[3, 0] = 0.0
+    np.testing.assert_array_equal(landmarks_array(msg), pts)
+    assert landmarks_array(landmark_pb2.NormalizedLandmarkList()).shape == (0, 3)

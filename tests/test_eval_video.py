@@ -138,3 +138,283 @@ def test_cli_user_errors(run, clip, tmp_path, capsys, weights):
                     "--arcface", str(weights["syncnet"]), "--max-frames", "5"]) == 2
     err = capsys.readouterr().err
     assert err.count("ifmdm-eval: error:") == 3 and "syncnet.pt" in err
+
+
+# ------------------------------------------------------------------------------------------
+# syncnet_python layout (syncnet_v2.model)
+# ------------------------------------------------------------------------------------------
+
+# conv / linear weight shapes of syncnet_python's SyncNetModel.S, as its released
+# syncnet_v2.model holds them (Sequential indices included: they are in the key names)
+SYNCNET_V2_SHAPES = {
+    "netcnnaud.0.weight": (64, 1, 3, 3), "netcnnaud.4.weight": (192, 64, 3, 3),
+    "netcnnaud.8.weight": (384, 192, 3, 3), "netcnnaud.11.weight": (256, 384, 3, 3),
+    "netcnnaud.14.weight": (256, 256, 3, 3), "netcnnaud.18.weight": (512, 256, 5, 4),
+    "netfcaud.0.weight": (512, 512), "netfcaud.1.running_var": (512,), "netfcaud.3.weight": (1024, 512),
+    "netcnnlip.0.weight": (96, 3, 5, 7, 7), "netcnnlip.4.weight": (256, 96, 1, 5, 5),
+    "netcnnlip.8.weight": (256, 256, 1, 3, 3), "netcnnlip.11.weight": (256, 256, 1, 3, 3),
+    "netcnnlip.14.weight": (256, 256, 1, 3, 3), "netcnnlip.18.weight": (512, 256, 1, 6, 6),
+    "netcnnlip.19.running_mean": (512,),
+    "netfclip.0.weight": (512, 512), "netfclip.1.weight": (512,), "netfclip.3.weight": (1024, 512),
+}
+
+
+@pytest.fixture(scope="module")
+def syncnet_v2_file(tmp_path_factory):
+    """A randomly initialised network of the syncnet_python layout, stored as syncnet_v2.model
+    is: torch.save of a plain state dict (here without the BatchNorm counters, as that
+    pre-PyTorch-0.4.1 file)."""
+    torch.manual_seed(0)
+    sd = {k: v for k, v in ev.SyncNetPython().state_dict().items() if not k.endswith("num_batches_tracked")}
+    p = tmp_path_factory.mktemp("syncnet_v2") / "syncnet_v2.model"
+    torch.save(sd, p)
+    return p
+
+
+def test_syncnet_python_layout_matches_syncnet_v2():
+    net = ev.SyncNetPython().eval()
+    sd = net.state_dict()
+    for k, shape in SYNCNET_V2_SHAPES.items():
+        assert tuple(sd[k].shape) == shape, k
+    prefixes = {k.split(".")[0] for k in sd}
+    assert prefixes == {"netcnnaud", "netfcaud", "netcnnlip", "netfclip"}
+    conv_idx = sorted({int(k.split(".")[1]) for k in sd if k.startswith("netcnnlip.") and k.endswith(".weight")})
+    assert conv_idx == [0, 1, 4, 5, 8, 9, 11, 12, 14, 15, 18, 19]    # convs and their BatchNorms
+    with torch.no_grad():
+        assert net.forward_audio(torch.zeros(2, 1, 13, 20)).shape == (2, 1024)
+        assert net.forward_video(torch.zeros(2, 3, 5, 224, 224)).shape == (2, 1024)
+
+
+def test_load_syncnet_picks_layout(tmp_path, syncnet_v2_file):
+    net = ev.load_syncnet(syncnet_v2_file)
+    assert isinstance(net, ev.SyncNetPython) and net.layout == "syncnet_python" and not net.training
+    ref = torch.load(syncnet_v2_file, weights_only=True)
+    assert torch.equal(net.state_dict()["netcnnlip.0.weight"], ref["netcnnlip.0.weight"])
+    # a SyncNetInstance's own state dict (keys under "__S__.") loads too
+    torch.save({f"__S__.{k}": v for k, v in ref.items()}, tmp_path / "instance.model")
+    assert ev.load_syncnet(tmp_path / "instance.model").layout == "syncnet_python"
+    torch.save(ev.SyncNet(width=8, emb=32).state_dict(), tmp_path / "ours.pt")
+    ours = ev.load_syncnet(tmp_path / "ours.pt")
+    assert isinstance(ours, ev.SyncNet) and ours.layout == "ifmdm"
+    # wrong shape, missing key, unknown layout: errors naming the file
+    bad = dict(ref)
+    bad["netcnnlip.0.weight"] = bad["netcnnlip.0.weight"][:, :, :3]
+    torch.save(bad, tmp_path / "shape.model")
+    with pytest.raises(ev.VideoEvalError, match="shape.model"):
+        ev.load_syncnet(tmp_path / "shape.model")
+    torch.save({k: v for k, v in ref.items() if not k.startswith("netfclip.3")}, tmp_path / "short.model")
+    with pytest.raises(ev.VideoEvalError, match="short.model.*netfclip.3"):
+        ev.load_syncnet(tmp_path / "short.model")
+    torch.save(ev.IResNet(layers=(1, 1, 1, 1), widths=(8, 8, 8, 8), stem=8).state_dict(), tmp_path / "arc.pt")
+    with pytest.raises(ev.VideoEvalError, match="arc.pt.*netcnnaud"):
+        ev.load_syncnet(tmp_path / "arc.pt")
+
+
+def test_lse_with_syncnet_python_layout(run, clip, tmp_path, syncnet_v2_file, weights):
+    res = ev.evaluate_videos(run, [str(clip)], tmp_path / "out", syncnet=str(syncnet_v2_file),
+                             arcface=str(weights["arcface"]), **FAST)
+    c, s = res["clips"][0], res["summary"]
+    assert res["syncnet_layout"] == "syncnet_python"
+    assert _finite(s["lse_d"]) and s["lse_d"] >= 0 and _finite(s["lse_c"]) and s["lse_c"] >= 0
+    assert c["lse_fps"] == 25.0 and abs(c["offset_frames"]) <= ev.SYNC_VSHIFT
+    n25 = len(ev.resample_indices(c["frames_generated"], c["fps"]))
+    assert 0 <= c["lse_no_face_frames"] <= n25
+    assert 0 <= c["csim_unaligned_frames"] <= c["frames_generated"] and isinstance(c["csim_source_aligned"], bool)
+    assert s["csim_unaligned_frames"] == c["csim_unaligned_frames"]
+    json.dumps(res, allow_nan=False)
+
+
+def test_lse_scores_from_syncnet_python_windows(syncnet_v2_file):
+    """The LSE path on its own: 1 s of 25 fps face crops against 1 s of audio."""
+    net = ev.load_syncnet(syncnet_v2_file)
+    rng = np.random.default_rng(0)
+    video = rng.integers(0, 256, size=(25, 224, 224, 3), dtype=np.uint8)
+    wav = (0.1 * rng.standard_normal(16000)).astype(np.float32)
+    r = ev.lse(net, video, wav, 25.0)
+    assert _finite(r["lse_d"]) and _finite(r["lse_c"]) and r["lse_c"] >= 0
+    with pytest.raises(ValueError, match="25 fps"):
+        ev.lse(net, video, wav, 30.0)
+    assert ev.lse(net, video[:5], wav, 25.0)["lse_d"] is None        # no window fits
+
+
+def test_offset_scores_finds_the_shift():
+    """Audio embeddings equal to the video's 3 windows later: the offset search finds it."""
+    torch.manual_seed(0)
+    ea = torch.randn(40, 16)
+    ev_ = torch.cat([ea[3:], torch.randn(3, 16)])                  # video window i ~ audio i + 3
+    r = ev.offset_scores(ev_, ea, vshift=15)
+    assert r["offset_frames"] == -3 and r["lse_d"] < 1.0 and r["lse_c"] > 2.0
+
+
+# ------------------------------------------------------------------------------------------
+# MFCC (python_speech_features' definition) and window alignment
+# ------------------------------------------------------------------------------------------
+
+def _noise(seconds, seed=0):
+    return np.random.default_rng(seed).standard_normal(int(seconds * 16000)) * 1000.0
+
+
+def test_syncnet_mfcc_shape_and_energy():
+    x = _noise(1.0)
+    m = ev.syncnet_mfcc(x)
+    assert m.shape == (13, 99)                                      # 1 + ceil((16000 - 400) / 160)
+    assert ev.syncnet_mfcc(_noise(2.5)).shape == (13, 1 + math.ceil((40000 - 400) / 160))
+    assert ev.syncnet_mfcc(x[:300]).shape == (13, 1)               # shorter than a frame
+    # c0 is the log energy of the pre-emphasised 400-sample frame: by Parseval about half its
+    # sum of squares over the one-sided 512-point spectrum
+    y = np.concatenate([x[:1], x[1:] - 0.97 * x[:-1]])
+    for t in (0, 17, 98):
+        frame = np.pad(y, (0, 400))[160 * t:160 * t + 400]
+        assert m[0, t] == pytest.approx(np.log(0.5 * np.sum(frame ** 2)), abs=0.05)
+    # only c0 depends on the signal's scale (hence the int16 scaling before it)
+    m2 = ev.syncnet_mfcc(2.0 * x)
+    np.testing.assert_allclose(m2[0] - m[0], np.log(4.0), atol=1e-9)
+    np.testing.assert_allclose(m2[1:], m[1:], atol=1e-9)
+    # the lifter: 1 + 11 sin(pi n / 22) multiplies c_n (n >= 1); silence stays finite
+    z = ev.syncnet_mfcc(np.zeros(3200))
+    assert np.isfinite(z).all() and np.allclose(z[0], np.log(np.finfo(float).eps))
+    assert ev.to_int16_scale(np.array([0.5, -1.0, 1.0]))[0] == 16384.0
+
+
+def test_mel_filterbank_and_tone_band():
+    fb = ev.mel_filterbank(26, 512, 16000)
+    assert fb.shape == (26, 257) and fb.max() == pytest.approx(1.0) and fb.min() >= 0
+    peaks = fb.argmax(1)
+    assert np.all(np.diff(peaks) > 0)                               # centres rise with the filter index
+    # adjacent triangles overlap into a partition of unity between the first and last centres
+    np.testing.assert_allclose(fb.sum(0)[peaks[0]:peaks[-1] + 1], 1.0, atol=1e-12)
+    # centres evenly spaced in mel: 2595 log10(1 + f / 700) from 0 to 8 kHz, 28 points
+    centres = 700.0 * (10 ** (np.linspace(0, 2595 * np.log10(1 + 8000 / 700), 28)[1:-1] / 2595) - 1)
+    assert np.all(np.abs(peaks * 16000 / 512 - centres) <= 2 * 16000 / 512)
+    t = np.arange(16000) / 16000
+    for j in (3, 10, 18, 24):
+        mel, energy = ev.mel_energies(8000 * np.sin(2 * np.pi * centres[j] * t))
+        assert mel.shape == (99, 26) and energy.shape == (99,)
+        assert int(np.argmax(mel.mean(0))) == j, j
+
+
+def test_sync_windows_line_up():
+    """Window i: video frames i..i+4 and MFCC frames 4i..4i+19, which start at the same time
+    (frame i at i / 25 s; MFCC frame t at 160 t / 16000 s) and span the same 0.2 s."""
+    n = 12
+    video = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None], (n, 4, 4, 3)).copy()
+    wav = np.zeros(n * 640)
+    feats = np.tile(np.arange(ev.syncnet_mfcc(wav).shape[1], dtype=np.float64), (13, 1))   # column t = t
+    starts = ev.sync_window_starts(n, len(wav) // 640, drop_last=True)
+    assert list(starts) == list(range(n - 5))                       # syncnet_python: min_length - 5
+    assert len(ev.sync_window_starts(n, n)) == n - 4                 # every window that fits
+    v, a = ev.sync_windows(video, feats, starts, "syncnet_python")
+    assert v.shape == (len(starts), 3, 5, 4, 4) and a.shape == (len(starts), 1, 13, 20)
+    for i in starts:
+        assert v[i, 0, :, 0, 0].tolist() == [i, i + 1, i + 2, i + 3, i + 4]
+        assert a[i, 0, 0].tolist() == list(range(4 * i, 4 * i + 20))
+        assert 4 * i * 160 / 16000 == pytest.approx(i / 25)         # same start time
+        assert (4 * i + 20) * 160 / 16000 == pytest.approx((i + 5) / 25)   # same span
+    v2, _ = ev.sync_windows(video[..., 0], feats, starts[:2], "ifmdm")
+    assert v2.shape == (2, 5, 4, 4) and float(v2[1, 0, 0, 0]) == pytest.approx(1 / 255)
+
+
+def test_sync_window_audio_burst_under_its_frame():
+    """A noise burst during video frame 7 lands under window position 7 - i in every window
+    i that holds frame 7: MFCC columns 4 (7 - i) .. 4 (7 - i) + 3 carry the energy."""
+    wav = np.random.default_rng(1).standard_normal(20 * 640) * 1e-4
+    wav[7 * 640:8 * 640] += np.random.default_rng(2).standard_normal(640) * 0.3
+    feats = ev.syncnet_mfcc(ev.to_int16_scale(wav))
+    starts = ev.sync_window_starts(20, len(wav) // 640, drop_last=True)
+    video = np.zeros((20, 2, 2, 3), np.uint8)
+    _, a = ev.sync_windows(video, feats, starts, "syncnet_python")
+    for i in range(3, 8):                                           # windows holding frame 7
+        col = int(torch.argmax(a[i, 0, 0]))                         # c0 = log energy
+        assert 4 * (7 - i) <= col <= 4 * (7 - i) + 3, (i, col)
+
+
+# ------------------------------------------------------------------------------------------
+# syncnet_python face crops
+# ------------------------------------------------------------------------------------------
+
+def test_syncnet_face_crop_geometry():
+    yy, xx = np.mgrid[0:256, 0:256]
+    frame = np.stack([xx, yy, np.zeros_like(xx)], -1).astype(np.uint8)   # R = x, G = y
+    crop = ev.syncnet_face_crop(frame, 128, 100, 40)
+    assert crop.shape == (224, 224, 3) and crop.dtype == np.uint8
+    # BGR: R (x) in channel 2, G (y) in channel 1; columns 128 -+ 56, rows 100 - 40 .. 100 + 72
+    assert abs(int(crop[0, 0, 2]) - 72) <= 1 and abs(int(crop[0, 0, 1]) - 60) <= 1
+    assert abs(int(crop[-1, -1, 2]) - 183) <= 1 and abs(int(crop[-1, -1, 1]) - 171) <= 1
+    edge = ev.syncnet_face_crop(frame, 10, 10, 40)                   # box leaves the frame
+    assert edge.shape == (224, 224, 3) and tuple(edge[0, 0]) == (110, 110, 110)
+
+
+def test_face_track_and_resampling():
+    def lm(cx, cy, half):
+        return np.array([[cx - half, cy - half, 0], [cx + half, cy + half / 2, 0]], np.float32)
+    lms = [lm(50, 60, 10), None, None, lm(80, 60, 10)] + [lm(80, 60, 10)] * 10
+    track = ev.face_track(lms, smooth=1)
+    np.testing.assert_allclose(track[:4, 0], [50, 60, 70, 80])       # interpolated over the gap
+    np.testing.assert_allclose(track[:, 2], 10)                       # max(width, height) / 2
+    assert ev.face_track([None, None]) is None
+    jumpy = [lm(50, 60, 10)] * 6 + [lm(200, 60, 10)] + [lm(50, 60, 10)] * 6
+    assert ev.face_track(jumpy)[6, 0] == pytest.approx(50)          # 13-frame median removes a spike
+    idx = ev.resample_indices(30, 30000 / 1001)
+    assert len(idx) == 25 and idx[0] == 0 and np.all(np.diff(idx) >= 1) and idx[-1] <= 29
+    assert list(ev.resample_indices(7, 25.0)) == list(range(7))
+    assert list(ev.resample_indices(4, 12.5)) == [0, 1, 1, 2, 2, 3, 3, 3]
+
+
+# ------------------------------------------------------------------------------------------
+# ArcFace alignment (CSIM)
+# ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def astronaut_pair():
+    """skimage's astronaut and a rotated (25 deg), scaled (x1.4), shifted copy, with their
+    MediapipeMesh landmarks."""
+    cv2 = pytest.importorskip("cv2")
+    pytest.importorskip("mediapipe")
+    from skimage import data
+
+    from ifmdm_data.backends.mediapipe_backend import MediapipeMesh
+    img = np.ascontiguousarray(data.astronaut())
+    m = cv2.getRotationMatrix2D((230, 130), 25, 1.4)
+    m[:, 2] += (-40, 60)
+    moved = cv2.warpAffine(img, m, (512, 512), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    mesh = MediapipeMesh()
+    lms = []
+    for im in (img, moved):
+        mesh.reset()
+        lms.append(mesh.landmarks(im))
+    mesh.close()
+    assert all(lm is not None for lm in lms)
+    return [img, moved], lms
+
+
+def test_arcface_alignment_undoes_a_similarity(astronaut_pair):
+    imgs, lms = astronaut_pair
+    aligned, unaligned = ev.arcface_crops(imgs, lms)
+    assert aligned.shape == (2, 112, 112, 3) and unaligned == 0
+    plain, n_plain = ev.arcface_crops(imgs, [None, None])
+    assert n_plain == 2
+    diff_aligned = np.abs(aligned[0].astype(float) - aligned[1]).mean()
+    diff_plain = np.abs(plain[0].astype(float) - plain[1]).mean()
+    assert diff_aligned < 10 and diff_plain > 40 and diff_plain > 5 * diff_aligned
+    for lm in lms:
+        p = ev.five_points(lm)
+        m = ev.arcface_matrix(p)
+        q = p @ m[:, :2].T + m[:, 2]
+        err = np.linalg.norm(q - ev.ARCFACE_TEMPLATE, axis=1)
+        assert err[:2].max() < 4 and err.max() < 10                # eyes tight, all five close
+        assert q[0, 0] < q[1, 0] and q[3, 0] < q[4, 0]              # image-left first, as the template
+
+
+def test_syncnet_face_crops_frame_the_face(astronaut_pair):
+    """The 224 x 224 crop holds the whole face, centred, mouth below the middle (as
+    syncnet_python's crops, which extend the box towards the chin)."""
+    from ifmdm_data.backends.mediapipe_backend import MediapipeMesh
+    imgs, lms = astronaut_pair
+    crops, missing = ev.syncnet_face_crops(np.stack([imgs[0]] * 6), [lms[0], None] + [lms[0]] * 4, 25.0)
+    assert crops.shape == (6, 224, 224, 3) and missing == 1
+    mesh = MediapipeMesh()
+    lm = mesh.landmarks(np.ascontiguousarray(crops[0][..., ::-1]))  # BGR -> RGB
+    mesh.close()
+    assert lm is not None
+    assert 0.4 < lm[:, 0].mean() / 224 < 0.6 and 0.4 < lm[13, 1] / 224 < 0.7
+    assert lm[:, 1].max() / 224 < 0.85                                # the chin inside the crop

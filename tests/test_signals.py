@@ -86,3 +86,33 @@ def test_sharpness_drops_with_blur():
     img = (np.random.default_rng(0).random((200, 200)) * 255).astype(np.uint8)
     box = np.array([20, 20, 180, 180], np.float32)
     assert sig.sharpness(cv2.GaussianBlur(img, (15, 15), 5), box, 128) < 0.1 * sig.sharpness(img, box, 128)
+
+
+def test_frame_histogram_matches_rgb_histogram(tmp_path):
+    """The strided-YUV histogram of a decoded frame is close to the RGB-thumbnail one."""
+    import av
+    from skimage import data
+    from ifmdm_data.scenes import frame_histogram, hsv_histogram
+
+    img = np.ascontiguousarray(data.astronaut()[:, :, :3][::2, ::2])        # (256, 256, 3)
+    other = np.ascontiguousarray(np.roll(img[:, ::-1, ::-1], 40, axis=0))    # other colours
+    for fmt in ("yuv420p", "yuv444p", "rgb24"):
+        frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+        if fmt != "rgb24":
+            frame = frame.reformat(format=fmt)
+        h = frame_histogram(frame)
+        assert h.shape == (256,) and h.sum() == pytest.approx(1.0)
+        d_same = 0.5 * np.abs(h - hsv_histogram(img)).sum()
+        d_other = 0.5 * np.abs(h - hsv_histogram(other)).sum()
+        assert d_same < 0.15 and d_other > 2 * d_same, (fmt, d_same, d_other)
+
+
+def test_scene_cut_min_gap_in_seconds():
+    det = SceneCutDetector(0.35, min_gap_s=0.25)
+    a = np.zeros(256); a[0] = 1
+    b = np.zeros(256); b[5] = 1
+    c = np.zeros(256); c[9] = 1
+    seq = [(0.0, a), (0.04, a), (0.08, b), (0.2, c), (0.24, c), (0.28, c), (0.32, c), (0.36, c),
+           (0.4, c), (0.5, a)]
+    cuts = [t for t, h in seq if det.feed(h, t)[0]]
+    assert cuts == [0.08, 0.5]     # 0.2 is within 0.25 s of the cut at 0.08

@@ -18,6 +18,25 @@ def _solutions():
     return mp.solutions
 
 
+def landmarks_array(msg) -> np.ndarray:
+    """(N, 3) float32 x, y, z of a NormalizedLandmarkList.
+
+    Fast path: read the serialised message with numpy (0.04 ms instead of 0.2 ms for 478
+    points through the Python protobuf objects). Each landmark with exactly x, y, z set is 17
+    bytes: 0x0A 15 | 0x0D x(4) | 0x15 y(4) | 0x1D z(4), little-endian float32. Any other
+    layout (a coordinate that is exactly 0 is left out by proto3, visibility set, ...) falls
+    back to attribute access.
+    """
+    n = len(msg.landmark)
+    buf = msg.SerializeToString()
+    if len(buf) == 17 * n:
+        r = np.frombuffer(buf, np.uint8).reshape(n, 17)
+        tags = r[:, [0, 1, 2, 7, 12]]
+        if (tags == np.array([0x0A, 15, 0x0D, 0x15, 0x1D], np.uint8)).all():
+            return np.ascontiguousarray(r[:, [3, 4, 5, 6, 8, 9, 10, 11, 13, 14, 15, 16]]).view("<f4").astype(np.float32)
+    return np.array([(p.x, p.y, p.z) for p in msg.landmark], np.float32).reshape(n, 3)
+
+
 class MediapipeDetector:
     def __init__(self, min_confidence: float = 0.5):
         self._det = _solutions().face_detection.FaceDetection(
@@ -57,8 +76,7 @@ class MediapipeMesh:
         res = self._mesh.process(np.ascontiguousarray(rgb))
         if not res.multi_face_landmarks:
             return None
-        lm = res.multi_face_landmarks[0].landmark
-        arr = np.array([(p.x, p.y, p.z) for p in lm], np.float32)  # (478, 3), normalised
+        arr = landmarks_array(res.multi_face_landmarks[0])          # (478, 3), normalised
         arr[:, 0] *= w
         arr[:, 1] *= h
         arr[:, 2] *= w  # mediapipe's z uses roughly the same scale as x
