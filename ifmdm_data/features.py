@@ -23,6 +23,16 @@ Video frame f is at time f / fps and gets the mean of the native frames whose ce
     speech = align_to_frames(native, fx.rate_hz, n_frames, fps, offset_s=fx.offset_s)
     meta["speech_feature"] = fx.info()
 
+Streaming (`ifmdm-infer` on long audio): `fx.stream(wav)` yields the native frames of
+`fx(wav)` as consecutive blocks, each computed when asked for (log-mel: blocks of 2 s;
+wav2vec2: one block per chunk of its long-audio chunk plan), and `stream_frames(fx, wav,
+n_frames, fps)` is a `FrameStream` whose `read(n)` returns the next n rows of the
+`align_to_frames` result, pulling only the native blocks those rows need:
+
+    speech = stream_frames(fx, wav, n_frames, fps)
+    for start in range(0, n_frames, 32):
+        chunk = speech.read(32)                     # (<= 32, dim), equal to the rows above
+
 Nothing here downloads anything: a wav2vec2 checkpoint is a local folder holding
 `config.json` and `model.safetensors` (or `pytorch_model.bin`), e.g. written by
 `Wav2Vec2Model.save_pretrained(DIR)` on a machine with internet.
@@ -111,19 +121,31 @@ class LogMelFeatures:
 
     def __call__(self, wav: np.ndarray) -> np.ndarray:
         a = _as_mono(wav)
-        n = a.size
-        n_frames = -(-n // self.hop)  # ceil
-        if n_frames == 0:
+        return self._frames(a, 0, -(-a.size // self.hop))  # ceil(n / hop) frames
+
+    def stream(self, wav: np.ndarray, block_s: float = 2.0):
+        """The frames of `__call__(wav)` as consecutive blocks of `block_s` seconds, each
+        computed when asked for (log-mel is frame-local: a block reads only its own windows)."""
+        a = _mono_view(wav)
+        n_frames = -(-a.size // self.hop)
+        block = max(1, int(round(float(block_s) * self.rate_hz)))
+        for i0 in range(0, n_frames, block):
+            yield self._frames(a, i0, min(n_frames, i0 + block))
+
+    def _frames(self, a: np.ndarray, i0: int, i1: int) -> np.ndarray:
+        """Frames i0..i1-1 of the clip `a`: frame i's window is samples
+        [i * hop - front, i * hop - front + win), front = win // 2 - hop // 2 (centred at
+        (i + 0.5) * hop), zero outside the clip."""
+        if i1 <= i0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        # window of frame i starts at (i + 0.5) * hop - win / 2
         front = self.win // 2 - self.hop // 2
-        total = (n_frames - 1) * self.hop + self.win
-        padded = np.zeros(total + max(0, -front), dtype=np.float32)
-        start = max(0, front)
-        src = a[max(0, -front):]
-        m = min(src.size, padded.size - start)
-        padded[start:start + m] = src[:m]
-        frames = np.lib.stride_tricks.sliding_window_view(padded, self.win)[::self.hop][:n_frames]
+        s0 = i0 * self.hop - front
+        s1 = (i1 - 1) * self.hop - front + self.win
+        seg = np.zeros(s1 - s0, dtype=np.float32)
+        lo, hi = max(s0, 0), min(s1, a.size)
+        if hi > lo:
+            seg[lo - s0:hi - s0] = _clean(a[lo:hi])
+        frames = np.lib.stride_tricks.sliding_window_view(seg, self.win)[::self.hop]  # (i1-i0, win)
         spec = np.fft.rfft(frames * self._window, n=self.n_fft, axis=-1)
         power = (spec.real ** 2 + spec.imag ** 2).astype(np.float32)
         return np.log(power @ self._fb + self.eps).astype(np.float32)
@@ -175,13 +197,43 @@ def _out_len(n: int, kernels, strides) -> int:
     return int(n)
 
 
-def _normalise(a: np.ndarray) -> np.ndarray:
+def _mono_view(wav) -> np.ndarray:
+    """float32 1-D audio without a copy when it already is (`_as_mono` otherwise); NaN/inf
+    are zeroed later, block by block (`_clean`), so a long clip is not copied whole."""
+    a = np.asarray(wav, dtype=np.float32)
+    return a if a.ndim == 1 else _as_mono(a)
+
+
+def _clean(a: np.ndarray) -> np.ndarray:
+    """NaN/inf -> 0, as `_as_mono` does (a copy)."""
+    return np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _norm_stats(a: np.ndarray, block: int = 1 << 20) -> tuple[float, float]:
+    """(mean, sqrt(var + 1e-7)) of the clip for `_normalise`, float64 sums over blocks of
+    `block` samples (two passes), so a long clip needs no float64 copy."""
+    n = a.size
+    if n == 0:
+        return 0.0, 1.0
+    total = 0.0
+    for i in range(0, n, block):
+        total += float(_clean(a[i:i + block]).sum(dtype=np.float64))
+    mean = total / n
+    ss = 0.0
+    for i in range(0, n, block):
+        d = _clean(a[i:i + block]).astype(np.float64) - mean
+        ss += float(np.dot(d, d))
+    return mean, math.sqrt(ss / n + 1e-7)
+
+
+def _normalise(a: np.ndarray, stats: tuple[float, float] | None = None) -> np.ndarray:
     """Zero mean, unit variance over the utterance (Wav2Vec2FeatureExtractor's
-    zero_mean_unit_var_norm: (x - mean) / sqrt(var + 1e-7))."""
+    zero_mean_unit_var_norm: (x - mean) / sqrt(var + 1e-7)). `stats`: the (mean, std) of the
+    whole clip when `a` is a piece of it (`_norm_stats`)."""
     if a.size == 0:
-        return a
-    a64 = a.astype(np.float64)
-    return ((a64 - a64.mean()) / np.sqrt(a64.var() + 1e-7)).astype(np.float32)
+        return _clean(a)
+    mean, std = _norm_stats(a) if stats is None else stats
+    return ((_clean(a).astype(np.float64) - mean) / std).astype(np.float32)
 
 
 class Wav2Vec2Features:
@@ -435,9 +487,11 @@ class Wav2Vec2Features:
         return [np.ascontiguousarray(feats[i, :t], dtype=np.float32)
                 for i, t in enumerate(n_out)]
 
-    def _groupnorm_stats(self, a: np.ndarray):
+    def _groupnorm_stats(self, a: np.ndarray, norm: tuple[float, float] | None = None):
         """(mean, rstd) per channel of the first conv layer's GroupNorm over the whole clip,
-        computed in blocks (float64 sums) so long clips need little memory."""
+        computed in blocks (float64 sums) so long clips need little memory. `norm`: the
+        clip's (mean, std) when `a` is the raw audio (each block is normalised with it),
+        None when `a` is the model input already (or is not normalised)."""
         torch = self._torch
         gn = self._gn
         conv = gn.conv
@@ -453,7 +507,9 @@ class Wav2Vec2Features:
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=False):
             for j0 in range(0, n_frames, block):
                 j1 = min(n_frames, j0 + block)
-                seg = torch.from_numpy(np.ascontiguousarray(a[j0 * st:(j1 - 1) * st + k]))
+                seg = a[j0 * st:(j1 - 1) * st + k]
+                seg = torch.from_numpy(np.ascontiguousarray(
+                    _normalise(seg, norm) if norm is not None else _clean(seg)))
                 h = conv(seg.to(self.device)[None, None])[0].reshape(groups, -1)
                 var_b, mean_b = torch.var_mean(h, dim=-1, correction=0)
                 n_b = h.shape[1]
@@ -550,6 +606,32 @@ class Wav2Vec2Features:
     def __call__(self, wav: np.ndarray) -> np.ndarray:
         return self.batch([wav])[0]
 
+    def stream(self, wav: np.ndarray):
+        """The frames of `__call__(wav)` as consecutive blocks, one per chunk of the chunk plan
+        (`_plan`), each yielded as soon as its chunk is computed: the frames it keeps, up to
+        the middle of its overlap with the next chunk (the next chunk's start is known from
+        the plan). Equal to `__call__` up to float error (chunks run one per forward pass
+        instead of batched). What needs the whole clip is cheap and done first: the
+        normalisation statistics (mean, variance) and, for "group" checkpoints of a chunked
+        clip, the GroupNorm statistics (a pass of the first conv layer alone). Memory: one
+        chunk's audio and features, never the whole clip's features."""
+        a = _mono_view(wav)
+        norm = _norm_stats(a) if self.do_normalize else None
+        plan = [(s, e) for s, e in self._plan(a.size)
+                if _out_len(e - s, self.kernels, self.strides) > 0]
+        stats = None
+        if self._gn is not None and len(plan) > 1:  # chunked: statistics of the whole clip
+            stats = [self._groupnorm_stats(a, norm)]
+        lo = 0
+        for j, (s, e) in enumerate(plan):
+            piece = _normalise(a[s:e], norm) if norm is not None else _clean(a[s:e])
+            f = self._forward([piece], stats)[0]
+            g0 = s // self.stride
+            hi = (plan[j + 1][0] // self.stride + g0 + len(f)) // 2 if j + 1 < len(plan) \
+                else g0 + len(f)  # as `_stitch`: the middle of the overlap
+            yield f[lo - g0:hi - g0]
+            lo = hi
+
     def info(self) -> dict:
         return {"type": self.type, "dim": int(self.dim), "rate_hz": float(self.rate_hz),
                 "layers": list(self.layers), "checkpoint": self.checkpoint,
@@ -614,19 +696,31 @@ def align_to_frames(feats: np.ndarray, rate_hz: float, n_frames: int, fps: float
     f = np.asarray(feats, dtype=np.float32)
     if f.ndim == 1:
         f = f[:, None]
-    dim = f.shape[1] if f.ndim == 2 else 0
     if f.ndim != 2:
         raise ValueError(f"align_to_frames: feats must be (T, dim), got shape {f.shape}")
+    rate_hz, fps, off = _check_rates(rate_hz, fps, offset_s, "align_to_frames")
+    t = np.arange(n_frames, dtype=np.float64) / fps
+    return _align_rows(f, 0, f.shape[0], t, rate_hz, fps, off)
+
+
+def _check_rates(rate_hz, fps, offset_s, where: str) -> tuple[float, float, float]:
     rate_hz, fps = float(rate_hz), float(fps)
     if not (rate_hz > 0 and fps > 0 and math.isfinite(rate_hz) and math.isfinite(fps)):
-        raise ValueError(f"align_to_frames: rate_hz={rate_hz} and fps={fps} must be > 0")
-    off = 0.5 / rate_hz if offset_s is None else float(offset_s)
-    out = np.zeros((n_frames, dim), dtype=np.float32)
-    T = f.shape[0]
-    if T == 0 or n_frames == 0:
+        raise ValueError(f"{where}: rate_hz={rate_hz} and fps={fps} must be > 0")
+    return rate_hz, fps, 0.5 / rate_hz if offset_s is None else float(offset_s)
+
+
+def _align_rows(f: np.ndarray, first: int, T: int, t: np.ndarray, rate_hz: float, fps: float,
+                off: float) -> np.ndarray:
+    """`align_to_frames` for the video frames at times `t` (seconds), given the native frames
+    f = native[first:first + len(f)] of a clip with T native frames in all. Every native
+    frame those video frames depend on must be in `f`: the frames of their windows, and for
+    interpolated ones the two native frames around t (`FrameStream` guarantees it)."""
+    dim = f.shape[1]
+    out = np.zeros((t.size, dim), dtype=np.float32)
+    if T == 0 or t.size == 0:
         return out
-    t = np.arange(n_frames, dtype=np.float64) / fps
-    centres = off + np.arange(T, dtype=np.float64) / rate_hz
+    centres = off + (first + np.arange(f.shape[0], dtype=np.float64)) / rate_hz
 
     def interp(rows):
         x = np.empty((rows.size, dim), dtype=np.float64)
@@ -635,12 +729,15 @@ def align_to_frames(feats: np.ndarray, rate_hz: float, n_frames: int, fps: float
         return x
 
     if rate_hz < fps:
-        return interp(np.arange(n_frames)).astype(np.float32)
+        return interp(np.arange(t.size)).astype(np.float32)
     half = 0.5 / fps
     # i in window <=> (t_f - half - off) * rate <= i < (t_f + half - off) * rate
     lo = np.ceil((t - half - off) * rate_hz - 1e-9).astype(np.int64)
     hi = np.ceil((t + half - off) * rate_hz - 1e-9).astype(np.int64)
-    lo, hi = np.clip(lo, 0, T), np.clip(hi, 0, T)
+    lo, hi = np.clip(lo, 0, T) - first, np.clip(hi, 0, T) - first
+    if lo.min() < 0 or hi.max() > f.shape[0]:  # pragma: no cover - a FrameStream bug
+        raise AssertionError(f"native frames {lo.min() + first}..{hi.max() + first} needed, "
+                             f"{first}..{first + f.shape[0]} held")
     csum = np.concatenate([np.zeros((1, dim)), np.cumsum(f, axis=0, dtype=np.float64)])
     cnt = hi - lo
     good = cnt > 0
@@ -649,6 +746,86 @@ def align_to_frames(feats: np.ndarray, rate_hz: float, n_frames: int, fps: float
     if empty.size:
         out[empty] = interp(empty).astype(np.float32)
     return out
+
+
+class FrameStream:
+    """Per-video-frame speech features computed lazily, for streaming generation.
+
+    `read(n)` returns the next n video frames' features (n, dim) float32, equal (up to float
+    error) to the same rows of ``align_to_frames(np.concatenate(list(blocks)), rate_hz,
+    n_frames, fps, offset_s)``. `blocks` is an iterator of consecutive native feature blocks
+    (an extractor's `stream(wav)`); it is advanced only as far as the frames asked for need:
+    the native frames of their windows, and the two around each frame's time for the ones
+    that are interpolated (native rate below fps, a window past the end of the audio). The
+    native frames no later video frame needs are dropped, so memory is a block or two of
+    native frames, whatever the length of the audio. `native_read`: native frames taken from
+    `blocks` so far; `exhausted`: whether `blocks` has ended.
+    """
+
+    def __init__(self, blocks, rate_hz: float, n_frames: int, fps: float,
+                 offset_s: float | None = None, dim: int | None = None):
+        self.rate_hz, self.fps, self.offset_s = _check_rates(rate_hz, fps, offset_s, "FrameStream")
+        self.n_frames = max(0, int(n_frames))
+        self.dim = dim
+        self.pos = 0                                 # next video frame
+        self.native_read = 0                         # = global index past the held frames
+        self.exhausted = False
+        self._blocks = iter(blocks)
+        self._held: list[np.ndarray] = []            # native frames first .. native_read - 1
+        self._first = 0
+
+    def _pull(self, need: int) -> None:
+        while self.native_read < need and not self.exhausted:
+            try:
+                b = np.asarray(next(self._blocks), dtype=np.float32)
+            except StopIteration:
+                self.exhausted = True
+                break
+            if b.ndim == 1:
+                b = b[:, None]
+            if self.dim is None:
+                self.dim = b.shape[1]
+            if len(b):
+                self._held.append(b)
+                self.native_read += len(b)
+
+    def _bounds(self, f: int) -> tuple[int, int]:
+        """(first, end) native frames video frame f may need (see the class docstring)."""
+        x = (f / self.fps - self.offset_s) * self.rate_hz
+        j = math.floor(x)                            # interpolation bracket j, j + 1
+        end = max(j + 2, 1)                          # before the first centre: frame 0
+        if self.rate_hz < self.fps:
+            return j, end
+        h = 0.5 / self.fps * self.rate_hz
+        return min(j, math.ceil(x - h - 1e-9)), max(end, math.ceil(x + h - 1e-9))
+
+    def read(self, n: int) -> np.ndarray:
+        """The next n video frames (fewer at the end): (n, dim) float32."""
+        n = max(0, min(int(n), self.n_frames - self.pos))
+        f0, f1 = self.pos, self.pos + n
+        self._pull(self._bounds(f1 - 1)[1] + 1 if n else 0)  # + 1: float slack
+        held = np.concatenate(self._held) if len(self._held) > 1 else \
+            self._held[0] if self._held else np.zeros((0, self.dim or 0), np.float32)
+        t = np.arange(f0, f1, dtype=np.float64) / self.fps
+        out = _align_rows(held, self._first, self.native_read, t, self.rate_hz, self.fps,
+                          self.offset_s) if n else np.zeros((0, held.shape[1]), np.float32)
+        self.pos = f1
+        # drop what no later frame needs (2 frames of slack; the last frame is always kept
+        # for the clamped interpolation past the end)
+        keep = min(max(0, self._bounds(f1)[0] - 2), max(0, self.native_read - 1))
+        if keep > self._first:
+            held = held[keep - self._first:]
+            self._first = keep
+        self._held = [held] if len(held) else []
+        return out
+
+
+def stream_frames(fx, wav: np.ndarray, n_frames: int, fps: float, **stream_kwargs) -> FrameStream:
+    """`FrameStream` over `fx.stream(wav)`: the per-video-frame features of
+    ``align_to_frames(fx(wav), fx.rate_hz, n_frames, fps, offset_s=fx.offset_s)``, computed
+    as they are read."""
+    return FrameStream(fx.stream(wav, **stream_kwargs), fx.rate_hz, n_frames, fps,
+                       offset_s=getattr(fx, "offset_s", None), dim=int(fx.dim))
 
 
 def build_features(wav2vec2_dir: str | None = None, layers=(-1,), device="auto", **kwargs):

@@ -19,7 +19,10 @@ Audio: 16 kHz mono PCM16 of exactly [start_s, start_s + n_frames / fps) (zero-pa
 the stream is shorter). Speech features: `features(wav)` at their native rate, resampled to
 the frames by `features.align_to_frames` (row f from the audio around f / fps), float16.
 Landmarks: the analysis-rate tracks interpolated linearly to the output frame times, in crop
-pixels, float16; NaN where the nearest analysed frame had no face.
+pixels, float16; NaN where the nearest analysed frame had no face. At the default analysis
+rate (6.25 fps) the mouth moves between analysed frames, so interpolated lip landmarks are
+smooth approximations; run `filter --analysis-fps 25` when exact per-frame landmarks matter
+(the trainers do not use them).
 """
 from __future__ import annotations
 

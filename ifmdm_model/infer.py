@@ -12,8 +12,9 @@ Talking head (DESIGN.md, "Inference"):
    the speech features the stage-2 checkpoint was trained with are computed (log-mel or
    wav2vec2 from the checkpoint's `speech_feature` record; the wav2vec2 folder recorded there
    can be overridden) and aligned to video frames: n_frames = round(audio_seconds * fps).
-   Log-mel is computed for the whole audio at once (cheap); wav2vec2 too (the extractor
-   chunks long audio itself; its output is T x 768 float32, ~300 KB per second of video).
+   They are computed lazily, as motion chunks need them (`ifmdm_data.features.FrameStream`):
+   log-mel in 2 s blocks, wav2vec2 in the extractor's 60 s overlapping chunks, each computed
+   when the first frame that needs it is generated; equal to the whole-clip computation.
 3. Motion is generated chunk by chunk (n_f frames, the stage-2 model's `n_frames`): the first
    chunk's hint is m', each next chunk's hint is the last generated motion vector; m_mu is m'
    ("input"), the previous chunk's mean ("previous") or a user .npy; m_sigma = motion_std for
@@ -23,11 +24,13 @@ Talking head (DESIGN.md, "Inference"):
 4. Frames are decoded in batches of `batch_frames` by the stage-1 EMA decoder with the
    appearance tensors of step 1, converted to uint8 and written to H.264 (yuv420p) as they
    are produced (resized to `size` when given); the 16 kHz mono input audio is muxed as AAC
-   alongside. The file is written
-   under a temporary name next to the output and renamed at the end.
+   alongside. The file is written under a temporary name next to the output and renamed at
+   the end.
 
-Memory is bounded by one motion chunk + one decode batch (plus the per-frame features and
-the motion array, a few floats per frame).
+Memory is bounded by one block / chunk of speech features + one motion chunk + one decode
+batch; only the decoded input audio (64 KB per second) is held whole (and the generated
+motion when `return_motion`). The media I/O (image, audio, mp4 writer, driving video) is in
+`media_io.py`.
 """
 from __future__ import annotations
 
@@ -36,11 +39,9 @@ import contextlib
 import json
 import logging
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
@@ -49,15 +50,14 @@ import torch
 
 from ifmdm_data.errors import IfmdmError
 
+from .media_io import (AUDIO_RATE, InferenceError, VideoWriter, check_face, load_image,
+                       read_audio, resize_frames, square_resize, to_tensor, to_uint8, video_fps,
+                       video_frames)
+
 log = logging.getLogger("ifmdm_model")
 
-AUDIO_RATE = 16000
 SILENCE_DBFS = -60.0
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class InferenceError(IfmdmError):
-    """An inference input (checkpoint, image, audio, driving video, output path) is unusable."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -208,83 +208,6 @@ def load_models(run_dir, device="auto", need_stage2: bool = True) -> Models:
 # inputs
 # ------------------------------------------------------------------------------------------
 
-def square_resize(rgb: np.ndarray, size: int) -> np.ndarray:
-    """Centre-crop to a square, resize to size x size (area when shrinking), uint8 RGB."""
-    import cv2
-    h, w = rgb.shape[:2]
-    s = min(h, w)
-    y0, x0 = (h - s) // 2, (w - s) // 2
-    sq = rgb[y0:y0 + s, x0:x0 + s]
-    if s != size:
-        sq = cv2.resize(sq, (size, size), interpolation=cv2.INTER_AREA if s > size else cv2.INTER_CUBIC)
-    return np.ascontiguousarray(sq)
-
-
-def load_image(path) -> np.ndarray:
-    """Any image OpenCV (or PIL) reads -> uint8 RGB (H, W, 3); InferenceError when unreadable."""
-    import cv2
-    p = Path(path)
-    if not p.is_file():
-        raise InferenceError(f"image {p} does not exist")
-    img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-    if img is not None:
-        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    try:
-        from PIL import Image
-        with Image.open(p) as im:
-            return np.asarray(im.convert("RGB"))
-    except Exception as e:  # noqa: BLE001
-        raise InferenceError(f"cannot read image {p} ({type(e).__name__}: {e}); give a png or jpg") from None
-
-
-def check_face(rgb: np.ndarray) -> Optional[int]:
-    """Warn when mediapipe finds zero or several faces; returns the count (None: no detector)."""
-    try:
-        from ifmdm_data.backends.mediapipe_backend import MediapipeDetector
-        det = MediapipeDetector()
-    except Exception:  # noqa: BLE001 - optional
-        return None
-    try:
-        n = len(det.detect(rgb))
-    except Exception:  # noqa: BLE001
-        return None
-    finally:
-        with contextlib.suppress(Exception):
-            det.close()
-    if n == 0:
-        log.warning("no face found in the input image: IF-MDM expects a frontal, centred portrait "
-                    "(the image is only centre-cropped, not aligned)")
-    elif n > 1:
-        log.warning("%d faces found in the input image: the generated motion applies to the whole "
-                    "frame; crop the image to one face", n)
-    return n
-
-
-def to_tensor(frames: np.ndarray, device) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
-    t = torch.from_numpy(np.ascontiguousarray(frames)).to(device)
-    return t.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """float (N, 3, H, W) in [-1, 1] -> uint8 (N, H, W, 3)."""
-    x = images.float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
-
-
-def read_audio(path) -> np.ndarray:
-    """Any audio file or a video's audio track -> float32 mono 16 kHz; InferenceError if not."""
-    from ifmdm_data.audio import load_audio
-    from ifmdm_data.errors import ClipError
-    p = Path(path)
-    if not p.is_file():
-        raise InferenceError(f"audio {p} does not exist")
-    try:
-        return load_audio(p, sample_rate=AUDIO_RATE)
-    except ClipError as e:
-        raise InferenceError(f"cannot read audio {p}: {e.detail or e}") from None
-
-
 def speech_extractor(info: dict, speech_dim: int, wav2vec2: Optional[str] = None, device="auto"):
     """The speech feature extractor the stage-2 checkpoint was trained with."""
     from ifmdm_data.features import build_features
@@ -335,87 +258,6 @@ def motion_mean_arg(value, dim: int) -> Union[str, np.ndarray]:
         raise InferenceError(f"--motion-mean array must be finite with shape ({dim},) or (T, {dim}), "
                              f"got {arr.shape}")
     return arr
-
-
-# ------------------------------------------------------------------------------------------
-# output
-# ------------------------------------------------------------------------------------------
-
-class VideoWriter:
-    """Streaming H.264 (yuv420p) + AAC mp4 written to a temporary name, renamed by `close()`."""
-
-    def __init__(self, out_path, size: int, fps: float, audio: Optional[np.ndarray],
-                 overwrite: bool = False, crf: int = 18, preset: str = "veryfast"):
-        import av
-        self.out = Path(out_path)
-        if self.out.exists() and not overwrite:
-            raise InferenceError(f"{self.out} exists: pass --overwrite to replace it")
-        if self.out.is_dir():
-            raise InferenceError(f"{self.out} is a folder")
-        if not self.out.parent.is_dir():
-            raise InferenceError(f"output folder {self.out.parent} does not exist")
-        self.tmp = self.out.parent / f".{self.out.name}.{os.getpid()}.tmp"
-        self._av = av
-        self.fps = float(fps)
-        self.container = av.open(str(self.tmp), mode="w", format="mp4")
-        rate = Fraction(self.fps).limit_denominator(1001)
-        v = self.container.add_stream("libx264", rate=rate)
-        v.width = v.height = int(size)
-        v.pix_fmt = "yuv420p"
-        v.time_base = 1 / rate
-        v.options = {"crf": str(crf), "preset": preset}
-        self.video = v
-        self.audio = None
-        self.wav = None
-        if audio is not None and len(audio):
-            a = self.container.add_stream("aac", rate=AUDIO_RATE)
-            a.layout = "mono"
-            a.time_base = Fraction(1, AUDIO_RATE)
-            self.audio, self.wav = a, np.asarray(audio, np.float32)
-        self.n = 0
-        self.a_pos = 0
-
-    def _audio_until(self, n_samples: int) -> None:
-        if self.audio is None:
-            return
-        end = min(len(self.wav), n_samples)
-        if end <= self.a_pos:
-            return
-        chunk = np.clip(self.wav[self.a_pos:end], -1.0, 1.0)[None, :]
-        fr = self._av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="fltp", layout="mono")
-        fr.sample_rate = AUDIO_RATE
-        fr.pts = self.a_pos
-        fr.time_base = Fraction(1, AUDIO_RATE)
-        for p in self.audio.encode(fr):
-            self.container.mux(p)
-        self.a_pos = end
-
-    def write(self, frames: np.ndarray) -> None:
-        """uint8 RGB (N, S, S, 3)."""
-        for rgb in frames:
-            vf = self._av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            vf.pts = self.n
-            for p in self.video.encode(vf):
-                self.container.mux(p)
-            self.n += 1
-        self._audio_until(int(round(self.n / self.fps * AUDIO_RATE)))
-
-    def close(self) -> Path:
-        if self.audio is not None:
-            self._audio_until(len(self.wav))
-            for p in self.audio.encode():
-                self.container.mux(p)
-        for p in self.video.encode():
-            self.container.mux(p)
-        self.container.close()
-        os.replace(self.tmp, self.out)
-        return self.out
-
-    def abort(self) -> None:
-        with contextlib.suppress(Exception):
-            self.container.close()
-        with contextlib.suppress(OSError):
-            self.tmp.unlink()
 
 
 # ------------------------------------------------------------------------------------------
@@ -483,15 +325,6 @@ def _check_common(fps, batch_frames, size, image_size):
                              f"(the model generates {image_size}x{image_size}; frames are resized to --size)")
 
 
-def _resize(frames: np.ndarray, size: Optional[int]) -> np.ndarray:
-    """uint8 (N, S, S, 3) -> (N, size, size, 3) (bicubic up, area down); no-op when size is None/S."""
-    if size is None or frames.shape[1] == size:
-        return frames
-    import cv2
-    interp = cv2.INTER_AREA if size < frames.shape[1] else cv2.INTER_CUBIC
-    return np.stack([cv2.resize(f, (size, size), interpolation=interp) for f in frames])
-
-
 def _decode_batch(decode, appearance, m: torch.Tensor, batch: int, pad: bool) -> torch.Tensor:
     """decode(appearance, m) -> images; with `pad` (torch.compile, static shapes) a short last
     batch is padded to `batch` (repeating its last motion) and the extra frames dropped."""
@@ -501,7 +334,6 @@ def _decode_batch(decode, appearance, m: torch.Tensor, batch: int, pad: bool) ->
     return decode(appearance, m)[:n]
 
 
-@torch.inference_mode()
 def _output_path(out_path, overwrite: bool) -> Path:
     out = Path(out_path)
     if out.exists() and not overwrite:
@@ -520,22 +352,41 @@ def _encode_image(models, image, face_check: bool, amp):
     return [a.float() for a in appearance], m_in
 
 
+@torch.inference_mode()
 def generate(run_dir, image, audio, out_path, fps: float = 25.0, steps: int = 25, cfg: float = 2.5,
              motion_std: float = 0.1, motion_mean="input", seed: int = 0, size: Optional[int] = None,
              device="auto", dtype: str = "fp32", compile: bool = False, overwrite: bool = False,
              batch_frames: int = 16, progress: bool = True, wav2vec2: Optional[str] = None,
              face_check: bool = True, return_motion: bool = False, models: Optional[Models] = None,
-             eta: float = 0.0, first_hint: str = "input") -> dict:
+             eta: float = 0.0, first_hint: str = "input", features=None) -> dict:
     """Image + speech -> talking-head mp4 at `out_path`. Returns stats: frames, seconds (audio),
     fps (frames per second of wall time after the models are loaded), first_frame_latency_s
     (from the start of the request, models loaded, to the first frame handed to the encoder),
     load_s, per-stage seconds {encode, features, motion, decode, write}, and with
     `return_motion` the generated motion (frames, D) float32. `models`: preloaded
-    `load_models(...)` (benchmarks, servers). `first_hint`: "input" (DESIGN.md: the first
-    chunk's hint is m') or "learned" (the null hint embedding that stage 2 trains on clip-start
-    windows); `eta`: DDIM eta (0: deterministic given x_T)."""
+    `load_models(...)` (benchmarks, servers); `features`: a preloaded speech feature
+    extractor (`ifmdm_data.features.build_features(...)`, the one the stage-2 checkpoint was
+    trained with; default: built from the checkpoint's record). `first_hint`: "input"
+    (DESIGN.md: the first chunk's hint is m') or "learned" (the null hint embedding that
+    stage 2 trains on clip-start windows); `eta`: DDIM eta (0: deterministic given x_T).
+
+    Streaming: speech features are computed lazily (`ifmdm_data.features.FrameStream`): motion
+    chunk k reads the per-frame features of its n_f frames, which computes only the native
+    features those frames need (log-mel: 2 s blocks; wav2vec2: the extractor's next 60 s
+    chunk, `Wav2Vec2Features.stream`), equal to the whole-clip computation up to float
+    error. So the first frame is written after one block / chunk of features, one motion
+    chunk and one decode batch, whatever the length of the audio.
+    Memory: bounded (independent of the audio length) for features (one block / chunk of
+    native features), motion (one chunk + one decode batch) and frames (one decode batch);
+    what scales with the audio length is the decoded input audio, held whole (float32 16 kHz
+    mono, 64 KB per second: 38 MB for 10 minutes; the writer muxes it as frames are written),
+    and with `return_motion` the returned motion (D floats per frame). Before the first frame
+    the whole audio is read once more for cheap statistics: its loudness, its mean / variance
+    (wav2vec2 normalisation) and, for wav2vec2 checkpoints with GroupNorm ("group": base,
+    base-960h), a pass of the first conv layer (~7% of a forward), so for those the first
+    frame latency grows slowly with the audio length."""
     from ifmdm_data.audio import loudness_dbfs
-    from ifmdm_data.features import align_to_frames
+    from ifmdm_data.features import stream_frames
 
     from .diffusion import cfg_model_fn, ddim_sample
 
@@ -576,11 +427,13 @@ def generate(run_dir, image, audio, out_path, fps: float = 25.0, steps: int = 25
         n_frames = int(round(seconds * fps))
         if n_frames < 1:
             raise InferenceError(f"audio {audio} is too short ({seconds:.3f} s) for one frame at {fps} fps")
-        feats = speech_extractor(models.speech_feature, s2.cfg.speech_dim, wav2vec2, device=str(dev))
-        native = feats(wav)
-        speech = align_to_frames(native, feats.rate_hz, n_frames, fps,
-                                 offset_s=getattr(feats, "offset_s", None))    # (T, S)
-        del native
+        feats = features
+        if feats is None:
+            feats = speech_extractor(models.speech_feature, s2.cfg.speech_dim, wav2vec2, device=str(dev))
+        elif int(feats.dim) != int(s2.cfg.speech_dim):
+            raise InferenceError(f"speech features have dim {feats.dim} but the stage-2 model expects "
+                                 f"{s2.cfg.speech_dim}: use the extractor it was trained with")
+        speech = stream_frames(feats, wav, n_frames, fps)       # read(n): the next n frames (n, S)
 
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     sigma = torch.full((1, D), float(motion_std), device=dev)
@@ -598,8 +451,9 @@ def generate(run_dir, image, audio, out_path, fps: float = 25.0, steps: int = 25
     try:
         for start in range(0, n_frames, n_f):
             length = min(n_f, n_frames - start)
+            with timer("features"):
+                sp = speech.read(length)                               # (length, S)
             with timer("motion"):
-                sp = speech[start:start + length]
                 if length < n_f:                                       # pad the last chunk
                     sp = np.concatenate([sp, np.repeat(sp[-1:], n_f - length, axis=0)])
                 sp_t = torch.from_numpy(sp).to(dev)[None]              # (1, n_f, S)
@@ -612,7 +466,8 @@ def generate(run_dir, image, audio, out_path, fps: float = 25.0, steps: int = 25
                 x = x[0, :length].float()                              # (length, D)
                 hint = x[-1:].clone()
                 prev_mean = x.mean(0, keepdim=True)
-                motions.append(x.cpu().numpy())
+                if return_motion:
+                    motions.append(x.cpu().numpy())
                 pending.append(x)
             queued = torch.cat(pending) if len(pending) > 1 else pending[0]
             last = start + length >= n_frames
@@ -622,7 +477,7 @@ def generate(run_dir, image, audio, out_path, fps: float = 25.0, steps: int = 25
                 with timer("decode"):
                     with amp:
                         frames = _decode_batch(decode, appearance, m, batch_frames, compile)
-                    frames = _resize(to_uint8(frames), size)
+                    frames = resize_frames(to_uint8(frames), size)
                 with timer("write"):
                     writer.write(frames)
                 done += len(frames)
@@ -650,51 +505,6 @@ def generate(run_dir, image, audio, out_path, fps: float = 25.0, steps: int = 25
     return stats
 
 
-def _video_frames(path, size: int, batch: int):
-    """Yield (uint8 (n, size, size, 3) batches) of a video's frames, centre-cropped/resized."""
-    import av
-    try:
-        container = av.open(str(path))
-    except Exception as e:  # noqa: BLE001
-        raise InferenceError(f"cannot open driving video {path} ({type(e).__name__}: {e})") from None
-    try:
-        if not container.streams.video:
-            raise InferenceError(f"driving video {path} has no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        buf = []
-        try:
-            for frame in container.decode(stream):
-                buf.append(square_resize(frame.to_ndarray(format="rgb24"), size))
-                if len(buf) == batch:
-                    yield np.stack(buf)
-                    buf = []
-        except InferenceError:
-            raise
-        except Exception as e:  # noqa: BLE001
-            if not buf:
-                raise InferenceError(f"decoding driving video {path} failed ({type(e).__name__}: {e})") from None
-        if buf:
-            yield np.stack(buf)
-    finally:
-        container.close()
-
-
-def _video_fps(path) -> float:
-    import av
-    try:
-        with av.open(str(path)) as c:
-            if not c.streams.video:
-                raise InferenceError(f"driving video {path} has no video stream")
-            s = c.streams.video[0]
-            rate = s.average_rate or s.guessed_rate or s.base_rate
-            return float(rate) if rate else 25.0
-    except InferenceError:
-        raise
-    except Exception as e:  # noqa: BLE001
-        raise InferenceError(f"cannot open driving video {path} ({type(e).__name__}: {e})") from None
-
-
 @torch.inference_mode()
 def reenact(run_dir, image, driving_video, out_path, size: Optional[int] = None, device="auto",
             dtype: str = "fp32", compile: bool = False, overwrite: bool = False, batch_frames: int = 16,
@@ -712,7 +522,7 @@ def reenact(run_dir, image, driving_video, out_path, size: Optional[int] = None,
     p = Path(driving_video)
     if not p.is_file():
         raise InferenceError(f"driving video {p} does not exist")
-    fps = _video_fps(p)
+    fps = video_fps(p)
     _check_common(fps, batch_frames, size, models.image_size)
     amp = _autocast(dev, dtype)
     out = _output_path(out_path, overwrite)
@@ -730,14 +540,14 @@ def reenact(run_dir, image, driving_video, out_path, size: Optional[int] = None,
     bar = _Progress(0, False)
     done, first_frame = 0, None
     try:
-        for batch in _video_frames(p, models.image_size, batch_frames):
+        for batch in video_frames(p, models.image_size, batch_frames):
             with timer("motion"):
                 with amp:
                     _, m = s1.encode(to_tensor(batch, dev))
             with timer("decode"):
                 with amp:
                     frames = _decode_batch(decode, appearance, m.float(), batch_frames, compile)
-                frames = _resize(to_uint8(frames), size)
+                frames = resize_frames(to_uint8(frames), size)
             with timer("write"):
                 writer.write(frames)
             done += len(frames)

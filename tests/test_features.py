@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from ifmdm_data.errors import IfmdmError, MissingWeightsError
-from ifmdm_data.features import (FeatureError, LogMelFeatures, Wav2Vec2Features,
-                                 align_to_frames, build_features)
+from ifmdm_data.features import (FeatureError, FrameStream, LogMelFeatures, Wav2Vec2Features,
+                                 align_to_frames, build_features, stream_frames)
 
 SR = 16000
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
@@ -102,6 +102,68 @@ def test_align_interpolates_below_fps_and_handles_empty():
     assert align_to_frames(np.zeros((0, 4), np.float32), 50.0, 6, 25.0).shape == (6, 4)
     assert not align_to_frames(np.zeros((0, 4), np.float32), 50.0, 6, 25.0).any()
     assert align_to_frames(feats, 10.0, 0, 25.0).shape == (0, 1)
+
+
+def _read_all(stream: FrameStream, sizes) -> np.ndarray:
+    """Read a FrameStream to its end in reads of the given sizes (cycled), as generation does."""
+    out, k = [], 0
+    while stream.pos < stream.n_frames:
+        out.append(stream.read(sizes[k % len(sizes)]))
+        k += 1
+    assert stream.read(5).shape[0] == 0  # past the last frame: nothing
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("rate", [10.0, 50.0, 100.0, 29.97])
+def test_frame_stream_equals_align_to_frames(rate):
+    """Any split of the native frames into blocks, any read sizes, frames past the end of the
+    audio (clamped), native rate below fps (interpolated): the rows of align_to_frames."""
+    rng = np.random.default_rng(int(rate))
+    for fps in (25.0, 30.0):
+        for T in (0, 1, 7, 240):
+            native = rng.standard_normal((T, 3)).astype(np.float32)
+            n_frames = int(T / rate * fps) + 6
+            want = align_to_frames(native, rate, n_frames, fps, offset_s=0.013)
+            for cuts in ([], [1], sorted(rng.integers(0, T + 1, 5))):
+                blocks = iter(np.split(native, cuts))
+                got = _read_all(FrameStream(blocks, rate, n_frames, fps, offset_s=0.013, dim=3),
+                                [1, 8, 3])
+                np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_frame_stream_is_lazy_and_bounded():
+    """Reading the first frames pulls only the first blocks; held native frames stay at about
+    one block however long the audio."""
+    native = np.random.default_rng(0).standard_normal((60000, 4)).astype(np.float32)  # 10 min
+    pulled = []
+
+    def blocks():
+        for i in range(0, len(native), 200):
+            pulled.append(i)
+            yield native[i:i + 200]
+
+    fs = FrameStream(blocks(), 100.0, 15000, 25.0, dim=4)
+    first = fs.read(32)                               # 1.28 s of video: the first block only
+    assert len(pulled) == 1 and fs.native_read == 200 and not fs.exhausted
+    np.testing.assert_allclose(first, align_to_frames(native[:400], 100.0, 32, 25.0), atol=1e-6)
+    held = []
+    while fs.pos < fs.n_frames:
+        fs.read(32)
+        held.append(sum(len(h) for h in fs._held))
+    assert fs.native_read == len(native) and max(held) <= 2 * 200
+
+
+@pytest.mark.parametrize("fps", [25.0, 30.0])
+def test_logmel_stream_equals_whole_clip(fps):
+    fx = LogMelFeatures()
+    wav = _signal(3.3, seed=1)
+    whole = fx(wav)
+    np.testing.assert_allclose(np.concatenate(list(fx.stream(wav, block_s=0.37))), whole, atol=1e-5)
+    n_frames = int(round(3.3 * fps))
+    want = align_to_frames(whole, fx.rate_hz, n_frames, fps, offset_s=fx.offset_s)
+    got = _read_all(stream_frames(fx, wav, n_frames, fps, block_s=0.37), [8, 32, 5])
+    assert got.shape == want.shape == (n_frames, 80)
+    np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,6 +270,41 @@ def test_wav2vec2_chunked_long_audio_matches_unchunked(ckpts, norm):
                 keep[c - 20:c + 20] = False
             np.testing.assert_allclose(b[keep], a[keep], atol=atol)
             assert np.abs(b - a).mean() < 0.1 * atol
+
+
+@pytest.mark.parametrize("norm", ["group", "layer"])
+@pytest.mark.parametrize("fps", [25.0, 30.0])
+def test_wav2vec2_stream_equals_whole_clip(ckpts, norm, fps):
+    """Chunk by chunk (0.4 s chunks: 4 of them for 1.2 s), each chunk's kept frames yielded as
+    soon as it is computed; per video frame equal to align_to_frames on the whole clip's
+    features (GroupNorm statistics of "group" checkpoints from the whole clip, as `__call__`)."""
+    path, _ = ckpts[norm]
+    fx = Wav2Vec2Features(str(path), device="cpu", batch_seconds=0.4)
+    wav = _signal(1.2, seed=3)
+    assert len(fx._plan(wav.size)) == 4
+    whole = fx(wav)
+    blocks = list(fx.stream(wav))
+    assert len(blocks) == 4 and [len(b) for b in blocks[:3]] == [559, 480, 480]  # stitch points
+    np.testing.assert_allclose(np.concatenate(blocks), whole, atol=1e-5)
+    n_frames = int(round(1.2 * fps))
+    want = align_to_frames(whole, fx.rate_hz, n_frames, fps, offset_s=fx.offset_s)
+    stream = stream_frames(fx, wav, n_frames, fps)
+    first = stream.read(8)                        # the first chunk suffices for 0.3 s of video
+    assert not stream.exhausted and stream.native_read == 559
+    got = np.concatenate([first, _read_all(stream, [8])])
+    assert got.shape == want.shape == (n_frames, 32)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_wav2vec2_stream_without_normalisation(ckpts, tmp_path):
+    import shutil
+    d = tmp_path / "ck"
+    shutil.copytree(ckpts["group"][0], d)
+    (d / "preprocessor_config.json").write_text(json.dumps({"do_normalize": False}))
+    fx = Wav2Vec2Features(str(d), device="cpu", batch_seconds=0.4)
+    wav = _signal(1.0, seed=4)
+    wav[100] = np.nan                             # zeroed, as the whole-clip path does
+    np.testing.assert_allclose(np.concatenate(list(fx.stream(wav))), fx(wav), atol=1e-5)
 
 
 def test_wav2vec2_honours_preprocessor_config(ckpts, tmp_path):

@@ -133,6 +133,78 @@ def test_seed_determinism(run, image, tmp_path):
     assert not np.array_equal(fa, fc)
 
 
+class _Recording:
+    """A speech feature extractor whose `stream` records how much of the audio it has turned
+    into features so far (native frames yielded, whether it reached the end of the audio)."""
+
+    def __init__(self, fx, whole: bool = False, **stream_kwargs):
+        self.fx, self.whole, self.kw = fx, whole, stream_kwargs
+        self.dim, self.rate_hz, self.offset_s = fx.dim, fx.rate_hz, fx.offset_s
+        self.native, self.finished = 0, False
+
+    def stream(self, wav):
+        blocks = [self.fx(wav)] if self.whole else self.fx.stream(wav, **self.kw)  # whole: as before
+        for block in blocks:
+            self.native += len(block)
+            yield block
+        self.finished = True
+
+
+def _probe_first_write(monkeypatch, rec):
+    """[(frames written before, seconds of audio turned into features, extractor finished)] at
+    the first VideoWriter.write of generate."""
+    import ifmdm_model.infer as infer
+    seen = []
+
+    class Probe(infer.VideoWriter):
+        def write(self, frames):
+            if not seen:
+                seen.append((self.n, rec.native / rec.rate_hz, rec.finished))
+            super().write(frames)
+
+    monkeypatch.setattr(infer, "VideoWriter", Probe)
+    return seen
+
+
+def test_first_frames_before_the_audio_is_read(run, image, tmp_path, monkeypatch):
+    """Streaming: the first frames are written when the features of the first half second of
+    a 2 s audio are computed, not the whole audio."""
+    from ifmdm_data.features import LogMelFeatures
+    p = _write_wav(tmp_path / "s.wav", _speech(2.0))
+    rec = _Recording(LogMelFeatures(), block_s=0.5)
+    seen = _probe_first_write(monkeypatch, rec)
+    st = generate(run, image, p, tmp_path / "a.mp4", features=rec, batch_frames=8, **FAST)
+    assert st["frames"] == 50 and rec.native == 200  # 100 Hz: every block was computed in the end
+    assert seen == [(0, 0.5, False)]                  # 8 frames (0.32 s) need the first 0.5 s block
+
+
+def test_wav2vec2_streamed_in_chunks(image, tmp_path, monkeypatch):
+    """A wav2vec2 run (tiny random-init wav2vec2 with 0.4 s chunks): the first frames are
+    written after its first chunk, and the motion equals the one from whole-clip features."""
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    from ifmdm_data.features import LogMelFeatures, Wav2Vec2Features
+    torch.manual_seed(0)
+    cfg = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                         conv_dim=(32, 32), conv_stride=(5, 2), conv_kernel=(10, 3),
+                         num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+    Wav2Vec2Model(cfg).eval().save_pretrained(tmp_path / "w2v")
+    run = save_random_run(tmp_path / "run", n_frames=8, speech_dim=32)
+    fx = Wav2Vec2Features(str(tmp_path / "w2v"), device="cpu", batch_seconds=0.4)
+    p = _write_wav(tmp_path / "s.wav", _speech(1.2))
+    rec = _Recording(fx)
+    seen = _probe_first_write(monkeypatch, rec)
+    st = generate(run, image, p, tmp_path / "a.mp4", features=rec, batch_frames=8, return_motion=True, **FAST)
+    assert st["frames"] == 30 and rec.native == 1919 and len(fx._plan(19200)) == 4
+    (n, secs, finished), = seen
+    assert n == 0 and not finished and secs < 0.4    # the first chunk's kept frames only
+    whole = generate(run, image, p, tmp_path / "b.mp4", features=_Recording(fx, whole=True),
+                     batch_frames=8, return_motion=True, **FAST)
+    np.testing.assert_allclose(st["motion"], whole["motion"], atol=1e-4)
+    with pytest.raises(InferenceError, match="dim 80"):
+        generate(run, image, p, tmp_path / "c.mp4", features=LogMelFeatures(), **FAST)
+
+
 class GaussianDenoiser(torch.nn.Module):
     """The exact eps predictor for motion x0 ~ N(m_mu, m_sigma^2) i.i.d. per frame:
     E[eps | x_t] = sqrt(1 - a) (x_t - sqrt(a) mu) / (a sigma^2 + 1 - a); ignores speech."""
