@@ -1,7 +1,11 @@
 """Training data loaders: stage-1 frame pairs and stage-2 motion windows, read from the shards.
 
-The format is defined once in `shard_format.py`; this module only reads it (and writes the
-stage-2 motion sidecar through `write_motion_sidecar`, the one implementation of that format).
+The format is defined once in `shard_format.py`. Reading a tar (every header checked before any
+data; samples, decoded members, mp4 frames) is in `shard_reader.py`; the stage-2 motion sidecar
+writer in `motion_sidecar.py`. This module holds the shard list and its rank / worker split, the
+stages that turn samples into training items, the two datasets and their DataLoaders. The public
+names of those two modules stay importable from here (`TarShard`, `read_meta`, `decode_frames`,
+`write_motion_sidecar`, ...).
 
 Both datasets are torch `IterableDataset`s built as a chain of small stages, each a function
 from an iterator to an iterator (the webdataset style):
@@ -9,10 +13,7 @@ from an iterator to an iterator (the webdataset style):
     stage 1: shards -> samples (checked) -> decoded frame pairs of one clip -> shuffle -> tensors
     stage 2: shards + sidecars -> clips (checked, joined by key) -> windows -> shuffle -> tensors
 
-Tars are read with `tarfile`, not extracted: every member header of a shard is read and
-checked (`check_member_name`, regular files only) BEFORE any member's data is read, so an
-unsafe shard fails with `ShardFormatError` naming the shard and the member before a single
-sample of it reaches training. Shards are local (or shared-filesystem) paths.
+Shards are local (or shared-filesystem) paths; a tar is never extracted.
 
 Shard split (every epoch)
 -------------------------
@@ -38,25 +39,23 @@ it reaches persistent workers too. Random choices (pairs, buffers, augmentation)
 from __future__ import annotations
 
 import glob
-import io
-import json
 import logging
 import multiprocessing
 import os
-import tarfile
 import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import av
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .shard_format import (SIDECAR_MEMBERS, ShardFormatError, check_member_name, check_motion,
-                           check_sample, decode_member, npy_bytes)
+from .motion_sidecar import write_motion_sidecar  # noqa: F401 - re-exported
+from .shard_format import SIDECAR_MEMBERS, ShardFormatError, check_member_name, check_motion
+from .shard_reader import TarShard, decode_frames, load_checked, main_samples, read_meta
+from .shard_reader import UNREAD, split_member  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -128,140 +127,6 @@ def resolve_rank(rank=None, world_size=None) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading a tar: every header checked before any data is read
-# ---------------------------------------------------------------------------------------------
-
-class _Unread:
-    """A member that is present but whose data this loader does not need (mp4 in stage 2)."""
-
-    def __repr__(self):
-        return "<unread>"
-
-
-UNREAD = _Unread()
-
-
-def split_member(name: str, shard: str) -> tuple[str, str]:
-    """'dir/key.speech.npy' -> ('dir/key', 'speech.npy'): WebDataset's rule (first dot of the
-    base name)."""
-    head, _, base = name.rpartition("/")
-    stem, dot, ext = base.partition(".")
-    if not dot or not stem or not ext:
-        raise ShardFormatError(f"{shard}: member {name!r} is not named key.ext")
-    return (f"{head}/{stem}" if head else stem), ext
-
-
-class TarShard:
-    """A shard opened for reading: all member names and types validated at open.
-
-    `samples()` yields (key, {ext: TarInfo}) in tar order; `load()` reads chosen members.
-    """
-
-    def __init__(self, path: str):
-        self.path = str(path)
-        try:
-            self._tar = tarfile.open(self.path, "r:")
-            infos = self._tar.getmembers()
-        except (OSError, tarfile.TarError) as e:
-            raise ShardFormatError(f"{self.path}: cannot read tar ({e})") from None
-        self._samples: dict[str, dict[str, tarfile.TarInfo]] = {}
-        last = None
-        try:
-            for info in infos:
-                check_member_name(info.name, self.path)
-                if not info.isreg():
-                    raise ShardFormatError(f"{self.path}: member {info.name!r} is not a regular "
-                                           f"file (links and directories are refused)")
-                key, ext = split_member(info.name, self.path)
-                if key != last and key in self._samples:
-                    raise ShardFormatError(f"{self.path}: members of key {key!r} are not "
-                                           f"contiguous (member {info.name!r})")
-                members = self._samples.setdefault(key, {})
-                if ext in members:
-                    raise ShardFormatError(f"{self.path}: duplicate member {info.name!r}")
-                members[ext] = info
-                last = key
-        except ShardFormatError:
-            self._tar.close()
-            raise
-
-    def keys(self) -> list[str]:
-        return list(self._samples)
-
-    def members(self, key: str) -> dict[str, tarfile.TarInfo]:
-        return self._samples[key]
-
-    def samples(self) -> Iterator[tuple[str, dict]]:
-        yield from self._samples.items()
-
-    def where(self, key: str) -> str:
-        return f"{self.path}: sample {key}"
-
-    def read(self, key: str, ext: str):
-        """The decoded member (npy -> array, json -> object, else bytes)."""
-        info = self._samples[key][ext]
-        try:
-            data = self._tar.extractfile(info).read()
-        except (OSError, tarfile.TarError) as e:
-            raise ShardFormatError(f"{self.where(key)}.{ext}: cannot read ({e})") from None
-        if len(data) != info.size:
-            raise ShardFormatError(f"{self.where(key)}.{ext}: truncated tar member")
-        return decode_member(ext, data, self.where(key))
-
-    def load(self, key: str, exts: Iterable[str]) -> dict:
-        """A sample dict: `exts` read and decoded, other members present as UNREAD."""
-        members = self._samples[key]
-        sample = {"__key__": key, "__shard__": self.path}
-        for ext in members:
-            sample[ext] = self.read(key, ext) if ext in exts else UNREAD
-        return sample
-
-    def close(self):
-        self._tar.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-def read_meta(shard: TarShard, key: str) -> dict:
-    """key.json, checked for the fields the loaders use."""
-    where = shard.where(key)
-    if "json" not in shard.members(key):
-        raise ShardFormatError(f"{where}: missing member .json")
-    meta = shard.read(key, "json")
-    if not isinstance(meta, dict):
-        raise ShardFormatError(f"{where}.json: not a JSON object")
-    need = ["n_frames", "has_audio", "stage2_ok"]
-    need += ["speech_feature"] if meta.get("has_audio") else []
-    lacking = [k for k in need if k not in meta]
-    if lacking:
-        raise ShardFormatError(f"{where}.json: lacks {lacking}")
-    if meta.get("key", key) != key:
-        raise ShardFormatError(f"{where}.json: key {meta['key']!r} differs from the member key")
-    return meta
-
-
-def load_checked(shard: TarShard, key: str, meta: dict, exts: Iterable[str]) -> dict:
-    sample = shard.load(key, set(exts) - {"json"})
-    sample["json"] = meta
-    return check_sample(sample, shard.path)
-
-
-def main_samples(shards: Iterable[str], exts: tuple, stats: Counter) -> Iterator[dict]:
-    """Stage: shard paths -> checked samples with the members `exts` decoded."""
-    for path in shards:
-        with TarShard(path) as shard:
-            for key, _ in shard.samples():
-                meta = read_meta(shard, key)
-                stats["clips_read"] += 1
-                yield load_checked(shard, key, meta, exts)
-        stats["shards_read"] += 1
-
-
-# ---------------------------------------------------------------------------------------------
 # Stage 1: pairs of frames of one clip
 # ---------------------------------------------------------------------------------------------
 
@@ -273,60 +138,6 @@ def sample_pairs(n_frames: int, k: int, rng: np.random.Generator) -> list[tuple[
     a, r = np.divmod(flat, n_frames - 1)
     m = r + (r >= a)
     return [(int(i), int(j)) for i, j in zip(a, m)]
-
-
-def decode_frames(data: bytes, indices: Iterable[int], size: int, where: str,
-                  threads: int = 1, stats: Counter | None = None) -> dict[int, np.ndarray]:
-    """Decode an mp4 once, sequentially, from memory; keep frames `indices` as RGB uint8
-    (size, size, 3), resized with INTER_AREA. Stops after the last wanted frame.
-
-    Frame f is the frame shown at time f / fps (from its pts; the format is constant-rate).
-    With one decoder thread, a picture that no other picture references (x264's non-reference
-    B frames: about half of a default encode) is not decoded unless it is wanted
-    (AVDISCARD_NONREF set per packet), which saves about a third of the decoding.
-    """
-    wanted = set(indices)
-    out: dict[int, np.ndarray] = {}
-    if not wanted:
-        return out
-    seen = -1
-    try:
-        with av.open(io.BytesIO(data), mode="r") as container:
-            if not container.streams.video:
-                raise ShardFormatError(f"{where}.mp4: no video stream")
-            stream = container.streams.video[0]
-            ctx = stream.codec_context
-            ctx.thread_count = threads
-            rate, start = stream.average_rate or stream.guessed_rate, stream.start_time
-            if not rate or start is None or not stream.time_base:
-                raise ShardFormatError(f"{where}.mp4: no frame rate or start time")
-            step = float(1 / (rate * stream.time_base))     # pts units per frame
-            skip, mode = threads == 1, "DEFAULT"
-            for packet in container.demux(stream):
-                if skip and packet.pts is not None:
-                    want = "DEFAULT" if round((packet.pts - start) / step) in wanted else "NONREF"
-                    if want != mode:
-                        ctx.skip_frame = mode = want
-                for frame in packet.decode():
-                    if frame.pts is None:
-                        raise ShardFormatError(f"{where}.mp4: a frame has no timestamp")
-                    n = round((frame.pts - start) / step)
-                    seen = max(seen, n)
-                    if stats is not None:
-                        stats["frames_decoded"] += 1
-                    if n in wanted and n not in out:
-                        img = frame.to_ndarray(format="rgb24")
-                        if img.shape[0] != size or img.shape[1] != size:
-                            img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
-                        out[n] = img
-                if len(out) == len(wanted):
-                    break
-    except av.FFmpegError as e:
-        raise ShardFormatError(f"{where}.mp4: cannot decode ({e})") from None
-    if len(out) < len(wanted):
-        raise ShardFormatError(f"{where}.mp4: no frame {min(wanted - set(out))} (last frame "
-                               f"seen: {seen}; json n_frames is larger than the clip)")
-    return out
 
 
 def clip_pairs(samples: Iterable[dict], size: int, pairs_per_clip: int,
@@ -670,64 +481,3 @@ def stage2_loader(shards_root, motion_root, batch_size: int, num_workers=None, *
     (B, n_f, D), speech (B, n_f, dim), hint / motion_mean / motion_std (B, D), ..."""
     return make_loader(stage2_dataset(shards_root, motion_root, **dataset_kwargs), batch_size,
                        num_workers, pin_memory, drop_last)
-
-
-# ---------------------------------------------------------------------------------------------
-# Sidecar writer (used by the stage-2 motion extraction)
-# ---------------------------------------------------------------------------------------------
-
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes, mtime: float) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), mtime, 0o644
-    tar.addfile(info, io.BytesIO(data))
-
-
-def write_motion_sidecar(path, items: Iterable[tuple[str, np.ndarray, str]]) -> dict:
-    """Write a stage-2 sidecar tar: for each (key, motion float32 (n, D), encoder_id) the
-    members key.motion.npy and key.motion.json ({"encoder", "dim", "mean", "std"}: per-clip
-    statistics over frames, population std). Keys in the main shard's order.
-
-    Atomic: written to a hidden temporary name in the same folder, then os.replace'd; a
-    failure leaves no file. Returns {"path", "clips", "dim", "encoder"}.
-    """
-    import time
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    seen, dim, encoder = set(), None, None
-    now = time.time()
-    try:
-        with open(tmp, "wb") as f:
-            with tarfile.open(fileobj=f, mode="w") as tar:
-                for key, motion, enc in items:
-                    where = f"{path}: sample {key}"
-                    if not key or "." in key or key in seen:
-                        raise ShardFormatError(f"{where}: keys must be unique and contain no dot")
-                    for m in SIDECAR_MEMBERS:
-                        check_member_name(f"{key}.{m}", str(path))
-                    if (not isinstance(motion, np.ndarray) or motion.dtype != np.float32
-                            or motion.ndim != 2 or motion.shape[0] < 1):
-                        got = (getattr(motion, "dtype", type(motion)),
-                               getattr(motion, "shape", None))
-                        raise ShardFormatError(f"{where}: motion must be float32 (n, D), got {got}")
-                    if not np.isfinite(motion).all():
-                        raise ShardFormatError(f"{where}: motion has non-finite values")
-                    dim = motion.shape[1] if dim is None else dim
-                    encoder = enc if encoder is None else encoder
-                    if motion.shape[1] != dim or enc != encoder:
-                        raise ShardFormatError(f"{where}: dim {motion.shape[1]} / encoder {enc!r} "
-                                               f"differ from {dim} / {encoder!r} of earlier keys")
-                    m64 = motion.astype(np.float64)
-                    meta = {"encoder": enc, "dim": int(dim), "mean": m64.mean(0).tolist(),
-                            "std": m64.std(0).tolist()}
-                    _add_member(tar, f"{key}.motion.json", json.dumps(meta).encode(), now)
-                    _add_member(tar, f"{key}.motion.npy", npy_bytes(motion), now)
-                    seen.add(key)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return {"path": str(path), "clips": len(seen), "dim": dim, "encoder": encoder}
