@@ -329,7 +329,9 @@ def syncnet_mfcc(signal: np.ndarray, sample_rate: int = AUDIO_RATE, n_ceps: int 
     DCT-II with norm="ortho" (scipy's, as python_speech_features uses scipy.fftpack's), the
     first 13 coefficients, lifter c_n *= 1 + (22 / 2) sin(pi n / 22), and c0 replaced by the
     log of the frame's total energy (appendEnergy=True). Row t starts at sample 160 t, so MFCC
-    frames 4i .. 4i+19 start with video frame i at 25 fps (640 samples per frame)."""
+    frames 4i .. 4i+19 start with video frame i at 25 fps (640 samples per frame).
+    Checked against python_speech_features 0.6 itself: equal to 1e-13 on 9.6 s of speech;
+    tests/data holds its output for a test signal (test_syncnet_mfcc_equals_python_speech_features)."""
     from scipy.fft import dct
     mel, energy = mel_energies(signal, sample_rate)
     if len(mel) == 0:

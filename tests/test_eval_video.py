@@ -418,3 +418,27 @@ def test_syncnet_face_crops_frame_the_face(astronaut_pair):
     assert lm is not None
     assert 0.4 < lm[:, 0].mean() / 224 < 0.6 and 0.4 < lm[13, 1] / 224 < 0.7
     assert lm[:, 1].max() / 224 < 0.85                                # the chin inside the crop
+
+
+def _chirp_int16():
+    """1 s deterministic test signal: a 100 -> 4000 Hz chirp, amplitude-modulated, plus a
+    seeded noise floor, in int16 units (the signal tests/data/python_speech_features_mfcc_chirp.npy
+    was computed from)."""
+    sr = 16000
+    t = np.arange(sr) / sr
+    phase = 2 * np.pi * (100 * t + 0.5 * 3900 * t ** 2)
+    x = 0.4 * np.sin(phase) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))
+    x += 0.01 * np.random.default_rng(1234).standard_normal(sr)
+    return np.round(np.clip(x, -1, 1) * 32767).astype(np.int16)
+
+
+def test_syncnet_mfcc_equals_python_speech_features():
+    """Reference values: python_speech_features 0.6 `mfcc(signal, 16000)` (transposed) on
+    `_chirp_int16()`, computed once in a separate environment and stored as a test file
+    (the package is not a dependency)."""
+    from ifmdm_model.eval_video import syncnet_mfcc
+
+    ref = np.load(Path(__file__).parent / "data" / "python_speech_features_mfcc_chirp.npy")
+    ours = syncnet_mfcc(_chirp_int16().astype(np.float64), 16000)
+    assert ours.shape == ref.shape == (13, 99)
+    np.testing.assert_allclose(ours, ref, rtol=1e-9, atol=1e-9)
