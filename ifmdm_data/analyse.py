@@ -1,7 +1,7 @@
 """Per-segment analysis: one decode pass over a work unit (a file, or a window of a long file),
 split at scene cuts, face models on the analysis grid, per-frame signals, segment statistics.
 
-Pure with respect to Ray: `analyse_unit(unit, cfg, models, speech)` takes a plain record and
+Pure with respect to Ray: `analyse_unit(unit, cfg, models, speech, syncnet)` takes a plain record and
 returns plain records; the Ray actor in `pipeline.py` only holds the models.
 """
 from __future__ import annotations
@@ -38,6 +38,7 @@ class _Accumulator:
     cam: list = field(default_factory=list)
     oof: list = field(default_factory=list)
     prev_crop: Optional[np.ndarray] = None
+    sync: Optional[tuple] = None                      # SyncNet windows: (crops, times) or None
 
 
 def _nan_stat(fn, x) -> float:
@@ -50,10 +51,26 @@ def _every(rate_hz: float, fps: float) -> int:
     return max(1, int(round(fps / rate_hz)))
 
 
-def analyse_unit(unit: dict, cfg: FilterConfig, models: FaceModels, speech=None) -> list[dict]:
+def _sync_collector(cfg: FilterConfig, probe: dict):
+    """The SyncNet window collector of a unit: crops from the full-resolution decoded frames,
+    converting only the crop region (`video.frame_region_bgr`)."""
+    from .syncnet import SyncWindowCollector, syncnet_face_crop_from
+    from .video import frame_region_bgr
+
+    w, h, rot = int(probe["width"]), int(probe["height"]), int(probe.get("rotation", 0) or 0)
+
+    def crop(frame, box):
+        return syncnet_face_crop_from(lambda *r: frame_region_bgr(frame, *r, rotation=rot), w, h, *box)
+    return SyncWindowCollector(cfg.audio.sync_every_s, crop)
+
+
+def analyse_unit(unit: dict, cfg: FilterConfig, models: FaceModels, speech=None, syncnet=None) -> list[dict]:
     """Analyse one work unit. Returns one result per segment: {'row': stats, 'tracks': arrays}.
 
     unit: {clip_id, path, start_s, end_s, probe: {...}} (probe as `probe.probe_file` returns).
+    syncnet: a `syncnet.SyncNetPython` (`filter --syncnet`) or None: with it, every decoded
+    frame is a candidate for the sparse SyncNet windows (`syncnet.SyncWindowCollector`, face
+    box of the latest analysed frame with a face), scored per segment in `_audio_stats`.
     A per-clip failure raises ClipError; the caller turns it into a rejection row.
     """
     a = cfg.analysis
@@ -67,13 +84,20 @@ def analyse_unit(unit: dict, cfg: FilterConfig, models: FaceModels, speech=None)
     # scene cuts are looked for on every decoded frame, so their times do not depend on the
     # analysis rate; `cut_at` holds the latest cut not yet applied to the analysed frames
     cut_at: list[float] = []
-    on_decoded = None
-    if cfg.segment.scene_cut:
-        cuts = SceneCutDetector(cfg.segment.scene_threshold, min_gap_s=0.25)
+    sync_closed: list = []              # SyncNet windows of the segment a cut just ended
+    cuts = SceneCutDetector(cfg.segment.scene_threshold, min_gap_s=0.25) if cfg.segment.scene_cut else None
+    collector = _sync_collector(cfg, probe) if syncnet is not None else None
+    if collector is not None:
+        collector.start(unit["start_s"])
 
-        def on_decoded(t, frame):
-            if cuts.feed(frame_histogram(frame), t)[0]:
-                cut_at[:] = [t]
+    def on_decoded(t, frame):
+        if cuts is not None and cuts.feed(frame_histogram(frame), t)[0]:
+            cut_at[:] = [t]
+            if collector is not None:
+                sync_closed[:] = [collector.close()]
+                collector.start(t)
+        if collector is not None:
+            collector.feed(t, frame)
     cam = sig.CameraMotion()
     models.landmarks.reset()
 
@@ -82,11 +106,14 @@ def analyse_unit(unit: dict, cfg: FilterConfig, models: FaceModels, speech=None)
     person = None
     k = 0
     # decode only reference frames when the source has at least ~2 frames per analysed frame
-    skip = bool(a.skip_nonref) and float(probe.get("fps") or 0) >= 1.9 * a.fps
+    # (not with SyncNet: its windows need consecutive frames)
+    skip = bool(a.skip_nonref) and collector is None and float(probe.get("fps") or 0) >= 1.9 * a.fps
     for t, rgb in iter_frames(unit["path"], unit["start_s"], unit["end_s"], a.fps, size,
-                              probe.get("rotation", 0), skip_nonref=skip, on_decoded=on_decoded):
+                              probe.get("rotation", 0), skip_nonref=skip,
+                              on_decoded=on_decoded if cuts is not None or collector is not None else None):
         if cut_at:
             if acc.t:
+                acc.sync = sync_closed[0] if sync_closed else None
                 segments.append(acc)
                 acc = _Accumulator(start_s=cut_at[0], cut_before=True)
                 models.landmarks.reset()
@@ -94,6 +121,7 @@ def analyse_unit(unit: dict, cfg: FilterConfig, models: FaceModels, speech=None)
                 person = None
                 k = 0
             cut_at.clear()
+            sync_closed.clear()
         gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
         n_faces = -1
         if k % det_every == 0:
@@ -116,6 +144,9 @@ def analyse_unit(unit: dict, cfg: FilterConfig, models: FaceModels, speech=None)
             acc.lip_energy.append(sig.crop_energy(acc.prev_crop, crop))
             acc.prev_crop = crop
             acc.eye.append(sig.eye_openness(lm, scheme))
+            if collector is not None:       # the box of all landmarks, as ifmdm-eval's LSE crops
+                lo, hi = lm[:, :2].min(0) * to_src, lm[:, :2].max(0) * to_src
+                collector.set_box(*((lo + hi) / 2), max(hi - lo) / 2)
         else:
             acc.lms.append(None)
             acc.box.append(np.full(4, np.nan, np.float32))
@@ -126,6 +157,7 @@ def analyse_unit(unit: dict, cfg: FilterConfig, models: FaceModels, speech=None)
             acc.eye.append(np.nan)
         k += 1
     if acc.t or not segments:
+        acc.sync = collector.close() if collector is not None else None
         segments.append(acc)
     if not segments[0].t:
         raise ClipError(Reason.TOO_FEW_FRAMES, "no frame decoded in the segment range")
@@ -133,12 +165,12 @@ def analyse_unit(unit: dict, cfg: FilterConfig, models: FaceModels, speech=None)
     results = []
     for i, s in enumerate(segments):
         end = segments[i + 1].start_s if i + 1 < len(segments) else unit["end_s"]
-        results.append(_summarise(s, end, unit, cfg, scheme, size, to_src, speech))
+        results.append(_summarise(s, end, unit, cfg, scheme, size, to_src, speech, syncnet))
     return results
 
 
 def _summarise(s: _Accumulator, end_s: float, unit: dict, cfg: FilterConfig, scheme, size,
-               to_src: float, speech) -> dict:
+               to_src: float, speech, syncnet=None) -> dict:
     a = cfg.analysis
     det_every = _every(a.detect_fps, a.fps)
     n = len(s.t)
@@ -205,7 +237,7 @@ def _summarise(s: _Accumulator, end_s: float, unit: dict, cfg: FilterConfig, sch
         "lip_energy": _nan_stat(np.mean, lip_e),
         "eye_open_mean": _nan_stat(np.mean, s.eye),
     })
-    row.update(_audio_stats(unit, s.start_s, end_s, t, mouth, cfg, speech))
+    row.update(_audio_stats(unit, s.start_s, end_s, t, mouth, cfg, speech, syncnet, s.sync))
     tracks = {
         "t": t, "n_faces": det.astype(np.int16),
         "box": boxes * to_src, "landmarks": lms * to_src, "pose": pose,
@@ -216,12 +248,16 @@ def _summarise(s: _Accumulator, end_s: float, unit: dict, cfg: FilterConfig, sch
     return {"row": row, "tracks": tracks}
 
 
-def _audio_stats(unit, start_s, end_s, t, mouth, cfg: FilterConfig, speech) -> dict:
-    """Speech presence, loudness and audio-visual agreement; `audio_error` holds a stage-2 reason."""
+def _audio_stats(unit, start_s, end_s, t, mouth, cfg: FilterConfig, speech, syncnet=None,
+                 sync=None) -> dict:
+    """Speech presence, loudness and audio-visual agreement (landmark correlation, and SyncNet
+    scores of the segment's windows `sync` = (crops, times) when `syncnet` is given);
+    `audio_error` holds a stage-2 reason."""
     from . import audio as au
+    from .syncnet import SYNC_NONE
 
     out = {"speech_ratio": float("nan"), "loudness_db": float("nan"), "av_corr": float("nan"),
-           "av_lag_s": float("nan"), "av_corr_zero": float("nan"), "audio_error": ""}
+           "av_lag_s": float("nan"), "av_corr_zero": float("nan"), "audio_error": "", **SYNC_NONE}
     if not unit["probe"].get("has_audio"):
         out["audio_error"] = Stage2Reason.NO_AUDIO.value
         return out
@@ -236,6 +272,11 @@ def _audio_stats(unit, start_s, end_s, t, mouth, cfg: FilterConfig, speech) -> d
         out["speech_ratio"] = speech.speech_ratio(wav, sr)
     env = au.envelope(wav, sr, t - start_s)
     out.update(au.av_sync(mouth, env, cfg.analysis.fps, cfg.audio.max_lag_s))
+    if syncnet is not None and sync is not None and len(sync[0]):
+        from .syncnet import SYNCNET_PY_FPS, sync_scores
+        crops, times = sync
+        starts = np.round((times - start_s) * SYNCNET_PY_FPS).astype(np.int64)   # 25 fps frames
+        out.update(sync_scores(syncnet, crops, starts, wav))
     return out
 
 

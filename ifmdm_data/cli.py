@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="face models: mediapipe (bundled, default), fan (face-alignment S3FD + FAN-68), "
                         "facexlib (RetinaFace + BiSeNet parsing); the last two need --weights-dir")
     p.add_argument("--weights-dir", help="folder with the weight files of the fan / facexlib backends")
+    p.add_argument("--syncnet", metavar="FILE", help="syncnet_python's syncnet_v2.model (not shipped: "
+                   "download_model.sh of github.com/joonson/syncnet_python): SyncNet confidence and "
+                   "AV offset per segment decide av_out_of_sync (LatentSync's rule); meant for GPU workers")
+    p.add_argument("--syncnet-gpus", type=float, default=0.0, metavar="F",
+                   help="Ray GPUs per analysis actor for SyncNet (default 0: CPU)")
     p.add_argument("--ray-address", help="Ray cluster address ('auto' inside a cluster); default: "
                                          "$RAY_ADDRESS, else a local Ray started for this run")
     p.add_argument("--overwrite", action="store_true", help="discard earlier results in the output folder")
@@ -180,7 +185,8 @@ def main(argv=None) -> int:
                 raise IfmdmError("--workers must be >= 1")
             s = run_filter(args.inputs, args.out, _load_cfg(args), workers=args.workers,
                            ray_address=args.ray_address, weights_dir=args.weights_dir,
-                           overwrite=args.overwrite, progress=not args.no_progress)
+                           overwrite=args.overwrite, progress=not args.no_progress,
+                           syncnet=args.syncnet, syncnet_gpus=args.syncnet_gpus)
             print_summary(s, args.out)
         elif args.cmd == "decide":
             from .manifest import redecide

@@ -49,6 +49,7 @@ class AudioConfig:
     sample_rate: int = 16000
     vad_threshold: float = 0.8        # silero speech probability (0.8 keeps music out)
     max_lag_s: float = 0.4            # AV sync: search lags in [-max_lag_s, max_lag_s]
+    sync_every_s: float = 0.4         # --syncnet: one 5-frame SyncNet window every this many seconds
 
 
 @dataclass
@@ -64,6 +65,8 @@ class DecideConfig:
     min_speech_ratio: float = 0.3          # stage 2: fraction of the segment with speech
     min_av_corr: float = 0.15              # stage 2: mouth / speech-envelope correlation
     max_av_lag_s: float = 0.4              # stage 2: |best lag| above this is out of sync
+    min_sync_conf: float = 3.0             # stage 2 (--syncnet): SyncNet confidence (LSE-C) at least this
+    max_sync_offset_frames: int = 3        # stage 2 (--syncnet): |SyncNet AV offset| at most this (25 fps frames)
 
 
 @dataclass
@@ -140,6 +143,8 @@ def config_from_dict(data: Any, source: str = "<dict>") -> FilterConfig:
                           f"got {cfg.analysis.backend!r}")
     if cfg.analysis.fps <= 0 or cfg.analysis.detect_fps <= 0 or cfg.analysis.segmentation_fps <= 0:
         raise ConfigError(f"{source}: analysis rates (fps, detect_fps, segmentation_fps) must be > 0")
+    if cfg.audio.sync_every_s <= 0:
+        raise ConfigError(f"{source}: 'audio.sync_every_s' must be > 0")
     if cfg.segment.max_duration_s <= cfg.segment.min_duration_s:
         raise ConfigError(f"{source}: 'segment.max_duration_s' must be larger than 'segment.min_duration_s'")
     return cfg

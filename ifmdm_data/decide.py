@@ -42,6 +42,17 @@ def resolve_thresholds(df: pd.DataFrame, d: DecideConfig, face_ok: pd.Series) ->
     return out
 
 
+def av_out_of_sync(corr: pd.Series, lag: pd.Series, sync_conf: pd.Series, sync_offset: pd.Series,
+                   d: DecideConfig) -> pd.Series:
+    """The `av_out_of_sync` rule per segment. Where a SyncNet confidence was measured
+    (`filter --syncnet`: sync_conf finite), LatentSync's rule: sync_conf < min_sync_conf or
+    |sync_offset_frames| > max_sync_offset_frames. Elsewhere the landmark rule: av_corr <
+    min_av_corr or |av_lag_s| > max_av_lag_s (NaN counts as out of sync in both)."""
+    syncnet = ~(sync_conf >= d.min_sync_conf) | ~(sync_offset.abs() <= d.max_sync_offset_frames)
+    landmarks = ~(corr >= d.min_av_corr) | ~(lag.abs() <= d.max_av_lag_s)
+    return syncnet.where(np.isfinite(sync_conf), landmarks)
+
+
 def decide(df: pd.DataFrame, cfg: FilterConfig) -> tuple[pd.DataFrame, dict]:
     """Fill the decision columns of a manifest DataFrame. Returns (df, thresholds used).
 
@@ -87,6 +98,7 @@ def decide(df: pd.DataFrame, cfg: FilterConfig) -> tuple[pd.DataFrame, dict]:
 
     s2 = []
     speech, corr, lag = col("speech_ratio"), col("av_corr"), col("av_lag_s")
+    out_of_sync = av_out_of_sync(corr, lag, col("sync_conf"), col("sync_offset_frames"), d).to_numpy()
     audio_err = df["audio_error"] if "audio_error" in df else pd.Series("", index=df.index)
     for i in range(len(df)):
         r = []
@@ -97,7 +109,7 @@ def decide(df: pd.DataFrame, cfg: FilterConfig) -> tuple[pd.DataFrame, dict]:
             pass  # nothing was measured
         elif not (speech.iloc[i] >= d.min_speech_ratio):
             r.append(Stage2Reason.NO_SPEECH.value)
-        elif accepted[i] and (not (corr.iloc[i] >= d.min_av_corr) or not (abs(lag.iloc[i]) <= d.max_av_lag_s)):
+        elif accepted[i] and out_of_sync[i]:
             r.append(Stage2Reason.AV_OUT_OF_SYNC.value)
         if not accepted[i]:
             r.append(Stage2Reason.NOT_IN_SUBSET.value)

@@ -29,6 +29,11 @@ class MissingWeightsError(IfmdmError):
         super().__init__(msg)
 
 
+class WeightsFileError(IfmdmError):
+    """A given weights file is missing, unreadable or does not fit its network (the message
+    names the file)."""
+
+
 class ClipError(Exception):
     """A per-clip failure that becomes a rejection row with `reason` (a Reason value)."""
 

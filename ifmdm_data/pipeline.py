@@ -39,9 +39,11 @@ def _probe_row(item: dict) -> dict:
 
 
 class AnalyseActor:
-    """Holds one set of face models and the VAD per actor; analyses one unit per call."""
+    """Holds one set of face models, the VAD and (--syncnet) the SyncNet per actor, on CUDA
+    when the actor was given a GPU; analyses one unit per call."""
 
-    def __init__(self, cfg: dict, out_dir: str, weights_dir: str | None):
+    def __init__(self, cfg: dict, out_dir: str, weights_dir: str | None, syncnet: str | None = None,
+                 syncnet_gpus: float = 0.0):
         import cv2
         import torch
 
@@ -54,12 +56,18 @@ class AnalyseActor:
         self.store = PartStore(out_dir)
         self.models, self.speech = load_models(self.cfg, weights_dir)
         self.backend = "/".join(self.models.names.values())
+        self.syncnet = None
+        if syncnet:
+            from .syncnet import load_filter_syncnet
+            device = "cuda" if syncnet_gpus > 0 and torch.cuda.is_available() else "cpu"
+            self.syncnet = load_filter_syncnet(syncnet, device)
 
     def __call__(self, batch: dict) -> dict:
         out = {"unit_id": [], "segments": []}
         for unit_json in batch["unit_json"]:
             unit = json.loads(unit_json)
-            rows = run_unit(unit, self.cfg, self.models, self.speech, self.store, self.backend)
+            rows = run_unit(unit, self.cfg, self.models, self.speech, self.store, self.backend,
+                            self.syncnet)
             out["unit_id"].append(unit["unit_id"])
             out["segments"].append(len(rows))
         return out
@@ -83,10 +91,13 @@ def init_ray(address: str | None, workers: int | None, verbose: bool = False) ->
         ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, log_to_driver=verbose)
 
 
-def _fingerprint(cfg: FilterConfig, backend_weights: str | None) -> dict:
+def _fingerprint(cfg: FilterConfig, backend_weights: str | None, syncnet: str | None = None) -> dict:
     d = cfg.to_dict()
-    return {"segment": d["segment"], "analysis": d["analysis"], "audio": d["audio"],
-            "weights_dir": os.path.abspath(backend_weights) if backend_weights else None}
+    fp = {"segment": d["segment"], "analysis": d["analysis"], "audio": d["audio"],
+          "weights_dir": os.path.abspath(backend_weights) if backend_weights else None}
+    if syncnet:
+        fp["syncnet"] = os.path.abspath(syncnet)
+    return fp
 
 
 def _check_resume(out: Path, fp: dict, overwrite: bool) -> None:
@@ -106,17 +117,18 @@ def _check_resume(out: Path, fp: dict, overwrite: bool) -> None:
 
 
 def _analyse(units: list[dict], cfg: FilterConfig, out: Path, weights_dir, n_workers: int,
-             in_flight: int) -> None:
+             in_flight: int, syncnet: str | None = None, syncnet_gpus: float = 0.0) -> None:
     import ray
 
     ds = ray.data.from_items([{"unit_json": json.dumps(u)} for u in units],
                              override_num_blocks=len(units))
     ds = ds.map_batches(
-        AnalyseActor, batch_size=1, num_cpus=1,
+        AnalyseActor, batch_size=1, num_cpus=1, **({"num_gpus": syncnet_gpus} if syncnet_gpus else {}),
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=min(n_workers, len(units)),
                                            max_tasks_in_flight_per_actor=in_flight),
         fn_constructor_kwargs={"cfg": cfg.to_dict(), "out_dir": str(out.resolve()),
-                               "weights_dir": weights_dir},
+                               "weights_dir": weights_dir, "syncnet": syncnet,
+                               "syncnet_gpus": syncnet_gpus},
         max_restarts=-1, max_task_retries=0)
     for _ in ds.iter_batches(batch_size=None):
         pass
@@ -124,15 +136,24 @@ def _analyse(units: list[dict], cfg: FilterConfig, out: Path, weights_dir, n_wor
 
 def run_filter(inputs: list[str], out_dir: str, cfg: FilterConfig, workers: int | None = None,
                ray_address: str | None = None, weights_dir: str | None = None,
-               overwrite: bool = False, progress: bool = True) -> dict:
-    """The whole `filter` stage. Returns the run summary (also saved as OUT/summary.json)."""
+               overwrite: bool = False, progress: bool = True, syncnet: str | None = None,
+               syncnet_gpus: float = 0.0) -> dict:
+    """The whole `filter` stage. Returns the run summary (also saved as OUT/summary.json).
+
+    syncnet: syncnet_python's `syncnet_v2.model` for the SyncNet sync check (checked here,
+    before any Ray work); syncnet_gpus: Ray GPUs per analysis actor (0: SyncNet on CPU)."""
     import ray
 
     t_start = time.time()
     paths = resolve_inputs(inputs)
+    if syncnet_gpus < 0 or (syncnet_gpus and not syncnet):
+        raise InputError("--syncnet-gpus must be >= 0 and needs --syncnet")
+    if syncnet:                          # a bad weights file fails before any work
+        from .syncnet import load_filter_syncnet
+        load_filter_syncnet(syncnet)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _check_resume(out, _fingerprint(cfg, weights_dir), overwrite)
+    _check_resume(out, _fingerprint(cfg, weights_dir, syncnet), overwrite)
     if cfg.analysis.backend != "mediapipe":  # fail before starting Ray when weights are missing
         from .backends.base import check_weights
         check_weights(cfg.analysis.backend, weights_dir)
@@ -178,12 +199,14 @@ def run_filter(inputs: list[str], out_dir: str, cfg: FilterConfig, workers: int 
     #    on that actor with it) get a second round, one unit per actor call at a time; a unit
     #    that kills its worker again becomes a `worker_crash` row.
     if units:
-        _analyse(units, cfg, out, weights_dir, n_workers, in_flight=2)
+        _analyse(units, cfg, out, weights_dir, n_workers, in_flight=2, syncnet=syncnet,
+                 syncnet_gpus=syncnet_gpus)
         done = store.done()
         lost = [u for u in units if u["unit_id"] not in done]
         if lost:
             log.warning("%d work units lost to a worker crash: retrying them one at a time", len(lost))
-            _analyse(lost, cfg, out, weights_dir, n_workers, in_flight=1)
+            _analyse(lost, cfg, out, weights_dir, n_workers, in_flight=1, syncnet=syncnet,
+                     syncnet_gpus=syncnet_gpus)
             done = store.done()
         for u in units:
             if u["unit_id"] not in done:
@@ -199,7 +222,8 @@ def run_filter(inputs: list[str], out_dir: str, cfg: FilterConfig, workers: int 
     summary = {"inputs": len(paths), **counts, "units_analysed": len(units),
                "units_skipped": len(done_before), "elapsed_s": round(elapsed, 2),
                "files_per_s": round(len(paths) / elapsed, 3) if elapsed else None,
-               "workers": n_workers, "backend": cfg.analysis.backend, "config": cfg.to_dict()}
+               "workers": n_workers, "backend": cfg.analysis.backend,
+               "syncnet": os.path.abspath(syncnet) if syncnet else None, "config": cfg.to_dict()}
     write_json_atomic(summary, out / "summary.json")
     from ifmdm_model.curriculum import write_default_curriculum
     write_default_curriculum(out)          # the trainer's default levels, unless one is there

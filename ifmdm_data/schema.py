@@ -70,6 +70,12 @@ _CLIP_COLUMNS = [
     ("av_corr", F32, "best correlation of mouth opening and speech envelope within +-max lag"),
     ("av_lag_s", F32, "lag of av_corr; positive: audio lags video"),
     ("av_corr_zero", F32, "correlation at lag 0"),
+    ("sync_conf", F32, "--syncnet: SyncNet confidence (LSE-C) = median - min over offsets +-15 of the "
+                       "mean window distance; NaN without --syncnet, audio or a face window"),
+    ("sync_dist", F32, "--syncnet: min over offsets of the mean SyncNet window distance (LSE-D); NaN as sync_conf"),
+    ("sync_offset_frames", F32, "--syncnet: syncnet_python's AV offset at the best distance, 25 fps frames "
+                                "(whole numbers; negative: audio lags video); NaN as sync_conf"),
+    ("sync_windows", I32, "--syncnet: 5-frame windows scored (one every audio.sync_every_s with a face); 0 when none"),
     ("audio_error", STR, "audio problem found by the analysis (no_audio, audio_decode_error)"),
     # decisions
     ("head_moves", BOOL, "head_motion >= decide.head_motion_min"),
@@ -86,6 +92,9 @@ _CLIP_COLUMNS = [
 
 CLIPS_SCHEMA = pa.schema([pa.field(n, t, metadata={"description": d}) for n, t, d in _CLIP_COLUMNS])
 CLIP_COLUMNS = [n for n, _, _ in _CLIP_COLUMNS]
+# columns added after the first manifests: older manifests read with these values
+ADDED_COLUMNS = {"sync_conf": float("nan"), "sync_dist": float("nan"), "sync_offset_frames": float("nan"),
+                 "sync_windows": 0}
 DECISION_COLUMNS = ["head_moves", "lip_moves", "subset", "accepted", "reasons", "stage2_ok",
                     "stage2_reasons"]
 
@@ -167,10 +176,14 @@ def read_clips(path: str | Path):
     if not path.is_file():
         raise InputError(f"no manifest at {path}: run `ifmdm-data filter INPUTS -o {path.parent}` first")
     table = pq.read_table(path)
-    missing = [n for n in CLIP_COLUMNS if n not in table.column_names]
+    missing = [n for n in CLIP_COLUMNS if n not in table.column_names and n not in ADDED_COLUMNS]
     if missing:
         raise InputError(f"{path} is not a clips manifest of this version (missing: {', '.join(missing[:5])})")
-    return table.to_pandas()
+    df = table.to_pandas()
+    for n, v in ADDED_COLUMNS.items():      # manifests written before these columns existed
+        if n not in df:
+            df[n] = v
+    return df
 
 
 def read_tracks(path: str | Path):

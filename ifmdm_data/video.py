@@ -31,6 +31,30 @@ def to_rgb(frame, width: int, height: int) -> np.ndarray:
     return frame.to_ndarray(format="rgb24", width=width, height=height)
 
 
+def _plane(frame, i: int) -> np.ndarray:
+    p = frame.planes[i]
+    return np.frombuffer(p, np.uint8, count=p.line_size * p.height).reshape(p.height, p.line_size)
+
+
+def frame_region_bgr(frame, x0: int, y0: int, x1: int, y1: int, rotation: int = 0) -> np.ndarray:
+    """BGR pixels [y0:y1, x0:x1] (displayed coordinates, inside the frame) of a decoded PyAV
+    frame at full resolution. yuv420p without rotation: only the region (widened to even
+    bounds) is converted, from views of the planes; otherwise the whole frame is."""
+    if rotation or frame.format.name != "yuv420p" or frame.width % 2 or frame.height % 2:
+        rgb = frame.to_ndarray(format="rgb24")
+        if rotation:
+            rgb = np.rot90(rgb, k=-rotation // 90)
+        return np.ascontiguousarray(rgb[y0:y1, x0:x1, ::-1])
+    ex0, ey0 = x0 - x0 % 2, y0 - y0 % 2
+    ex1, ey1 = x1 + x1 % 2, y1 + y1 % 2
+    y = _plane(frame, 0)[ey0:ey1, ex0:ex1]
+    u = _plane(frame, 1)[ey0 // 2:ey1 // 2, ex0 // 2:ex1 // 2]
+    v = _plane(frame, 2)[ey0 // 2:ey1 // 2, ex0 // 2:ex1 // 2]
+    i420 = np.concatenate([y.ravel(), u.ravel(), v.ravel()]).reshape((ey1 - ey0) * 3 // 2, ex1 - ex0)
+    bgr = cv2.cvtColor(i420, cv2.COLOR_YUV2BGR_I420)
+    return np.ascontiguousarray(bgr[y0 - ey0:y1 - ey0, x0 - ex0:x1 - ex0])
+
+
 def iter_frames(path: str, start_s: float, end_s: float, fps: float, size: Tuple[int, int],
                 rotation: int = 0, threads: int = 1,
                 skip_nonref: bool = False,

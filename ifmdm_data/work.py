@@ -84,7 +84,8 @@ class PartStore:
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def run_unit(unit: dict, cfg, models, speech, store: PartStore, backend_name: str = "") -> list[dict]:
+def run_unit(unit: dict, cfg, models, speech, store: PartStore, backend_name: str = "",
+             syncnet=None) -> list[dict]:
     """Analyse a unit, write its tracks and part; per-clip failures become rows. Returns rows."""
     from .analyse import analyse_unit
 
@@ -94,7 +95,7 @@ def run_unit(unit: dict, cfg, models, speech, store: PartStore, backend_name: st
         os._exit(17)
     t0 = time.perf_counter()
     try:
-        results = analyse_unit(unit, cfg, models, speech)
+        results = analyse_unit(unit, cfg, models, speech, syncnet)
     except ClipError as e:
         rows = [failure_row(cid, path, e.reason, e.detail, probe, unit["start_s"], unit["end_s"])]
     except Exception as e:  # noqa: BLE001 - our bug on one clip must not stop the run

@@ -1,25 +1,23 @@
 """Metric networks of `ifmdm-eval --clips` and the loaders of their user-given weight files.
 
 IResNet        ArcFace backbone (insightface arcface_torch iresnet names), for CSIM.
-SyncNet        this project's SyncNet-style two-stream network (its own state-dict format).
-SyncNetPython  the layout of syncnet_python's `syncnet_v2.model` (Chung & Zisserman, "Out of
-               time: automated lip sync in the wild", ACCV 2016 workshops), the network
-               behind the LSE-D / LSE-C numbers of Wav2Lip, LatentSync and the IF-MDM paper.
+SyncNet        this project's SyncNet-style two-stream network (its own state-dict format);
+SyncNetPython  the layout of syncnet_python's `syncnet_v2.model`: both defined in
+               `ifmdm_data.syncnet` (the data filter's sync check uses them too), re-exported.
 
 No weights are shipped or downloaded: every loader reads a local state-dict file and raises
 `VideoEvalError` naming the file when it is missing, unreadable or of another layout/shape.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.nn as nn
 
+from ifmdm_data import syncnet as _syncnet
 from ifmdm_data.errors import IfmdmError
-
-SYNC_FRAMES = 5
+from ifmdm_data.syncnet import (  # noqa: F401 - the SyncNet networks stay importable from here
+    SYNC_FRAMES, SYNCNET_LAYOUTS, SyncNet, SyncNetPython, _conv_bn_relu, _head, syncnet_layout)
 
 
 class VideoEvalError(IfmdmError):
@@ -85,161 +83,15 @@ class IResNet(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------
-# SyncNet (LSE-D / LSE-C)
-# ------------------------------------------------------------------------------------------
-
-class SyncNet(nn.Module):
-    """SyncNet-style two-stream network, this project's layout ("ifmdm"). audio (B, 1, 13, 20)
-    MFCC; video (B, 5, 48, 48) grayscale mouth crops in [0, 1] stacked as channels. Both ->
-    `emb`-d embeddings compared by Euclidean distance (as SyncNet's contrastive training makes
-    them comparable)."""
-
-    layout = "ifmdm"
-
-    def __init__(self, width: int = 64, emb: int = 512):
-        super().__init__()
-        w = width
-
-        def block(cin, cout, pool):
-            return [nn.Conv2d(cin, cout, 3, 1, 1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)] + (
-                [nn.MaxPool2d(pool)] if pool else [])
-
-        self.audio = nn.Sequential(*block(1, w, (1, 2)), *block(w, 2 * w, (2, 2)),
-                                   *block(2 * w, 4 * w, None), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.audio_fc = nn.Sequential(nn.Linear(4 * w, 4 * w), nn.ReLU(inplace=True), nn.Linear(4 * w, emb))
-        self.video = nn.Sequential(*block(SYNC_FRAMES, w, 2), *block(w, 2 * w, 2), *block(2 * w, 4 * w, 2),
-                                   *block(4 * w, 4 * w, None), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.video_fc = nn.Sequential(nn.Linear(4 * w, 4 * w), nn.ReLU(inplace=True), nn.Linear(4 * w, emb))
-
-    def forward_audio(self, x):
-        return self.audio_fc(self.audio(x))
-
-    def forward_video(self, x):
-        return self.video_fc(self.video(x))
-
-    @classmethod
-    def config_of(cls, sd: dict) -> dict:
-        return {"width": int(sd["audio.0.weight"].shape[0]), "emb": int(sd["audio_fc.2.weight"].shape[0])}
-
-
-def _conv_bn_relu(conv: nn.Module, bn: nn.Module) -> list:
-    return [conv, bn, nn.ReLU(inplace=True)]
-
-
-def _head(emb: int) -> nn.Sequential:
-    """512 -> 512 (BatchNorm1d, ReLU) -> emb: the FC head of each syncnet_python stream."""
-    return nn.Sequential(nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(inplace=True), nn.Linear(512, emb))
-
-
-class SyncNetPython(nn.Module):
-    """The two-stream network of syncnet_python (layout "syncnet_python"), with the module
-    names and shapes of its released `syncnet_v2.model` state dict, so that file loads as is.
-
-    audio `netcnnaud` + `netfcaud`: 2-D convs over an MFCC patch (B, 1, 13, 20) (13 cepstra x
-    20 frames at 100 Hz = 0.2 s). lip `netcnnlip` + `netfclip`: 3-D convs over five RGB face
-    crops (B, 3, 5, 224, 224), channels in BGR order (as OpenCV reads frames), raw 0-255
-    values; the first conv spans all 5 frames. Both end in `emb`-d (1024) embeddings,
-    compared by Euclidean distance. The Sequential indices of the convs and BatchNorms (0, 1,
-    4, 5, 8, 9, 11, 12, 14, 15, 18, 19) are part of the parameter names: ReLU and max-pool
-    modules sit between them exactly as in the released network.
-    """
-
-    layout = "syncnet_python"
-
-    def __init__(self, emb: int = 1024):
-        super().__init__()
-        c2, b2 = nn.Conv2d, nn.BatchNorm2d
-        self.netcnnaud = nn.Sequential(                                           # (B, 1, 13, 20)
-            *_conv_bn_relu(c2(1, 64, 3, 1, 1), b2(64)), nn.MaxPool2d(1, 1),         # (B, 64, 13, 20)
-            *_conv_bn_relu(c2(64, 192, 3, 1, 1), b2(192)), nn.MaxPool2d(3, (1, 2)),  # (B, 192, 11, 9)
-            *_conv_bn_relu(c2(192, 384, 3, 1, 1), b2(384)),
-            *_conv_bn_relu(c2(384, 256, 3, 1, 1), b2(256)),
-            *_conv_bn_relu(c2(256, 256, 3, 1, 1), b2(256)), nn.MaxPool2d(3, 2),    # (B, 256, 5, 4)
-            *_conv_bn_relu(c2(256, 512, (5, 4), 1, 0), b2(512)),                    # (B, 512, 1, 1)
-        )
-        self.netfcaud = _head(emb)
-        c3, b3 = nn.Conv3d, nn.BatchNorm3d
-        self.netcnnlip = nn.Sequential(                                           # (B, 3, 5, 224, 224)
-            *_conv_bn_relu(c3(3, 96, (5, 7, 7), (1, 2, 2), 0), b3(96)),             # (B, 96, 1, 109, 109)
-            nn.MaxPool3d((1, 3, 3), (1, 2, 2)),                                     # (B, 96, 1, 54, 54)
-            *_conv_bn_relu(c3(96, 256, (1, 5, 5), (1, 2, 2), (0, 1, 1)), b3(256)),  # (B, 256, 1, 26, 26)
-            nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)),                          # (B, 256, 1, 13, 13)
-            *_conv_bn_relu(c3(256, 256, (1, 3, 3), 1, (0, 1, 1)), b3(256)),
-            *_conv_bn_relu(c3(256, 256, (1, 3, 3), 1, (0, 1, 1)), b3(256)),
-            *_conv_bn_relu(c3(256, 256, (1, 3, 3), 1, (0, 1, 1)), b3(256)),
-            nn.MaxPool3d((1, 3, 3), (1, 2, 2)),                                     # (B, 256, 1, 6, 6)
-            *_conv_bn_relu(c3(256, 512, (1, 6, 6), 1, 0), b3(512)),                 # (B, 512, 1, 1, 1)
-        )
-        self.netfclip = _head(emb)
-
-    def forward_audio(self, x):                                                   # (B, 1, 13, 20)
-        return self.netfcaud(torch.flatten(self.netcnnaud(x), 1))                 # (B, emb)
-
-    def forward_video(self, x):                                                   # (B, 3, 5, 224, 224)
-        return self.netfclip(torch.flatten(self.netcnnlip(x), 1))                 # (B, emb)
-
-    @classmethod
-    def config_of(cls, sd: dict) -> dict:
-        return {"emb": int(sd["netfcaud.3.weight"].shape[0])}
-
-
-SYNCNET_LAYOUTS = {"syncnet_python": SyncNetPython, "ifmdm": SyncNet}
-
-
-def syncnet_layout(sd: dict) -> Optional[str]:
-    """Which SyncNet layout a state dict is: "syncnet_python" (netcnnaud.* ...), "ifmdm"
-    (audio.* ...), or None."""
-    if any(k.startswith("netcnnaud.") for k in sd):
-        return "syncnet_python"
-    if any(k.startswith("audio.") for k in sd):
-        return "ifmdm"
-    return None
-
-
-# ------------------------------------------------------------------------------------------
 # Loading
 # ------------------------------------------------------------------------------------------
 
 def _read_state_dict(path, what: str, prefixes=("module.",)) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise VideoEvalError(f"{what} weights file {p} does not exist")
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            sd = load_file(str(p))
-        else:
-            sd = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise VideoEvalError(f"cannot read {what} weights {p} ({type(e).__name__}: {e})") from None
-    for key in ("state_dict", "model"):
-        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
-            sd = sd[key]
-    if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
-        raise VideoEvalError(f"{what} weights {p} is not a state dict (a dict of tensors)")
-    out = {}
-    for k, v in sd.items():
-        for pre in prefixes:
-            if k.startswith(pre):
-                k = k[len(pre):]
-        out[k] = v
-    return out
+    return _syncnet._read_state_dict(path, what, prefixes, error=VideoEvalError)
 
 
 def _load_net(path, what: str, build, device, prefixes=("module.",)) -> nn.Module:
-    sd = _read_state_dict(path, what, prefixes)
-    try:
-        net = build(sd)
-        # files saved before PyTorch 0.4.1 (syncnet_v2.model among them) have no BatchNorm
-        # `num_batches_tracked` counters; they are unused in eval mode. Every other key is strict.
-        own = net.state_dict()
-        sd = {**{k: v for k, v in own.items() if k.endswith("num_batches_tracked") and k not in sd}, **sd}
-        net.load_state_dict(sd, strict=True)
-    except Exception as e:  # noqa: BLE001 - KeyError, size mismatch, missing keys
-        msg = " ".join(str(e).split()) or type(e).__name__       # torch's header + the details
-        raise VideoEvalError(f"{what} weights {path} do not fit the {what} network "
-                             f"({type(e).__name__}: {msg[:300]})") from None
-    return net.to(device).eval().requires_grad_(False)
+    return _syncnet._load_net(path, what, build, device, prefixes, error=VideoEvalError)
 
 
 def load_inception(path, device="cpu") -> nn.Module:
@@ -261,16 +113,7 @@ def load_arcface(path, device="cpu") -> IResNet:
 
 
 def load_syncnet(path, device="cpu") -> nn.Module:
-    """SyncNet of either layout, chosen by the state-dict keys: syncnet_python's
-    (`syncnet_v2.model`: netcnnaud.*, netfcaud.*, netcnnlip.*, netfclip.*) -> `SyncNetPython`;
-    this project's (audio.*, audio_fc.*, video.*, video_fc.*) -> `SyncNet`. The returned
-    network's `layout` tells `eval_video.lse` which preprocessing to use."""
-    def build(sd):
-        layout = syncnet_layout(sd)
-        if layout is None:
-            raise KeyError("neither the syncnet_python layout (netcnnaud.*, netfcaud.*, netcnnlip.*, "
-                           "netfclip.*) nor ifmdm's SyncNet layout (audio.*, video.*)")
-        cls = SYNCNET_LAYOUTS[layout]
-        return cls(**cls.config_of(sd))
-    # "__S__." : a syncnet_python SyncNetInstance's own state dict wraps the network under it
-    return _load_net(path, "SyncNet", build, device, prefixes=("module.", "__S__."))
+    """`ifmdm_data.syncnet.load_syncnet` raising `VideoEvalError`: syncnet_python's layout ->
+    `SyncNetPython`, this project's -> `SyncNet`; the network's `layout` tells `eval_video.lse`
+    which preprocessing to use."""
+    return _syncnet.load_syncnet(path, device, error=VideoEvalError)

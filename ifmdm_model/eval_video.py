@@ -95,6 +95,12 @@ from ifmdm_data.errors import IfmdmError
 from .eval_nets import (  # noqa: F401 - the networks and loaders stay importable from here
     SYNC_FRAMES, IBasicBlock, IResNet, SyncNet, SyncNetPython, VideoEvalError, load_arcface,
     load_inception, load_syncnet, syncnet_layout)
+from ifmdm_data.syncnet import (  # noqa: F401 - syncnet_python's preprocessing, re-exported
+    AUDIO_RATE, SYNC_MFCC_PER_FRAME, SYNC_VSHIFT, SYNCNET_PY_CROP_SCALE, SYNCNET_PY_FPS,
+    SYNCNET_PY_PAD, SYNCNET_PY_SIZE, SYNCNET_PY_SMOOTH, audio_windows, hz_to_mel, mel_energies,
+    mel_filterbank, mel_to_hz, offset_scores, sync_window_starts, sync_windows, syncnet_crop_box,
+    syncnet_face_crop, syncnet_face_crop_from, syncnet_mfcc, to_int16_scale)
+
 from .eval_stage1 import psnr, ssim
 
 log = logging.getLogger("ifmdm_model")
@@ -106,16 +112,7 @@ SKIP_CSIM = ("needs an ArcFace iresnet state dict file (insightface arcface_torc
 SKIP_LSE = ("needs a SyncNet state dict file: syncnet_python's syncnet_v2.model for paper-comparable "
             "LSE-D / LSE-C (not shipped: fetched by download_model.sh of github.com/joonson/"
             "syncnet_python), or an ifmdm_model.eval_nets.SyncNet state dict: pass --syncnet FILE")
-SYNC_MFCC_PER_FRAME = 4
 SYNC_CROP = 48
-SYNC_VSHIFT = 15
-AUDIO_RATE = 16000
-# syncnet_python's preprocessing (run_pipeline.py / SyncNetInstance.py)
-SYNCNET_PY_FPS = 25.0               # videos are converted to 25 fps; 640 audio samples per frame
-SYNCNET_PY_SIZE = 224               # face crops resized to 224 x 224
-SYNCNET_PY_CROP_SCALE = 0.4         # --crop_scale: the face box is enlarged by this fraction
-SYNCNET_PY_PAD = 110                # border value where the enlarged box leaves the frame
-SYNCNET_PY_SMOOTH = 13              # median filter (frames) over the face box track
 # insightface's 112 x 112 ArcFace template (arcface_dst): image-left eye (the subject's right),
 # image-right eye, nose tip, image-left and image-right mouth corners
 ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
@@ -271,126 +268,9 @@ def mfcc(wav: np.ndarray, sample_rate: int, hop: float, n_mfcc: int = 13, n_mels
     return dct(np.log(power @ fb.T + 1e-10), type=2, axis=1, norm="ortho")[:, :n_mfcc]
 
 
-def hz_to_mel(f):
-    return 2595.0 * np.log10(1.0 + np.asarray(f, np.float64) / 700.0)
-
-
-def mel_to_hz(m):
-    return 700.0 * (10.0 ** (np.asarray(m, np.float64) / 2595.0) - 1.0)
-
-
-def mel_filterbank(n_filters: int = 26, n_fft: int = 512, sample_rate: int = AUDIO_RATE) -> np.ndarray:
-    """(n_filters, n_fft // 2 + 1) triangular mel filters on FFT bins, built as
-    python_speech_features' `get_filterbanks`: n_filters + 2 points evenly spaced in mel from
-    0 Hz to sample_rate / 2, each put on bin b = floor((n_fft + 1) f / sample_rate); filter j
-    rises as (k - b_j) / (b_j+1 - b_j) on bins b_j <= k < b_j+1 and falls as
-    (b_j+2 - k) / (b_j+2 - b_j+1) on b_j+1 <= k < b_j+2 (peak 1 at b_j+1, no area normalisation)."""
-    b = np.floor((n_fft + 1) * mel_to_hz(np.linspace(0.0, hz_to_mel(sample_rate / 2.0), n_filters + 2))
-                 / sample_rate)
-    k = np.arange(n_fft // 2 + 1)[None, :]
-    lo, mid, hi = b[:-2, None], b[1:-1, None], b[2:, None]
-    rise = np.where((k >= lo) & (k < mid), (k - lo) / np.maximum(mid - lo, 1.0), 0.0)
-    fall = np.where((k >= mid) & (k < hi), (hi - k) / np.maximum(hi - mid, 1.0), 0.0)
-    return rise + fall
-
-
-def mel_energies(signal: np.ndarray, sample_rate: int = AUDIO_RATE, win_s: float = 0.025,
-                 hop_s: float = 0.01, n_filters: int = 26, n_fft: int = 512,
-                 preemph: float = 0.97) -> Tuple[np.ndarray, np.ndarray]:
-    """Mel filterbank energies (T, n_filters) and total frame energies (T,), as
-    python_speech_features' `fbank` with its defaults: pre-emphasis y[0] = x[0],
-    y[t] = x[t] - 0.97 x[t-1]; frames of round(0.025 sr) = 400 samples every 160 (no taper:
-    a rectangular window), T = 1 + ceil((len - 400) / 160) (1 when shorter), the last frame
-    zero-padded; power |rfft(frame, 512)|^2 / 512; energy = the sum of a frame's power
-    spectrum; exact zeros replaced by float eps (so the log is finite)."""
-    x = np.asarray(signal, np.float64).reshape(-1)
-    if len(x) == 0:
-        return np.zeros((0, n_filters)), np.zeros(0)
-    x = np.concatenate([x[:1], x[1:] - preemph * x[:-1]])
-    win, hop = int(math.floor(win_s * sample_rate + 0.5)), int(math.floor(hop_s * sample_rate + 0.5))
-    n = 1 if len(x) <= win else 1 + int(math.ceil((len(x) - win) / hop))
-    x = np.pad(x, (0, (n - 1) * hop + win - len(x)))
-    frames = x[np.arange(n)[:, None] * hop + np.arange(win)[None, :]]   # (T, 400)
-    power = np.abs(np.fft.rfft(frames, n_fft)) ** 2 / n_fft             # (T, 257)
-    mel = power @ mel_filterbank(n_filters, n_fft, sample_rate).T       # (T, 26)
-    energy = power.sum(1)
-    eps = np.finfo(np.float64).eps
-    return np.where(mel == 0, eps, mel), np.where(energy == 0, eps, energy)
-
-
-def syncnet_mfcc(signal: np.ndarray, sample_rate: int = AUDIO_RATE, n_ceps: int = 13,
-                 lifter: int = 22) -> np.ndarray:
-    """The MFCC syncnet_python feeds its audio stream, (13, T) at 100 frames per second.
-
-    syncnet_python calls `python_speech_features.mfcc(audio, 16000)` on the int16 samples
-    that scipy's wavfile.read gives (pass the signal in int16 units: only c0 depends on the
-    scale). With that function's defaults this is: `mel_energies` (25 ms frames every 10 ms,
-    pre-emphasis 0.97, rectangular window, 512-point FFT, 26 mel filters), natural log,
-    DCT-II with norm="ortho" (scipy's, as python_speech_features uses scipy.fftpack's), the
-    first 13 coefficients, lifter c_n *= 1 + (22 / 2) sin(pi n / 22), and c0 replaced by the
-    log of the frame's total energy (appendEnergy=True). Row t starts at sample 160 t, so MFCC
-    frames 4i .. 4i+19 start with video frame i at 25 fps (640 samples per frame).
-    Checked against python_speech_features 0.6 itself: equal to 1e-13 on 9.6 s of speech;
-    tests/data holds its output for a test signal (test_syncnet_mfcc_equals_python_speech_features)."""
-    from scipy.fft import dct
-    mel, energy = mel_energies(signal, sample_rate)
-    if len(mel) == 0:
-        return np.zeros((n_ceps, 0))
-    ceps = dct(np.log(mel), type=2, axis=1, norm="ortho")[:, :n_ceps]
-    ceps = ceps * (1.0 + (lifter / 2.0) * np.sin(np.pi * np.arange(n_ceps) / lifter))
-    ceps[:, 0] = np.log(energy)
-    return ceps.T
-
-
-def to_int16_scale(wav: np.ndarray) -> np.ndarray:
-    """float audio in [-1, 1] -> the values of its 16-bit PCM samples (as wavfile.read gives)."""
-    return np.clip(np.round(np.asarray(wav, np.float64) * 32768.0), -32768.0, 32767.0)
-
-
 # ------------------------------------------------------------------------------------------
 # LSE-D / LSE-C
 # ------------------------------------------------------------------------------------------
-
-def sync_window_starts(n_frames: int, n_audio_frames: int, drop_last: bool = False) -> np.ndarray:
-    """First video frame of each SyncNet window over a clip of `n_frames` video frames with
-    audio for `n_audio_frames` video frames. Window i holds video frames i .. i+4 and MFCC
-    frames 4i .. 4i+19 (4 MFCC frames per video frame): the same 5 frame periods.
-    drop_last: syncnet_python's count (`lastframe = min_length - 5`), one window fewer than fit."""
-    n = min(n_frames, n_audio_frames) - SYNC_FRAMES + (0 if drop_last else 1)
-    return np.arange(max(n, 0))
-
-
-def sync_windows(video: np.ndarray, feats: np.ndarray, starts, layout: str):
-    """The network inputs of the windows starting at video frames `starts`.
-
-    video: "ifmdm" (N, 48, 48) uint8 grayscale mouth crops; "syncnet_python" (N, 224, 224, 3)
-    uint8 BGR face crops. feats: (13, T) MFCC, 4 frames per video frame. Returns video
-    (b, 5, 48, 48) in [0, 1] or (b, 3, 5, 224, 224) raw 0-255, and audio (b, 1, 13, 20)."""
-    k, m = SYNC_FRAMES, SYNC_MFCC_PER_FRAME
-    v = torch.from_numpy(np.stack([video[i:i + k] for i in starts])).float()
-    if layout == "syncnet_python":
-        v = v.permute(0, 4, 1, 2, 3).contiguous()                  # (b, 3, 5, 224, 224)
-    else:
-        v = v / 255.0                                               # (b, 5, 48, 48)
-    a = np.stack([feats[:, m * i:m * i + k * m] for i in starts])   # (b, 13, 20)
-    return v, torch.from_numpy(a).float()[:, None]
-
-
-def offset_scores(ev: torch.Tensor, ea: torch.Tensor, vshift: int = SYNC_VSHIFT) -> Dict[str, float]:
-    """syncnet_python's offset search (`calc_pdist`) on video / audio window embeddings (n, D):
-    for each video window i, the Euclidean distance to audio window i + o, o in [-vshift,
-    vshift] (zero embeddings outside the clip); d(o) = its mean over windows. LSE-D =
-    min_o d(o); LSE-C = median_o d(o) - min_o d(o); offset_frames = -argmin_o d(o)
-    (syncnet_python's "AV offset")."""
-    n, w = len(ev), 2 * vshift + 1
-    eap = F.pad(ea, (0, 0, vshift, vshift))                         # (n + 2 vshift, D)
-    idx = torch.arange(n)[:, None] + torch.arange(w)[None, :]       # (n, w)
-    dists = F.pairwise_distance(ev[:, None, :].expand(-1, w, -1), eap[idx])   # (n, w)
-    mdist = dists.mean(0)                                           # (w,) per offset
-    mn, j = torch.min(mdist, 0)
-    return {"lse_d": float(mn), "lse_c": float(torch.median(mdist) - mn),
-            "offset_frames": int(vshift - int(j))}
-
 
 @torch.inference_mode()
 def lse(net, video: np.ndarray, wav: np.ndarray, fps: float, device="cpu",
@@ -447,26 +327,6 @@ def face_track(lms, smooth: int = SYNCNET_PY_SMOOTH) -> Optional[np.ndarray]:
     t = np.arange(len(lms))
     track = np.stack([np.interp(t, have, boxes[:, j]) for j in range(3)], 1)
     return median_filter(track, size=(smooth, 1), mode="nearest")
-
-
-def syncnet_face_crop(frame: np.ndarray, cx: float, cy: float, half: float,
-                      crop_scale: float = SYNCNET_PY_CROP_SCALE, size: int = SYNCNET_PY_SIZE,
-                      pad: int = SYNCNET_PY_PAD) -> np.ndarray:
-    """syncnet_python's face crop of an RGB frame -> (size, size, 3) uint8 BGR. The box
-    (centre (cx, cy), half side `half`) is enlarged by crop_scale: columns cx -+ half (1 + cs),
-    rows cy - half .. cy + half (1 + 2 cs) (a square shifted down, towards mouth and chin);
-    what lies outside the frame is grey `pad`; bilinear resize."""
-    import cv2
-    h, w = frame.shape[:2]
-    half = max(float(half), 1.0)
-    cx, cy = float(np.clip(cx, 0, w)), float(np.clip(cy, 0, h))
-    p = int(half * (1 + 2 * crop_scale))
-    bgr = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2BGR)
-    big = cv2.copyMakeBorder(bgr, p, p, p, p, cv2.BORDER_CONSTANT, value=(pad, pad, pad))
-    my, mx = cy + p, cx + p
-    face = big[int(my - half):int(my + half * (1 + 2 * crop_scale)),
-               int(mx - half * (1 + crop_scale)):int(mx + half * (1 + crop_scale))]
-    return cv2.resize(face, (size, size), interpolation=cv2.INTER_LINEAR)
 
 
 def syncnet_face_crops(frames: np.ndarray, lms, fps: float) -> Tuple[np.ndarray, int]:
