@@ -159,6 +159,11 @@ def run_filter(inputs: list[str], out_dir: str, cfg: FilterConfig, workers: int 
         check_weights(cfg.analysis.backend, weights_dir)
     store = PartStore(out)
     init_ray(ray_address, workers, verbose=log.isEnabledFor(logging.INFO))
+    if syncnet_gpus and ray.cluster_resources().get("GPU", 0) < syncnet_gpus:
+        # actors asking for GPUs that do not exist would wait forever
+        raise InputError(f"--syncnet-gpus {syncnet_gpus:g}: the Ray cluster has "
+                         f"{ray.cluster_resources().get('GPU', 0):g} GPUs; drop --syncnet-gpus "
+                         f"to run SyncNet on the workers' CPUs")
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
     ctx.max_errored_blocks = -1          # a unit whose worker keeps crashing becomes a row

@@ -53,6 +53,19 @@ def test_filter_with_random_syncnet(ray_session, sample_dir, random_syncnet_v2, 
     assert silent["sync_windows"] == 0 and list(silent["stage2_reasons"]) == ["no_audio"]
 
 
+def test_syncnet_gpus_without_gpus_is_an_error(ray_session, sample_dir, random_syncnet_v2, tmp_path):
+    """Actors asking for GPUs the cluster does not have would never start: refused up front."""
+    from ifmdm_data.errors import InputError
+    from ifmdm_data.pipeline import run_filter
+    import ray
+
+    if ray.cluster_resources().get("GPU", 0) > 0:
+        pytest.skip("this Ray cluster has GPUs")
+    with pytest.raises(InputError, match="has 0 GPUs"):
+        run_filter([str(sample_dir / "lip_talk.mp4")], str(tmp_path / "m"), load_config(),
+                   workers=1, progress=False, syncnet=str(random_syncnet_v2), syncnet_gpus=0.5)
+
+
 def test_decide_syncnet_rule():
     """SyncNet's rule where sync_conf is finite; the landmark correlation rule elsewhere."""
     nan = float("nan")
