@@ -92,8 +92,13 @@ def init_ray(address: str | None, workers: int | None, verbose: bool = False) ->
 
 
 def _fingerprint(cfg: FilterConfig, backend_weights: str | None, syncnet: str | None = None) -> dict:
+    """What the analysis results depend on (a re-run with another fingerprint must not mix in
+    old parts). The SyncNet window spacing only matters with --syncnet."""
     d = cfg.to_dict()
-    fp = {"segment": d["segment"], "analysis": d["analysis"], "audio": d["audio"],
+    audio = dict(d["audio"])
+    if not syncnet:
+        audio.pop("sync_every_s", None)
+    fp = {"segment": d["segment"], "analysis": d["analysis"], "audio": audio,
           "weights_dir": os.path.abspath(backend_weights) if backend_weights else None}
     if syncnet:
         fp["syncnet"] = os.path.abspath(syncnet)
