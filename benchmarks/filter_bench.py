@@ -21,6 +21,10 @@ Targets (DESIGN.md): filter <= 3x decode time, and >= 3x faster than naive, per 
 --limit-s S caps the analysed duration of each clip for all three methods alike (quick runs).
 --ray also times the real end-to-end `pipeline.run_filter` on the media folder with 2 workers
 (Ray start included; affinity restored to all cores first).
+--syncnet FILE adds the SyncNet sync check (`filter --syncnet`) to `filter` (syncnet_python
+layout; a random-init one has the same cost: `--syncnet random` makes one in a temp dir) and
+its own line in the breakdown ("syncnet": the network and MFCC; the crops count under
+decode+resize).
 """
 from __future__ import annotations
 
@@ -49,7 +53,7 @@ from ifmdm_data.probe import probe_file  # noqa: E402
 from ifmdm_data.video import decode_only  # noqa: E402
 from ifmdm_data.work import plan_units  # noqa: E402
 
-STAGES = ("decode+resize", "detector", "mesh", "mesh reset", "segmenter", "audio load", "vad")
+STAGES = ("decode+resize", "detector", "mesh", "mesh reset", "segmenter", "audio load", "vad", "syncnet")
 
 
 @contextlib.contextmanager
@@ -80,6 +84,8 @@ class StageTimer:
 
     def __init__(self, models, speech):
         self.t = defaultdict(float)
+        from ifmdm_data import syncnet as sn
+        sn.sync_scores = self._wrap(sn.sync_scores, "syncnet")
         for obj, name, stage in ((models.detector, "detect", "detector"),
                                  (models.landmarks, "landmarks", "mesh"),
                                  (models.landmarks, "reset", "mesh reset"),
@@ -143,7 +149,7 @@ def clip_units(path, cfg, limit_s):
     return probe, units
 
 
-def bench_set(name, files, cfg, models, speech, timer, naive, args):
+def bench_set(name, files, cfg, models, speech, timer, naive, args, syncnet=None):
     rows, stages = [], defaultdict(float)
     for path in files:
         try:
@@ -159,7 +165,7 @@ def bench_set(name, files, cfg, models, speech, timer, naive, args):
             t0 = time.perf_counter()
             for u in units:
                 try:
-                    analyse.analyse_unit(u, cfg, models, speech)
+                    analyse.analyse_unit(u, cfg, models, speech, syncnet)
                 except ClipError as e:
                     print(f"  [{name}] {Path(path).name}: {e.reason}", flush=True)
             dt = time.perf_counter() - t0
@@ -207,6 +213,16 @@ def print_table(name, rows, stages):
     print("filter stages: " + ", ".join(f"{k} {v:.2f}s ({100 * ratio(v, tot):.0f}%)" for k, v in parts))
 
 
+def load_bench_syncnet(path):
+    from ifmdm_data.syncnet import SyncNetPython, load_filter_syncnet
+    if path != "random":
+        return load_filter_syncnet(path)
+    net = SyncNetPython().eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
 def list_videos(d):
     return sorted(str(p) for p in Path(d).rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
 
@@ -234,6 +250,8 @@ def main():
     ap.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
     ap.add_argument("--ray", action="store_true", help="also time run_filter with Ray, 2 workers")
     ap.add_argument("--config", default=None, help="filter YAML (any subset of keys) instead of the defaults")
+    ap.add_argument("--syncnet", default=None,
+                    help="syncnet_v2.model (or 'random': a random-init one) to time the SyncNet check too")
     args = ap.parse_args()
 
     sets = []
@@ -259,21 +277,23 @@ def main():
         models, speech = analyse.load_models(cfg)
         naive = None if args.no_naive else Naive()
         timer = StageTimer(models, speech)
+        syncnet = load_bench_syncnet(args.syncnet) if args.syncnet else None
         if sets and sets[0][1]:  # warm-up: first graph runs, first VAD call
             p = sets[0][1][0]
             _, us = clip_units(p, cfg, 1.0)
-            analyse.analyse_unit(us[0], cfg, models, speech)
+            analyse.analyse_unit(us[0], cfg, models, speech, syncnet)
             if naive:
                 naive.run(p, 0.2)
     results = []
     for name, files in sets:
         with quiet_stderr():
-            results.append((name, *bench_set(name, files, cfg, models, speech, timer, naive, args)))
+            results.append((name, *bench_set(name, files, cfg, models, speech, timer, naive, args, syncnet)))
     lim = "" if math.isinf(args.limit_s) else f", each clip capped at {args.limit_s:g} s"
     print(f"\nfilter_bench: best of {args.repeat}{lim}; default config "
           f"(analysis {cfg.analysis.fps} fps, long side {cfg.analysis.max_side}, "
           f"detect {cfg.analysis.detect_fps} fps, segment {cfg.analysis.segmentation_fps} fps, "
-          f"backend {cfg.analysis.backend})")
+          f"backend {cfg.analysis.backend}"
+          f"{(', SyncNet check every %g s' % cfg.audio.sync_every_s) if args.syncnet else ''})")
     for name, rows, stages in results:
         print_table(name, rows, stages)
     if args.ray and Path(args.media).is_dir():
