@@ -145,6 +145,38 @@ def test_48k_stereo_24bit_input(run, image, tmp_path):
     assert st["frames"] == len(frames) == 15 and abs(audio_s - 0.6) <= 0.04
 
 
+@pytest.mark.parametrize("kind", ["mp3", "m4a", "flac", "video", "png"])
+def test_common_audio_and_image_formats(run, image, speech, tmp_path, kind):
+    """mp3 / AAC in m4a / FLAC, the audio track of a video, and a PNG image (the image
+    fixture is a JPEG): converted with ffmpeg, then generated from like any wav."""
+    import shutil
+    import subprocess
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg not installed")
+    audio, img = speech, image
+    if kind in ("mp3", "m4a", "flac"):
+        audio = tmp_path / f"speech.{kind}"
+        codec = {"mp3": "libmp3lame", "m4a": "aac", "flac": "flac"}[kind]
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(speech), "-ar", "44100", "-ac", "2",
+                        "-c:a", codec, str(audio)], check=True)
+    elif kind == "video":
+        audio = tmp_path / "talk.mp4"
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "color=c=gray:s=64x64:r=25:d=0.9",
+                        "-i", str(speech), "-c:v", "libx264", "-c:a", "aac", "-shortest", str(audio)],
+                       check=True)
+    else:
+        import cv2
+        img = tmp_path / "face.png"
+        cv2.imwrite(str(img), cv2.imread(str(image)))
+    st = generate(run, img, audio, tmp_path / "o.mp4", fps=25, **FAST)
+    frames, _, audio_s = _decode(tmp_path / "o.mp4")
+    # 0.9 s of speech: lossy codecs (and a muxed AAC track ending on a 1024-sample frame) may
+    # add or trim a few tens of ms
+    assert abs(st["seconds"] - 0.9) <= 0.1
+    assert st["frames"] == round(st["seconds"] * 25) and len(frames) == st["frames"]
+    assert audio_s is not None and abs(audio_s - st["seconds"]) <= 0.05
+
+
 def test_seed_determinism(run, image, tmp_path):
     p = _write_wav(tmp_path / "s.wav", _speech(0.4))
     a = generate(run, image, p, tmp_path / "a.mp4", seed=3, return_motion=True, **FAST)
