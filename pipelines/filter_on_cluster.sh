@@ -14,6 +14,11 @@
 #   # then, from the head node (or any node of the cluster):
 #   pipelines/filter_on_cluster.sh /mnt/data/raw_clips /mnt/data/manifests
 #
+# With the SyncNet sync check on GPU nodes (4 analysis actors share each GPU; syncnet_v2.model
+# on the shared storage):
+#   pipelines/filter_on_cluster.sh /mnt/data/raw_clips /mnt/data/manifests \
+#       --syncnet /mnt/models/syncnet_v2.model --syncnet-gpus 0.25
+#
 # Re-running the same command after a failure resumes: finished work units are skipped.
 # To submit as a Ray job instead: see pipelines/submit_filter_job.sh.
 set -euo pipefail
