@@ -34,6 +34,15 @@ METRICS = [
     ("speech_ratio", "speech ratio: fraction of the segment with speech (stage 2)", "min_speech_ratio", "decide"),
     ("av_corr", "AV sync: mouth / speech-envelope correlation (stage 2)", "min_av_corr", "decide"),
 ]
+# drawn only when the run scored segments with SyncNet (`filter --syncnet`)
+SYNC_METRIC = ("sync_conf", "AV sync: SyncNet confidence (stage 2, filter --syncnet)", "min_sync_conf", "decide")
+
+
+def metrics_of(df: pd.DataFrame) -> list:
+    """METRICS, plus the SyncNet confidence when some segment has one."""
+    if "sync_conf" in df and np.isfinite(pd.to_numeric(df["sync_conf"], errors="coerce")).any():
+        return METRICS + [SYNC_METRIC]
+    return METRICS
 TILE_SIDE = 480  # long side of a contact-sheet tile, pixels
 
 
@@ -190,14 +199,15 @@ def _strip(ax, df: pd.DataFrame, col: str, th, th_name: str, rng) -> None:
     ax.spines[["top", "right"]].set_visible(False)
     note = f"   ({n_clipped} outside the 0.5-99.5 % range, drawn at the edge)" if n_clipped else ""
     ax.set_xlabel(col + note, fontsize=9)
-    ax.set_title(next(m[1] for m in METRICS if m[0] == col), fontsize=11, loc="left", pad=16)
+    ax.set_title(next(m[1] for m in METRICS + [SYNC_METRIC] if m[0] == col), fontsize=11, loc="left", pad=16)
 
 
 def distributions(df: pd.DataFrame, thresholds: dict, decide: dict, seed: int) -> bytes:
-    fig = _figure(12, 2.75 * len(METRICS))
-    axes = fig.subplots(len(METRICS), 1)
+    metrics = metrics_of(df)
+    fig = _figure(12, 2.75 * len(metrics))
+    axes = fig.subplots(len(metrics), 1)
     rng = np.random.default_rng(seed)
-    for ax, (col, _, key, where) in zip(axes, METRICS):
+    for ax, (col, _, key, where) in zip(axes, metrics):
         th = (thresholds if where == "thresholds" else decide).get(key)
         _strip(ax, df, col, th if isinstance(th, (int, float)) else None, key, rng)
     return _png(fig)
@@ -323,6 +333,9 @@ def _caption(row, note: str) -> str:
         return format(v, fmt) if pd.notna(v) else "-"
     stats = (f"head {f(row.head_motion, '.3f')} · lip {f(row.mouth_open_std, '.3f')} · "
              f"face {f(row.face_px, '.0f')} px · speech {f(row.speech_ratio, '.2f')} · av {f(row.av_corr, '.2f')}")
+    conf = getattr(row, "sync_conf", float("nan"))
+    if pd.notna(conf):
+        stats += f" · sync {conf:.2f} @ {f(getattr(row, 'sync_offset_frames', float('nan')), '+.0f')} fr"
     err = f'<div class="err">{e(str(row.error))[:160]}</div>' if isinstance(row.error, str) and row.error else ""
     nt = f'<div class="err">{e(note)}</div>' if note else ""
     return (f'<div class="cap"><b title="{e(str(row.path))}">{e(os.path.basename(str(row.path)))}</b> '

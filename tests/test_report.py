@@ -104,3 +104,27 @@ def test_missing_and_broken_sources_still_give_a_report(sample_manifests, tmp_pa
     df["group"] = [s if a else "rejected" for s, a in zip(df["subset"], df["accepted"])]
     assert picked == [sid for g in GROUPS for sid in _pick(df, g, 1, seed=1)["segment_id"]]
     assert len(list((out / "tiles").glob("*.png"))) == len(picked)
+
+
+def test_syncnet_confidence_is_drawn_when_scored(sample_manifests):
+    """Runs with `filter --syncnet` get a SyncNet-confidence strip and captions with it."""
+    import io
+    from types import SimpleNamespace
+    from PIL import Image
+    from ifmdm_data.report import _caption, _load, distributions, metrics_of
+
+    mdir, summary = sample_manifests
+    df, _ = _load(mdir)
+    assert [m[0] for m in metrics_of(df)][-1] != "sync_conf"          # the sample run has none
+    scored = df.copy()
+    scored["sync_conf"] = np.linspace(0.5, 6.0, len(df))
+    scored["sync_offset_frames"] = 1.0
+    assert [m[0] for m in metrics_of(scored)][-1] == "sync_conf"
+    th, dec = summary["thresholds"], summary["config"]["decide"]
+    h0 = Image.open(io.BytesIO(distributions(df, th, dec, 0))).size[1]
+    h1 = Image.open(io.BytesIO(distributions(scored, th, dec, 0))).size[1]
+    assert h1 > h0
+    row = SimpleNamespace(**scored.iloc[0].to_dict())
+    assert "sync 0.50 @ +1 fr" in _caption(row, "")
+    row.sync_conf = float("nan")
+    assert "sync" not in _caption(row, "").split("av")[-1]
