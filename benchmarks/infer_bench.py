@@ -2,7 +2,8 @@
 
 For each model pair (S1-tiny/M2-tiny; S1-256/M2-A0; optionally S1-512/M2-A0) and each number of
 DDIM steps: frames per second of wall time (models preloaded), first-frame latency, and the
-per-stage breakdown (encode, features, motion, decode, write), plus the FLOPs per output frame
+per-stage breakdown (encode, features, motion, decode, write: the time the generator waited
+on the background encoder thread, plus the final flush), plus the FLOPs per output frame
 of the stage-1 decoder and of the motion DiT (CFG doubles its batch: 2 x steps forwards per
 chunk of n_f frames), so GPU throughput can be estimated (e.g. an H100 at ~30% of 990 dense
 bf16 TFLOP/s). Weights are random: speed does not depend on them.

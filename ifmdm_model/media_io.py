@@ -6,7 +6,8 @@ float tensors (N, 3, H, W) in [-1, 1]; audio is float32 mono at AUDIO_RATE (16 k
   centre-cropped to a square; no face alignment, a mediapipe face count only to warn.
 - `read_audio`: any audio file or a video's audio track -> float32 mono 16 kHz, whole.
 - `VideoWriter`: streaming H.264 (yuv420p) + AAC mp4 under a temporary name, renamed when
-  closed; frames are encoded as they are written, the audio is muxed up to the last frame.
+  closed; frames are encoded as they are written (on a background thread by default, so the
+  caller renders the next batch meanwhile), the audio is muxed up to the last frame.
 - `video_frames`, `video_fps`: a driving video's frames in batches, and its frame rate.
 
 Every error a user can cause is an `InferenceError` with a message that says what to do.
@@ -16,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
+import threading
 from fractions import Fraction
 from pathlib import Path
 from typing import Optional
@@ -133,10 +136,18 @@ def read_audio(path) -> np.ndarray:
 # ------------------------------------------------------------------------------------------
 
 class VideoWriter:
-    """Streaming H.264 (yuv420p) + AAC mp4 written to a temporary name, renamed by `close()`."""
+    """Streaming H.264 (yuv420p) + AAC mp4 written to a temporary name, renamed by `close()`.
+
+    `background` (default): `write` hands the batch to an encoder thread through a queue of at
+    most `queue_batches` batches and returns, so rendering the next batch (GPU work, or torch
+    ops that release the GIL) overlaps the RGB->YUV conversion and x264; when the queue is
+    full `write` waits (memory stays bounded). An encoder error is raised by the next `write`
+    or by `close`. `abort` stops the thread and deletes the temporary file.
+    """
 
     def __init__(self, out_path, size: int, fps: float, audio: Optional[np.ndarray],
-                 overwrite: bool = False, crf: int = 18, preset: str = "veryfast"):
+                 overwrite: bool = False, crf: int = 18, preset: str = "veryfast",
+                 background: bool = True, queue_batches: int = 2):
         import av
         self.out = Path(out_path)
         if self.out.exists() and not overwrite:
@@ -165,6 +176,33 @@ class VideoWriter:
             self.audio, self.wav = a, np.asarray(audio, np.float32)
         self.n = 0
         self.a_pos = 0
+        self._q: Optional[queue.Queue] = None
+        self._err: Optional[BaseException] = None
+        if background:
+            self._q = queue.Queue(maxsize=max(1, int(queue_batches)))
+            self._thread = threading.Thread(target=self._encoder, name="ifmdm-video-writer", daemon=True)
+            self._thread.start()
+
+    def _encoder(self) -> None:
+        while True:
+            frames = self._q.get()
+            if frames is None:
+                return
+            if self._err is None:              # after an error, drain without encoding
+                try:
+                    self._encode(frames)
+                except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                    self._err = e
+
+    def _raise(self) -> None:
+        err = self._err
+        if err is not None:
+            raise InferenceError(f"writing {self.out} failed: {type(err).__name__}: {err}") from err
+
+    def _stop(self) -> None:
+        if self._q is not None and self._thread.is_alive():
+            self._q.put(None)
+            self._thread.join()
 
     def _audio_until(self, n_samples: int) -> None:
         if self.audio is None:
@@ -182,7 +220,14 @@ class VideoWriter:
         self.a_pos = end
 
     def write(self, frames: np.ndarray) -> None:
-        """uint8 RGB (N, S, S, 3)."""
+        """uint8 RGB (N, S, S, 3); the writer keeps the array: do not modify it afterwards."""
+        if self._q is None:
+            self._encode(frames)
+            return
+        self._raise()
+        self._q.put(frames)
+
+    def _encode(self, frames: np.ndarray) -> None:
         for rgb in frames:
             vf = self._av.VideoFrame.from_ndarray(rgb, format="rgb24")
             vf.pts = self.n
@@ -192,6 +237,8 @@ class VideoWriter:
         self._audio_until(int(round(self.n / self.fps * AUDIO_RATE)))
 
     def close(self) -> Path:
+        self._stop()
+        self._raise()
         if self.audio is not None:
             self._audio_until(len(self.wav))
             for p in self.audio.encode():
@@ -203,6 +250,8 @@ class VideoWriter:
         return self.out
 
     def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self._stop()
         with contextlib.suppress(Exception):
             self.container.close()
         with contextlib.suppress(OSError):

@@ -410,3 +410,34 @@ def test_generate_from_trained_run(trained_run, sample_dir, image, tmp_path, cap
     frames, _, audio_s = _decode(out)
     assert len(frames) == st["frames"] == round(st["seconds"] * 25) and frames.shape[1:] == (64, 64, 3)
     assert abs(audio_s - st["seconds"]) <= 0.04
+
+
+def test_video_writer_background_thread(tmp_path):
+    """The encoder thread writes the same video as the synchronous path, and an encoder error
+    reaches the caller (next write or close) as an InferenceError; abort leaves no file."""
+    from ifmdm_model.media_io import VideoWriter
+
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, 255, (5, 32, 32, 3), dtype=np.uint8) for _ in range(4)]
+    wav = np.zeros(int(20 / 25 * AUDIO_RATE), np.float32)
+    outs = {}
+    for bg in (True, False):
+        w = VideoWriter(tmp_path / f"bg{bg}.mp4", 32, 25.0, wav, background=bg, queue_batches=1)
+        for b in batches:
+            w.write(b)
+        outs[bg] = _decode(w.close())
+    assert len(outs[True][0]) == len(outs[False][0]) == 20
+    np.testing.assert_array_equal(outs[True][0], outs[False][0])
+    assert outs[True][2] == pytest.approx(outs[False][2])
+
+    w = VideoWriter(tmp_path / "bad.mp4", 32, 25.0, wav)
+
+    def boom(frames):
+        raise RuntimeError("disk full")
+    w._encode = boom
+    w.write(batches[0])
+    with pytest.raises(InferenceError, match="disk full"):
+        w.write(batches[1])
+        w.close()
+    w.abort()
+    assert not (tmp_path / "bad.mp4").exists() and not list(tmp_path.glob(".bad.mp4*"))
