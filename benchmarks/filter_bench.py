@@ -208,7 +208,7 @@ def print_table(name, rows, stages):
     print(f"target filter <= 3x decode:   {r1:5.2f}x  {'MET' if r1 <= 3 else 'NOT MET'}")
     print(f"target >= 3x faster than naive: {r2:5.2f}x  {'MET' if r2 >= 3 else 'n/a' if math.isnan(r2) else 'NOT MET'}")
     tot = stages.get("total", 0.0)
-    parts = [(k, stages.get(k, 0.0)) for k in STAGES]
+    parts = [(k, stages.get(k, 0.0)) for k in STAGES if k != "syncnet" or stages.get(k)]
     parts.append(("other (cuts, signals, stats)", tot - sum(v for _, v in parts)))
     print("filter stages: " + ", ".join(f"{k} {v:.2f}s ({100 * ratio(v, tot):.0f}%)" for k, v in parts))
 
