@@ -129,7 +129,7 @@ def _analyse(units: list[dict], cfg: FilterConfig, out: Path, weights_dir, n_wor
                              override_num_blocks=len(units))
     ds = ds.map_batches(
         AnalyseActor, batch_size=1, num_cpus=1, **({"num_gpus": syncnet_gpus} if syncnet_gpus else {}),
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=min(n_workers, len(units)),
+        compute=ray.data.ActorPoolStrategy(min_size=min(n_workers, len(units)), max_size=min(n_workers, len(units)),
                                            max_tasks_in_flight_per_actor=in_flight),
         fn_constructor_kwargs={"cfg": cfg.to_dict(), "out_dir": str(out.resolve()),
                                "weights_dir": weights_dir, "syncnet": syncnet,
