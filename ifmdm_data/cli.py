@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=512, help="crop side in pixels (default 512)")
     p.add_argument("--fps", type=float, default=25.0, help="output frame rate (default 25)")
     p.add_argument("--shard-size", type=float, default=1.0, help="target shard size in GB (default 1.0)")
+    p.add_argument("--fix-av-offset", action="store_true",
+                   help="shift each segment's audio to undo the SyncNet AV offset that `filter --syncnet` "
+                        "measured (sync_offset_frames), as LatentSync does; no effect without it")
     p.add_argument("--workers", type=int, help="shard-writing actors (default: all CPUs)")
     p.add_argument("--ray-address", help="Ray cluster address ('auto' inside a cluster)")
     p.add_argument("--overwrite", action="store_true", help="discard earlier shards in the output folder")
@@ -209,7 +212,8 @@ def main(argv=None) -> int:
                 raise IfmdmError(f"--subsets takes coarse, lip, hard; got {args.subsets!r}")
             if args.size < 16 or args.size % 2 or args.fps <= 0 or args.shard_size <= 0:
                 raise IfmdmError("--size must be an even number >= 16; --fps and --shard-size > 0")
-            cfg = ShardConfig(size=args.size, fps=args.fps, target_shard_bytes=int(args.shard_size * 1e9))
+            cfg = ShardConfig(size=args.size, fps=args.fps, target_shard_bytes=int(args.shard_size * 1e9),
+                              fix_av_offset=args.fix_av_offset)
             s = run_shard(args.manifests, args.out, subsets=subsets, cfg=cfg, wav2vec2_dir=args.wav2vec2,
                           layers=layers, workers=args.workers, ray_address=args.ray_address,
                           overwrite=args.overwrite, progress=not args.no_progress)

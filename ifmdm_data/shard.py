@@ -16,7 +16,13 @@ more bytes than a long GOP. Frames that the decoder cannot deliver at the end of
 file shorten the sample (n_frames says how many); less than half the segment is an error.
 
 Audio: 16 kHz mono PCM16 of exactly [start_s, start_s + n_frames / fps) (zero-padded where
-the stream is shorter). Speech features: `features(wav)` at their native rate, resampled to
+the stream is shorter). With `fix_av_offset` (`shard --fix-av-offset`) and a SyncNet offset in
+the manifest (`filter --syncnet`: `sync_offset_frames`, syncnet_python's convention: negative
+when the audio lags the video), the audio window is shifted to undo it, as LatentSync does:
+[start_s + shift, start_s + shift + n_frames / fps) with shift = -sync_offset_frames / 25 s
+(zero-padded before the file start); `audio_shift_s` in the metadata records the shift (0
+otherwise). Segments whose offset exceeds `decide.max_sync_offset_frames` are not stage-2
+usable anyway. Speech features: `features(wav)` at their native rate, resampled to
 the frames by `features.align_to_frames` (row f from the audio around f / fps), float16.
 Landmarks: the analysis-rate tracks interpolated linearly to the output frame times, in crop
 pixels, float16; NaN where the nearest analysed frame had no face. At the default analysis
@@ -61,6 +67,7 @@ class ShardConfig:
     target_shard_bytes: int = 1_000_000_000
     subsets: tuple = SUBSETS
     threads: int = 1                 # decoder / encoder threads per worker
+    fix_av_offset: bool = False      # shift the audio by the filter's SyncNet offset (see below)
 
     def __post_init__(self):
         self.subsets = tuple(self.subsets)
@@ -319,6 +326,33 @@ def _track_arrays(tracks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return t, boxes, lms
 
 
+SYNC_FPS = 25.0   # SyncNet offsets count frames of syncnet_python's 25 fps re-timing
+
+
+def audio_shift_s(row: dict) -> float:
+    """Seconds to shift a segment's audio window by to undo its SyncNet AV offset (0 when the
+    manifest row has none): -sync_offset_frames / 25 (an audio lag, negative offset, takes
+    the audio from later)."""
+    off = row.get("sync_offset_frames")
+    try:
+        off = float(off)
+    except (TypeError, ValueError):
+        return 0.0
+    return -off / SYNC_FPS if math.isfinite(off) else 0.0
+
+
+def shifted_audio(path: str, a0: float, seconds: float) -> np.ndarray:
+    """16 kHz mono samples of [a0, a0 + seconds), zeros where a0 < 0 (before the file)."""
+    from .audio import load_audio
+
+    n = int(round(seconds * AUDIO_RATE))
+    if a0 >= 0:
+        return load_audio(path, a0, a0 + seconds, AUDIO_RATE)
+    lead = min(n, int(round(-a0 * AUDIO_RATE)))
+    rest = load_audio(path, 0.0, (n - lead) / AUDIO_RATE, AUDIO_RATE) if n > lead else np.zeros(0, np.float32)
+    return np.concatenate([np.zeros(lead, np.float32), rest])[:n]
+
+
 def make_sample(row: dict, tracks, cfg: ShardConfig, features) -> dict:
     """One sample: {member ext: bytes} per `shard_format` (key.mp4, .wav, .speech.npy,
     .landmarks.npy, .json); wav and speech.npy only when the segment's audio decodes.
@@ -327,7 +361,6 @@ def make_sample(row: dict, tracks, cfg: ShardConfig, features) -> dict:
     `features` a `features.build_features(...)` object. Raises ClipError when the video
     cannot be decoded (the caller records the sample as failed).
     """
-    from .audio import load_audio
     from .features import align_to_frames
 
     key = str(row["segment_id"])
@@ -353,9 +386,10 @@ def make_sample(row: dict, tracks, cfg: ShardConfig, features) -> dict:
     stage2_ok = bool(row.get("stage2_ok"))
     stage2_reasons = _as_list(row.get("stage2_reasons"))
     has_audio = bool(row.get("has_audio"))
+    shift = audio_shift_s(row) if cfg.fix_av_offset else 0.0
     if has_audio:
         try:
-            wav = load_audio(path, start_s, start_s + n / fps, AUDIO_RATE)
+            wav = shifted_audio(path, start_s + shift, n / fps)
         except ClipError as e:
             has_audio = False
             reason = str(getattr(e.reason, "value", e.reason))
@@ -388,6 +422,7 @@ def make_sample(row: dict, tracks, cfg: ShardConfig, features) -> dict:
         "motion_stats": {k: row.get(k) for k in ("head_speed_mean", "head_speed_std",
                                                   "mouth_open_mean", "mouth_open_std")},
         "speech_feature": features.info(),
+        "audio_shift_s": float(shift) if has_audio else 0.0,
     }
     assert set(meta) == set(sf.META_KEYS)
     out["json"] = json.dumps(_clean(meta), allow_nan=False).encode()

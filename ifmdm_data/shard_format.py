@@ -57,6 +57,7 @@ META_KEYS = {
     "landmark_scheme": "mp478 or ibug68",
     "motion_stats": "{head_speed_mean, head_speed_std, mouth_open_mean, mouth_open_std}",
     "speech_feature": "{type: wav2vec2 | logmel, dim, rate_hz (native), layers, checkpoint}",
+    "audio_shift_s": "the audio window starts this much after start_s (shard --fix-av-offset; 0 otherwise)",
 }
 
 INDEX_SCHEMA = pa.schema([

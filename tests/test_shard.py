@@ -307,3 +307,47 @@ def test_other_settings_on_the_same_output_are_refused(shards):
                   progress=False)
     with pytest.raises(InputError, match="unknown subset"):
         run_shard(str(man), str(out), subsets="coarse,static", cfg=ShardConfig(**CFG))
+
+
+@pytest.mark.parametrize("offset", [-3.0, 2.0, float("nan")])
+def test_fix_av_offset_shifts_the_audio_window(sample_manifests, offset):
+    """--fix-av-offset: the wav starts at start_s - sync_offset_frames / 25 (an audio lag,
+    negative offset, takes later audio; before the file start: zeros); no offset, no shift;
+    without the option the offset is ignored."""
+    from ifmdm_data.audio import load_audio
+    from ifmdm_data.features import build_features
+    from ifmdm_data.schema import read_tracks
+    from ifmdm_data.shard import AUDIO_RATE, make_sample
+
+    man, _ = sample_manifests
+    clips = pd.read_parquet(man / "clips.parquet")
+    row = clips[clips["path"].str.endswith("lip_talk.mp4")].iloc[0].to_dict()
+    row["sync_offset_frames"] = offset
+    tracks, _ = read_tracks(man / "tracks" / f"{row['segment_id']}.parquet")
+    feats = build_features(None)
+
+    def wav_of(members):
+        with wave.open(io.BytesIO(members["wav"])) as w:
+            return np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32767
+
+    plain = make_sample(row, tracks, ShardConfig(size=64), feats)
+    fixed = make_sample(row, tracks, ShardConfig(size=64, fix_av_offset=True), feats)
+    meta = json.loads(fixed["json"])
+    assert json.loads(plain["json"])["audio_shift_s"] == 0.0
+    n = meta["n_frames"]
+    start = float(row["start_s"])
+    shift = 0.0 if np.isnan(offset) else -offset / 25.0
+    assert meta["audio_shift_s"] == pytest.approx(shift)
+    got = wav_of(fixed)
+    assert len(got) == len(wav_of(plain)) == round(n / 25 * AUDIO_RATE)
+    if shift >= 0:
+        want = load_audio(row["path"], start + shift, start + shift + n / 25, AUDIO_RATE)
+    else:                                   # the segment starts at 0: zeros before the file
+        assert start == 0.0
+        lead = round(-shift * AUDIO_RATE)
+        want = np.concatenate([np.zeros(lead, np.float32),
+                               load_audio(row["path"], 0.0, n / 25 + shift, AUDIO_RATE)])
+        assert not got[:lead].any()
+    np.testing.assert_allclose(got, want, atol=2 / 32767)
+    if shift:
+        assert np.abs(got - wav_of(plain)).max() > 0.01
