@@ -335,6 +335,14 @@ def run_shard(manifest_dir: str, out_dir: str, subsets=SUBSETS, cfg: ShardConfig
     if old is None or n_new:
         write_json_atomic(plan, plan_path)
     rows = {r["segment_id"]: r for r in acc.to_dict("records")}
+    if cfg.fix_av_offset:
+        offs = pd.to_numeric(acc.get("sync_offset_frames", pd.Series(dtype=float)), errors="coerce")
+        n_off = int(np.isfinite(offs.to_numpy(float)).sum()) if len(offs) else 0
+        if n_off == 0:
+            log.warning("--fix-av-offset: no segment of %s has a SyncNet offset (run `ifmdm-data filter "
+                        "--syncnet`): the audio is not shifted", manifest)
+        else:
+            log.info("--fix-av-offset: %d of %d segments have a SyncNet offset to undo", n_off, len(acc))
 
     # 2. shards to write: planned, of a chosen subset, no final tar yet
     for subset in subsets:  # stale temporaries of a killed run

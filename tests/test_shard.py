@@ -351,3 +351,15 @@ def test_fix_av_offset_shifts_the_audio_window(sample_manifests, offset):
     np.testing.assert_allclose(got, want, atol=2 / 32767)
     if shift:
         assert np.abs(got - wav_of(plain)).max() > 0.01
+
+
+def test_fix_av_offset_without_syncnet_offsets_warns(sample_manifests, tmp_path, caplog):
+    """--fix-av-offset on manifests filtered without --syncnet: says so, shifts nothing."""
+    import logging
+
+    man, _ = sample_manifests
+    with caplog.at_level(logging.WARNING, logger="ifmdm_data"):
+        summary = run_shard(str(man), str(tmp_path / "s"), subsets=("lip",),
+                            cfg=ShardConfig(**{**CFG, "fix_av_offset": True}), workers=1, progress=False)
+    assert list((tmp_path / "s" / "lip").glob("*.tar")) and summary["config"]["fix_av_offset"]
+    assert any("no segment" in r.getMessage() and "--syncnet" in r.getMessage() for r in caplog.records)
