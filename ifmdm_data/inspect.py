@@ -52,5 +52,8 @@ def inspect_manifest(manifest_dir: str, labels_path: str | None = None) -> bool:
         "head": df["head_motion"].round(3), "lip": df["mouth_open_std"].round(3),
         "speech": df["speech_ratio"].round(2), "av_corr": df["av_corr"].round(2),
     })
+    if "sync_conf" in df and pd.to_numeric(df["sync_conf"], errors="coerce").notna().any():
+        view["sync_conf"] = pd.to_numeric(df["sync_conf"], errors="coerce").round(2)   # filter --syncnet
+        view["sync_off"] = pd.to_numeric(df["sync_offset_frames"], errors="coerce")
     print(view.to_string(index=False))
     return True

@@ -33,7 +33,7 @@ def random_syncnet_v2(tmp_path_factory):
     return path
 
 
-def test_filter_with_random_syncnet(ray_session, sample_dir, random_syncnet_v2, tmp_path):
+def test_filter_with_random_syncnet(ray_session, sample_dir, random_syncnet_v2, tmp_path, capsys):
     from ifmdm_data.pipeline import run_filter
 
     clips = [str(sample_dir / n) for n in ("lip_talk.mp4", "noaudio_talk.mp4")]
@@ -51,6 +51,10 @@ def test_filter_with_random_syncnet(ray_session, sample_dir, random_syncnet_v2, 
     assert talk["accepted"] and talk["sync_conf"] < 3.0 and list(talk["stage2_reasons"]) == ["av_out_of_sync"]
     assert math.isnan(silent["sync_conf"]) and math.isnan(silent["sync_offset_frames"])
     assert silent["sync_windows"] == 0 and list(silent["stage2_reasons"]) == ["no_audio"]
+    from ifmdm_data.inspect import inspect_manifest
+    inspect_manifest(str(tmp_path / "m"))
+    out = capsys.readouterr().out
+    assert "sync_conf" in out and "sync_off" in out
 
 
 def test_syncnet_gpus_without_gpus_is_an_error(ray_session, sample_dir, random_syncnet_v2, tmp_path):
