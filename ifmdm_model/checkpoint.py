@@ -58,6 +58,27 @@ def latest_checkpoint(run_dir: Path) -> Optional[Path]:
     return ck
 
 
+def resolve_stage1_checkpoint(path, error=CheckpointError) -> Path:
+    """The stage-1 checkpoint a user's path names: a ckpt-XXXXXXXX folder (holding state.json),
+    a stage-1 folder (its `latest`) or a run folder (its stage1/latest). Failures are raised
+    as `error` (a subclass of IfmdmError: each command's own error type)."""
+    p = Path(path)
+    if not p.exists():
+        raise error(f"no checkpoint at {p}: the path does not exist (give the run folder runs/x, "
+                    f"runs/x/stage1 or a ckpt-XXXXXXXX folder)")
+    if (p / "state.json").is_file():
+        return p
+    for run in (p / "stage1", p):
+        try:
+            ck = latest_checkpoint(run) if run.is_dir() else None
+        except CheckpointError as e:
+            raise error(str(e)) from None
+        if ck is not None:
+            return ck
+    raise error(f"no stage-1 checkpoint under {p}: expected {p}/stage1/latest, {p}/latest or a "
+                f"ckpt-XXXXXXXX folder with state.json (train stage 1 with `ifmdm-train` first)")
+
+
 def load_checkpoint(ckpt: Path, map_location="cpu") -> dict:
     """{'model', 'ema': state dicts, 'optim': dict, 'state': dict}; clear errors when broken."""
     for f in ("model.safetensors", "ema.safetensors", "optim.pt", "state.json"):

@@ -58,7 +58,7 @@ import torch.nn.functional as F
 
 from ifmdm_data.errors import IfmdmError
 
-from .checkpoint import CheckpointError, latest_checkpoint, load_weights
+from .checkpoint import CheckpointError, load_weights, resolve_stage1_checkpoint
 
 log = logging.getLogger("ifmdm_model")
 
@@ -146,21 +146,8 @@ class _Meter:
 # ------------------------------------------------------------------------------------------
 
 def resolve_checkpoint(path) -> Path:
-    """A ckpt-XXXXXXXX folder (holding state.json), or a run folder: runs/x/stage1/latest or
-    runs/x/latest (runs/x/stage1 given) names the checkpoint."""
-    p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"no checkpoint at {p} (give a run folder such as runs/x, or a "
-                              f"ckpt-XXXXXXXX folder)")
-    if (p / "state.json").is_file():
-        return p
-    for run in (p, p / "stage1"):
-        ck = latest_checkpoint(run) if run.is_dir() else None
-        if ck is not None:
-            return ck
-    raise CheckpointError(f"no stage-1 checkpoint under {p}: expected {p}/stage1/latest, "
-                          f"{p}/latest or a ckpt-XXXXXXXX folder with state.json (train with "
-                          f"`ifmdm-train` first)")
+    """`checkpoint.resolve_stage1_checkpoint`: a ckpt folder, runs/x/stage1 or runs/x."""
+    return resolve_stage1_checkpoint(path)
 
 
 def load_stage1(checkpoint, use_ema: bool = True, device="cpu"):

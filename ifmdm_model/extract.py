@@ -68,7 +68,7 @@ from ifmdm_data.loaders import (SUBSETS, TarShard, decode_frames, read_meta, sid
                                 write_motion_sidecar)
 from ifmdm_data.shard_format import ShardFormatError, check_member_name
 
-from .checkpoint import CheckpointError, latest_checkpoint, load_weights
+from .checkpoint import CheckpointError, load_weights, resolve_stage1_checkpoint
 
 log = logging.getLogger("ifmdm_model")
 
@@ -96,24 +96,8 @@ class MissingShardsError(ExtractionError):
 # ------------------------------------------------------------------------------------------
 
 def resolve_checkpoint(path) -> Path:
-    """A ckpt-XXXXXXXX folder (holding state.json), a stage-1 folder (its `latest`), or a run
-    folder (its stage1/latest)."""
-    p = Path(path)
-    if not p.exists():
-        raise NoCheckpointError(f"no stage-1 checkpoint at {p}: the path does not exist (give "
-                                f"the run folder runs/x, runs/x/stage1 or a ckpt-XXXXXXXX folder)")
-    if (p / "state.json").is_file():
-        return p
-    for run in (p / "stage1", p):
-        try:
-            ck = latest_checkpoint(run) if run.is_dir() else None
-        except CheckpointError as e:
-            raise NoCheckpointError(str(e)) from None
-        if ck is not None:
-            return ck
-    raise NoCheckpointError(f"no stage-1 checkpoint under {p}: expected {p}/stage1/latest, "
-                            f"{p}/latest or a ckpt-XXXXXXXX folder with state.json (train "
-                            f"stage 1 first)")
+    """`checkpoint.resolve_stage1_checkpoint`, failing with NoCheckpointError."""
+    return resolve_stage1_checkpoint(path, error=NoCheckpointError)
 
 
 def _sha256(path: Path) -> str:

@@ -146,14 +146,8 @@ def load_stage1(ck: Path, device: torch.device) -> torch.nn.Module:
 
 
 def _stage1_of_run(run: Path) -> Path:
-    if (run / "state.json").is_file() and (run / "ema.safetensors").is_file():
-        return run
-    for p in (run / "stage1", run):
-        ck = _latest(p)
-        if ck is not None:
-            return ck
-    raise InferenceError(f"no stage-1 checkpoint under {run}: expected {run}/stage1/latest "
-                         f"(give the run folder of `ifmdm-train -o`)")
+    from .checkpoint import resolve_stage1_checkpoint
+    return resolve_stage1_checkpoint(run, error=InferenceError)
 
 
 def load_models(run_dir, device="auto", need_stage2: bool = True) -> Models:
