@@ -30,11 +30,11 @@ from __future__ import annotations
 
 import os
 
-from _onecore import pin_one_core
+from _onecore import pin_one_core, quiet_stderr
 
 _CPU, _ALL_CPUS = pin_one_core("min")
 
-import argparse, contextlib, math, sys, tempfile, time  # noqa: E401,E402
+import argparse, math, sys, tempfile, time  # noqa: E401,E402
 from collections import defaultdict  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -54,18 +54,6 @@ from ifmdm_data.video import decode_only  # noqa: E402
 from ifmdm_data.work import plan_units  # noqa: E402
 
 STAGES = ("decode+resize", "detector", "mesh", "mesh reset", "segmenter", "audio load", "vad", "syncnet")
-
-
-@contextlib.contextmanager
-def quiet_stderr():
-    """Send fd 2 (mediapipe's C++ glog/absl lines) to /dev/null for the duration."""
-    sys.stderr.flush()
-    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2), os.close(saved), os.close(null)
 
 
 def best_of(n, fn):
@@ -217,10 +205,7 @@ def load_bench_syncnet(path):
     from ifmdm_data.syncnet import SyncNetPython, load_filter_syncnet
     if path != "random":
         return load_filter_syncnet(path)
-    net = SyncNetPython().eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net
+    return SyncNetPython().eval().requires_grad_(False)
 
 
 def list_videos(d):

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 
-from _onecore import pin_one_core
+from _onecore import pin_one_core, quiet_stderr
 
 _CPU, _ALL_CPUS = pin_one_core("max")  # filter_bench takes the lowest core
 
@@ -52,18 +52,6 @@ from ifmdm_data.shard import ShardConfig, make_sample  # noqa: E402
 from ifmdm_data.shard_pipeline import _row_dict, run_shard  # noqa: E402
 
 TARGET_PAIRS = 200.0
-
-
-@contextlib.contextmanager
-def quiet_stderr():
-    """Send fd 2 (mediapipe / Ray log lines) to /dev/null for the duration."""
-    sys.stderr.flush()
-    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2), os.close(saved), os.close(null)
 
 
 @contextlib.contextmanager

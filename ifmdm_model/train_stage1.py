@@ -117,6 +117,15 @@ def _batches(shards: Path, subsets, plan, size, batch_size, num_workers, seed, f
     loader = stage1_loader(str(shards), batch_size, num_workers, subsets=tuple(subsets), size=size,
                            pairs_per_clip=plan.pairs_per_clip, augment=plan.augment, seed=seed,
                            rank=rank, world_size=world, drop_last=True)
+    yield from endless_epochs(loader, first_epoch,
+                              f"no training batches (batch size {batch_size}) from subsets "
+                              f"{list(subsets)} under {shards}: run `ifmdm-data shard` first, "
+                              f"or lower the batch size")
+
+
+def endless_epochs(loader, first_epoch: int, empty: str) -> Iterator[dict]:
+    """Batches of `loader` epoch after epoch (set_epoch each time, for the shuffle), from
+    `first_epoch` on; an epoch without a batch is a TrainingError with the message `empty`."""
     for epoch in count(first_epoch):
         loader.set_epoch(epoch)
         n = 0
@@ -124,9 +133,7 @@ def _batches(shards: Path, subsets, plan, size, batch_size, num_workers, seed, f
             n += 1
             yield batch
         if n == 0:
-            raise TrainingError(f"no training batches (batch size {batch_size}) from subsets "
-                                f"{list(subsets)} under {shards}: run `ifmdm-data shard` first, "
-                                f"or lower the batch size")
+            raise TrainingError(empty)
 
 
 def _grid(out: dict, batch: dict):

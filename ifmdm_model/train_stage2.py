@@ -14,7 +14,6 @@ import copy
 import logging
 import time
 from dataclasses import asdict
-from itertools import count
 from pathlib import Path
 from typing import Iterator
 
@@ -23,7 +22,7 @@ import torch
 
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from .curriculum import Curriculum
-from .train_stage1 import (TrainingError, TrainOptions, autocast_for, ema_update, restore,
+from .train_stage1 import (TrainingError, TrainOptions, autocast_for, ema_update, endless_epochs, restore,
                            setup_distributed, tensorboard_writer, wrap_ddp)
 
 log = logging.getLogger("ifmdm_model")
@@ -58,15 +57,9 @@ def _windows(shards, motion_root, plan, batch_size, workers, seed, first_epoch, 
 
     loader = stage2_loader(str(shards), str(motion_root), batch_size, workers, window=plan.window,
                            seed=seed, rank=rank, world_size=world, drop_last=True)
-    for epoch in count(first_epoch):
-        loader.set_epoch(epoch)
-        n = 0
-        for batch in loader:
-            n += 1
-            yield batch
-        if n == 0:
-            raise TrainingError(f"no stage-2 windows of {plan.window} frames (batch {batch_size}) in "
-                                f"{shards}: clips too short or too few; lower window / batch size")
+    yield from endless_epochs(loader, first_epoch,
+                              f"no stage-2 windows of {plan.window} frames (batch {batch_size}) in "
+                              f"{shards}: clips too short or too few; lower window / batch size")
 
 
 def train_stage2(cur: Curriculum, opts: TrainOptions) -> dict:
