@@ -30,9 +30,21 @@ class LossWeights:
     gan: float = 0.0
 
 
+# Paper ablations that curriculum.yaml may set on top of the named model size (None: the
+# size's default). They are recorded in every checkpoint's `model_config`, which extraction,
+# eval and inference read back, so a run is always rebuilt as it was trained.
+STAGE1_ABLATIONS = ("groups", "motion_dim", "mask_norm", "motion_decoder")
+STAGE2_ABLATIONS = ("modulation", "speech_residual", "conditioning", "motion_stats",
+                    "p_drop_speech", "p_drop_stats", "p_drop_hint")
+
+
 @dataclass
 class Stage1Plan:
     model: str = "S1-256"
+    groups: Optional[int] = None          # G of the local flow module (paper: 16 best)
+    motion_dim: Optional[int] = None      # D (paper: 20)
+    mask_norm: Optional[str] = None       # spatial | separable | paper (ifmdm_model/stage1.py)
+    motion_decoder: Optional[str] = None  # directions (LIA's latent axis) | mapping (MLP)
     batch_size: int = 8
     pairs_per_clip: int = 16
     num_workers: int = 4
@@ -49,6 +61,20 @@ class Stage1Plan:
     def total_steps(self) -> int:
         return sum(lv.steps for lv in self.levels)
 
+    def model_overrides(self) -> dict:
+        """The ablation keys set in curriculum.yaml (those left out keep the size's default)."""
+        return {k: getattr(self, k) for k in STAGE1_ABLATIONS if getattr(self, k) is not None}
+
+    def model_config(self, where: str = "stage1"):
+        """The Stage1Config this plan trains: the named size with the ablations applied
+        (validated: a bad value is a one-line ConfigError naming the key)."""
+        from dataclasses import replace
+        from .stage1 import STAGE1_CONFIGS
+        if self.model not in STAGE1_CONFIGS:
+            raise ConfigError(f"{where}.model: unknown stage-1 model {self.model!r}; "
+                              f"known: {sorted(STAGE1_CONFIGS)}")
+        return replace(STAGE1_CONFIGS[self.model], **self.model_overrides()).validate(where)
+
     def position(self, global_step: int) -> tuple[int, int]:
         """(level index, step within the level) of a global step."""
         for i, lv in enumerate(self.levels):
@@ -61,6 +87,14 @@ class Stage1Plan:
 @dataclass
 class Stage2Plan:
     model: str = "M2-A0"            # M2-tiny (tests), M2-A0 (ifmdm_model/stage2.py)
+    # paper ablations (None: the model's default; ifmdm_model/stage2.py Stage2Config)
+    modulation: Optional[str] = None        # framewise | global
+    speech_residual: Optional[bool] = None  # speech projection added into each block's residual
+    conditioning: Optional[str] = None      # sum | tokens (hint / mean / std as extra tokens)
+    motion_stats: Optional[str] = None      # clip | window: what m_mu, m_sigma are computed over
+    p_drop_speech: Optional[float] = None   # per-condition drop probabilities (CFG)
+    p_drop_stats: Optional[float] = None
+    p_drop_hint: Optional[float] = None
     batch_size: int = 64            # windows per GPU
     window: int = 32                # n_f frames per window
     steps: int = 200000
@@ -141,14 +175,30 @@ def load_curriculum(path: str | Path) -> Curriculum:
     if not levels:
         raise ConfigError(f"{where}: stage1.levels is empty")
     plan = Stage1Plan(**s1, loss=loss, levels=levels)
+    plan.model_config(f"{where}: stage1")          # unknown size or bad ablation value: one line now
     s2 = _typed(Stage2Plan, data.get("stage2") or {}, f"{where}: stage2")
     plan2 = Stage2Plan(**s2)
     if plan2.beta_schedule not in ("linear", "cosine"):
         raise ConfigError(f"{where}: stage2.beta_schedule must be linear or cosine")
+    _check_stage2(plan2, f"{where}: stage2")
     shards = Path(data.get("shards", "../shards"))
     if not shards.is_absolute():
         shards = (path.parent / shards).resolve()
     return Curriculum(path=path, shards=shards, stage1=plan, stage2=plan2)
+
+
+def _check_stage2(plan: Stage2Plan, where: str) -> None:
+    """Build the stage-2 config the plan names (without weights) so that a bad model name or
+    ablation value fails when the curriculum is read, not hours later after stage 1."""
+    from dataclasses import replace
+    from .stage2 import STAGE2_CONFIGS
+    if plan.model not in STAGE2_CONFIGS:
+        raise ConfigError(f"{where}.model: unknown stage-2 model {plan.model!r}; known: {sorted(STAGE2_CONFIGS)}")
+    try:
+        cfg = replace(STAGE2_CONFIGS[plan.model], **plan.model_overrides())
+    except TypeError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    cfg.validate(where)
 
 
 def write_default_curriculum(manifest_dir: str | Path) -> Optional[Path]:

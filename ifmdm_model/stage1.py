@@ -30,7 +30,10 @@ from torch.utils.checkpoint import checkpoint
 
 from ifmdm_data.errors import ConfigError
 
-MASK_NORMS = ("paper", "spatial")
+MASK_NORMS = ("spatial", "separable", "paper")
+MOTION_DECODERS = ("directions", "mapping")
+# keys that older checkpoints' model_config lacks, with the value those checkpoints were built with
+LEGACY_DEFAULTS = {"motion_decoder": "mapping"}
 
 
 #################################################################################
@@ -48,7 +51,10 @@ class Stage1Config:
     style_dim: int = 512           # width of the mapping MLP output that modulates the decoder
     n_mlp: int = 4                 # layers of the mapping MLP m -> style
     mapping_lr_mul: float = 0.01   # StyleGAN2's learning-rate multiplier of the mapping MLP
-    mask_norm: str = "paper"       # "paper": softmax(softmax(M, -1), -2) / W; "spatial": softmax over H*W
+    mask_norm: str = "spatial"     # local flow masks: "spatial" softmax over H*W; "separable"
+                                   # softmax_W * softmax_H; "paper" softmax(softmax(M, -1), -2) / W
+    motion_decoder: str = "directions"  # "directions": LIA's latent axis, style = z_a + sum_i m_i q_i;
+                                        # "mapping": style = MLP(m), identity only through the skips
     flow_checkpoint: bool = False  # recompute the warps in backward (saves the (N, C, G, H, W) stacks)
     mbstd_group: int = 4           # discriminator minibatch-std group size (0: off)
 
@@ -71,8 +77,17 @@ class Stage1Config:
             bad("groups", f"must be >= 1, got {self.groups}")
         if self.n_mlp < 1:
             bad("n_mlp", f"must be >= 1, got {self.n_mlp}")
+        for key in ("image_size", "motion_dim", "groups", "n_mlp", "channel_base", "channel_max", "style_dim"):
+            v = getattr(self, key)
+            if not isinstance(v, int) or isinstance(v, bool):
+                bad(key, f"must be an integer, got {v!r}")
         if self.mask_norm not in MASK_NORMS:
             bad("mask_norm", f"must be one of {MASK_NORMS}, got {self.mask_norm!r}")
+        if self.motion_decoder not in MOTION_DECODERS:
+            bad("motion_decoder", f"must be one of {MOTION_DECODERS}, got {self.motion_decoder!r}")
+        if self.motion_decoder == "directions" and self.motion_dim > self.style_dim:
+            bad("motion_dim", f"={self.motion_dim} must be <= style_dim={self.style_dim} with "
+                "motion_decoder 'directions' (orthonormal directions in the style space)")
         for r in self.resolutions:
             c = self.channels(r)
             if c < 1 or c % self.groups:
@@ -90,6 +105,7 @@ class Stage1Config:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+        d = {**{k: v for k, v in LEGACY_DEFAULTS.items() if k not in d}, **d}
         return cls(**d).validate(where)
 
 
@@ -111,6 +127,12 @@ class EqualLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_dim)) if bias else None
         self.bias_init, self.lr_mul, self.activation = bias_init, lr_mul, activation
         self.scale = lr_mul / math.sqrt(in_dim)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        nn.init.normal_(self.weight, std=1.0 / self.lr_mul)
+        if self.bias is not None:
+            nn.init.constant_(self.bias, self.bias_init / self.lr_mul)
 
     def forward(self, x):
         bias = self.bias * self.lr_mul if self.bias is not None else None
@@ -127,6 +149,12 @@ class EqualConv2d(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_ch)) if bias else None
         self.stride, self.padding, self.groups, self.activation = stride, kernel // 2, groups, activation
         self.scale = 1.0 / math.sqrt(in_ch // groups * kernel * kernel)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        nn.init.normal_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
 
     def forward(self, x):
         out = F.conv2d(x, self.weight * self.scale, self.bias, self.stride, self.padding,
@@ -163,6 +191,7 @@ class ModulatedConv2d(nn.Module):
         self.affine = EqualLinear(style_dim, in_ch, bias_init=1.0)   # style -> per-channel scales s
         self.scale = 1.0 / math.sqrt(in_ch * kernel * kernel)
         self.demodulate, self.upsample, self.padding = demodulate, upsample, kernel // 2
+        nn.init.normal_(self.weight)
 
     def forward(self, x, style):                                   # x (N, C_in, H, W), style (N, S)
         s = self.affine(style).float()                             # (N, C_in)
@@ -184,7 +213,7 @@ class StyledConv(nn.Module):
     def __init__(self, in_ch, out_ch, style_dim, upsample=False):
         super().__init__()
         self.conv = ModulatedConv2d(in_ch, out_ch, 3, style_dim, upsample=upsample)
-        self.bias = nn.Parameter(torch.empty(out_ch))
+        self.bias = nn.Parameter(torch.zeros(out_ch))
 
     def forward(self, x, style):
         out = self.conv(x, style)
@@ -197,7 +226,7 @@ class ToRGB(nn.Module):
     def __init__(self, in_ch, style_dim):
         super().__init__()
         self.conv = ModulatedConv2d(in_ch, 3, 1, style_dim, demodulate=False)
-        self.bias = nn.Parameter(torch.empty(3))
+        self.bias = nn.Parameter(torch.zeros(3))
 
     def forward(self, x, style, skip=None):                        # x (N, C, H, W)
         rgb = self.conv(x, style)
@@ -247,7 +276,9 @@ class VisualEncoder(nn.Module):
     tensors A_l (one per decoder scale) and a motion vector m: FC -> tanh".
 
     A_l is the encoder feature at each decoder resolution (the full-resolution one is the
-    FromRGB feature). m comes from the 4x4 feature: conv3x3 -> FC -> FC(D) -> tanh.
+    FromRGB feature). m comes from the 4x4 feature: conv3x3 -> FC -> FC(D) -> tanh. With
+    `motion_decoder: directions` the encoder also gives the image's latent z (N, style_dim)
+    (LIA's source latent: conv3x3 (shared) -> FC), appended as the last appearance entry.
     """
 
     def __init__(self, cfg: Stage1Config):
@@ -260,6 +291,8 @@ class VisualEncoder(nn.Module):
         self.motion_conv = EqualConv2d(c4, c4, 3, activation=True)
         self.motion_fc = EqualLinear(c4 * 16, c4, activation=True)
         self.motion_out = EqualLinear(c4, cfg.motion_dim)
+        self.latent_out = (EqualLinear(c4 * 16, cfg.style_dim) if cfg.motion_decoder == "directions"
+                           else None)
 
     def forward(self, image) -> Tuple[List[torch.Tensor], torch.Tensor]:  # (N, 3, H, W)
         x = self.from_rgb(image)                                   # (N, C_H, H, W)
@@ -267,32 +300,42 @@ class VisualEncoder(nn.Module):
         for block in self.blocks:
             x = block(x)
             feats.append(x)                                        # ..., (N, C_4, 4, 4)
-        h = self.motion_fc(self.motion_conv(x).flatten(1))         # (N, C_4)
-        m = torch.tanh(self.motion_out(h))                         # (N, D)
-        return feats[::-1], m                                      # A_l coarse to fine: 4x4 ... HxW
+        h4 = self.motion_conv(x).flatten(1)                        # (N, C_4 * 16)
+        m = torch.tanh(self.motion_out(self.motion_fc(h4)))        # (N, D)
+        appearance = feats[::-1]                                   # A_l coarse to fine: 4x4 ... HxW
+        if self.latent_out is not None:
+            appearance.append(self.latent_out(h4))                 # z (N, style_dim)
+        return appearance, m
 
 
-def log_spatial_masks(logits: torch.Tensor, mode: str = "paper") -> torch.Tensor:
+def log_spatial_masks(logits: torch.Tensor, mode: str = "spatial") -> torch.Tensor:
     """Log of the spatially normalised masks: (N, G, H, W) logits -> (N, G, H, W), each
     (n, g) map summing to 1 over (H, W) after exp.
 
-    mode "paper" implements the paper's `softmax(softmax(M, dim=-1), dim=-2)` (width, then
-    height) divided by W, so that it is a distribution over the H*W pixels (the paper's
-    expression makes every column sum to 1, hence W in total). Note what that expression
-    allows: every column keeps the same mass 1/W, and within a column the values differ by at
-    most a factor e (the outer softmax sees inputs in (0, 1)). mode "spatial" is a plain 2D
-    softmax over the H*W pixels, free to become as compact as the local flow loss asks.
+    - "spatial" (default): a 2-D softmax over the H*W pixels; a group can put all its mass
+      anywhere, as compact as the local flow loss asks.
+    - "separable": softmax_W(M) * softmax_H(M) (the row softmax times the column softmax),
+      renormalised over H*W: local as well (a peak must win its row and its column).
+    - "paper": the paper's literal `softmax(softmax(M, dim=-1), dim=-2)` (width, then height),
+      divided by W to be a distribution over the H*W pixels. Kept as an ablation: it cannot
+      localise. The inner softmax maps each row into (0, 1), so the outer softmax over a column
+      sees inputs that differ by less than 1: every column keeps the same mass 1/W and values
+      within a column differ by at most a factor e (a group holds at most ~0.26 of a quadrant;
+      measured in learning_bench and tests/test_stage1.py).
+    The choice of default is the learning benchmark's (README "Model").
     """
-    if mode == "paper":
-        w = logits.shape[-1]
-        return torch.log_softmax(torch.softmax(logits, dim=-1), dim=-2) - math.log(w)
+    n, g, h, w = logits.shape
     if mode == "spatial":
-        n, g, h, w = logits.shape
         return torch.log_softmax(logits.reshape(n, g, h * w), dim=-1).reshape(n, g, h, w)
+    if mode == "separable":
+        joint = torch.log_softmax(logits, dim=-1) + torch.log_softmax(logits, dim=-2)
+        return torch.log_softmax(joint.reshape(n, g, h * w), dim=-1).reshape(n, g, h, w)
+    if mode == "paper":
+        return torch.log_softmax(torch.softmax(logits, dim=-1), dim=-2) - math.log(w)
     raise ValueError(f"mask normalisation must be one of {MASK_NORMS}, got {mode!r}")
 
 
-def normalise_masks(logits: torch.Tensor, mode: str = "paper") -> torch.Tensor:
+def normalise_masks(logits: torch.Tensor, mode: str = "spatial") -> torch.Tensor:
     """The masks M_l^g: each group's map is a distribution over space (sums to 1 over H, W)."""
     return log_spatial_masks(logits, mode).exp()
 
@@ -321,13 +364,16 @@ class LocalFlowModule(nn.Module):
     The warps run in float32 even under autocast (bf16 cannot address pixels of a 512 grid).
     """
 
-    def __init__(self, channels: int, resolution: int, groups: int, mask_norm: str = "paper",
+    def __init__(self, channels: int, resolution: int, groups: int, mask_norm: str = "spatial",
                  use_checkpoint: bool = False):
         super().__init__()
         self.groups, self.resolution, self.mask_norm = groups, resolution, mask_norm
         self.use_checkpoint = use_checkpoint
         self.hidden = EqualConv2d(channels, channels, 3, groups=groups, activation=True)
         self.head = EqualConv2d(channels, 3 * groups, 3, groups=groups)
+        # small flow/mask head: near-identity warps and near-uniform masks at the start, but not
+        # zero, so every group's conv gets a gradient from the first step
+        nn.init.normal_(self.head.weight, std=0.1)
         # pixel centres in [-1, 1] (align_corners=False), last dim (x, y) as grid_sample wants
         c = (torch.arange(resolution, dtype=torch.float32) * 2 + 1) / resolution - 1
         gy, gx = torch.meshgrid(c, c, indexing="ij")
@@ -391,24 +437,52 @@ class SynthesisBlock(nn.Module):
 
 class MotionDecoder(nn.Module):
     """D: "StyleGAN2-like synthesis from a 4x4 constant, modulated by m, upsampling to the output
-    size, U-Net skips from A_l, ToRGB at each scale (progressive)". m is mapped to the style by
-    a small MLP (n_mlp equalised linear layers); one style modulates every layer."""
+    size, U-Net skips from A_l, ToRGB at each scale (progressive)". One style modulates every
+    layer; how m becomes the style is `motion_decoder`:
+
+    - "directions" (the paper's appendix and LIA's latent axis): a learned basis of D
+      orthonormal directions q_i in the style space (QR of a learned (style_dim, D) matrix, as
+      LIA does) and style = z_a + sum_i m_i q_i, where z_a is the appearance image's latent
+      (the last appearance entry). Identity reaches the decoder through z_a and the skips.
+    - "mapping": style = MLP(m) (n_mlp equalised layers, StyleGAN2's mapping network with its
+      lr multiplier); identity enters only through the skips.
+    """
 
     def __init__(self, cfg: Stage1Config):
         super().__init__()
-        dims = [cfg.motion_dim] + [cfg.style_dim] * cfg.n_mlp
-        self.mapping = nn.Sequential(*[EqualLinear(a, b, lr_mul=cfg.mapping_lr_mul, activation=True)
-                                       for a, b in zip(dims[:-1], dims[1:])])
-        self.const = nn.Parameter(torch.empty(1, cfg.channels(4), 4, 4))
+        self.kind = cfg.motion_decoder
+        if self.kind == "mapping":
+            dims = [cfg.motion_dim] + [cfg.style_dim] * cfg.n_mlp
+            self.mapping = nn.Sequential(*[EqualLinear(a, b, lr_mul=cfg.mapping_lr_mul, activation=True)
+                                           for a, b in zip(dims[:-1], dims[1:])])
+        else:
+            self.directions = nn.Parameter(torch.randn(cfg.style_dim, cfg.motion_dim))
+        self.const = nn.Parameter(torch.randn(1, cfg.channels(4), 4, 4))
         self.blocks = nn.ModuleList(SynthesisBlock(cfg, r) for r in cfg.resolutions)
+
+    def basis(self) -> torch.Tensor:
+        """The orthonormal motion directions Q (style_dim, D), Q^T Q = I ("directions" only)."""
+        q, r = torch.linalg.qr(self.directions.float())
+        d = torch.diagonal(r)
+        return q * torch.where(d < 0, -1.0, 1.0)[None]             # unique: positive diag(R)
+
+    def style(self, appearance: Sequence[torch.Tensor], motion: torch.Tensor) -> torch.Tensor:
+        """(N, style_dim) style of each motion m (N, D)."""
+        if self.kind == "mapping":
+            return self.mapping(motion)
+        if len(appearance) != len(self.blocks) + 1:
+            raise ValueError("motion_decoder 'directions' needs the appearance latent z_a as the last "
+                             "appearance entry (use the encoder's output as it is)")
+        z = appearance[-1]                                         # (N, S)
+        return z + (motion.float() @ self.basis().t()).to(z.dtype)  # (N, S)
 
     def forward(self, appearance: Sequence[torch.Tensor], motion: torch.Tensor):
         n = motion.shape[0]                                        # motion m (N, D)
         if appearance[0].shape[0] != n:                            # one appearance, many motions
             if appearance[0].shape[0] != 1:
                 raise ValueError(f"appearance batch {appearance[0].shape[0]} != motion batch {n}")
-            appearance = [a.expand(n, -1, -1, -1) for a in appearance]
-        style = self.mapping(motion)                               # (N, S)
+            appearance = [a.expand(n, *a.shape[1:]) for a in appearance]
+        style = self.style(appearance, motion)                     # (N, S)
         x = self.const.expand(n, -1, -1, -1)                       # (N, C_4, 4, 4)
         rgb, masks, flows = None, [], []
         for block, a in zip(self.blocks, appearance):
@@ -439,15 +513,17 @@ class MotionAutoencoder(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self):
+        """Re-draw every weight (each layer also initialises itself when built)."""
         _init_stylegan(self)
         nn.init.normal_(self.decoder.const)
+        if self.cfg.motion_decoder == "directions":
+            nn.init.normal_(self.decoder.directions)
         for block in self.decoder.blocks:
-            # small flow/mask head: near-identity warps and near-uniform masks at the start,
-            # but not zero, so every group's conv gets a gradient from the first step
             nn.init.normal_(block.local_flow.head.weight, std=0.1)
 
     def encode(self, image: torch.Tensor) -> Tuple[List[torch.Tensor], torch.Tensor]:
-        """E_v: image (N, 3, H, W) -> (appearance [A_l (N, C_l, r, r), coarse to fine], m (N, D))."""
+        """E_v: image (N, 3, H, W) -> (appearance [A_l (N, C_l, r, r), coarse to fine (+ z_a
+        (N, style_dim) last with motion_decoder 'directions')], m (N, D))."""
         return self.encoder(image)
 
     def decode(self, appearance: Sequence[torch.Tensor], motion: torch.Tensor) -> torch.Tensor:

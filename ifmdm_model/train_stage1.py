@@ -150,13 +150,14 @@ def _grid(out: dict, batch: dict):
 
 def train_stage1(cur: Curriculum, opts: TrainOptions) -> dict:
     from ifmdm_model.losses import Stage1Loss, Stage1LossConfig
-    from ifmdm_model.stage1 import STAGE1_CONFIGS, build_discriminator, build_stage1
+    from ifmdm_model.stage1 import build_discriminator, build_stage1
 
     plan = cur.stage1
     device, rank, world = setup_distributed(opts.device)
     torch.manual_seed(opts.seed + rank)
     run = Path(opts.run_dir) / "stage1"
-    model = build_stage1(plan.model).to(device)
+    model_config = plan.model_config()                  # the size + curriculum.yaml's ablations
+    model = build_stage1(model_config).to(device)
     model_cfg = model.cfg.to_dict()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     wl = plan.loss
@@ -165,7 +166,7 @@ def train_stage1(cur: Curriculum, opts: TrainOptions) -> dict:
         log.warning("no --vgg-weights given: the perceptual loss is OFF (L1 + local flow only)")
     loss_fn = Stage1Loss(Stage1LossConfig(l1=wl.l1, perceptual=perceptual, local_flow=wl.local_flow,
                                           gan=wl.gan, vgg_weights=opts.vgg_weights)).to(device)
-    disc = build_discriminator(plan.model).to(device) if wl.gan > 0 else None
+    disc = build_discriminator(model_config).to(device) if wl.gan > 0 else None
     opt = torch.optim.Adam(model.parameters(), lr=plan.levels[0].lr, betas=(0.5, 0.99))
     opt_d = torch.optim.Adam(disc.parameters(), lr=plan.levels[0].lr, betas=(0.0, 0.99)) if disc else None
 
@@ -193,7 +194,7 @@ def train_stage1(cur: Curriculum, opts: TrainOptions) -> dict:
     total = plan.total_steps if opts.max_steps is None else min(plan.total_steps, opts.max_steps)
     batch_size = opts.batch_size or plan.batch_size
     workers = plan.num_workers if opts.num_workers is None else opts.num_workers
-    size = STAGE1_CONFIGS[plan.model].image_size
+    size = model_config.image_size
 
     def state_json(level_idx):
         return {"model": plan.model, "model_config": model_cfg, "levels": levels_json,
