@@ -235,6 +235,9 @@ def run_filter(inputs: list[str], out_dir: str, cfg: FilterConfig, workers: int 
                "workers": n_workers, "backend": cfg.analysis.backend,
                "syncnet": os.path.abspath(syncnet) if syncnet else None, "config": cfg.to_dict()}
     write_json_atomic(summary, out / "summary.json")
-    from ifmdm_model.curriculum import write_default_curriculum
-    write_default_curriculum(out)          # the trainer's default levels, unless one is there
+    # the trainer's levels, fitted to the subsets found, unless a curriculum.yaml is there
+    from .curriculum_template import write_curriculum
+    written, notes = write_curriculum(out, counts["subsets"])
+    if notes:
+        log.warning("%s fitted to the subsets found: %s", written, "; ".join(notes))
     return summary

@@ -1,17 +1,19 @@
-"""The training curriculum (manifests/curriculum.yaml): dataclasses, loading, validation."""
+"""The training curriculum (manifests/curriculum.yaml): dataclasses, loading, validation.
+
+The default file and the fitting of its levels to the subsets `filter` found live on the data
+side (ifmdm_data/curriculum_template.py, ifmdm_data/configs/curriculum.yaml): the data
+package never imports this one."""
 from __future__ import annotations
 
-import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import List, Optional
 
 import yaml
 
+from ifmdm_data.curriculum_template import DEFAULT_CURRICULUM, write_curriculum  # noqa: F401
 from ifmdm_data.errors import ConfigError
-
-DEFAULT_CURRICULUM = Path(__file__).parent / "configs" / "curriculum.yaml"
-SUBSETS = ("coarse", "lip", "hard")
+from ifmdm_data.reasons import SUBSETS
 
 
 @dataclass
@@ -73,7 +75,8 @@ class Stage1Plan:
         if self.model not in STAGE1_CONFIGS:
             raise ConfigError(f"{where}.model: unknown stage-1 model {self.model!r}; "
                               f"known: {sorted(STAGE1_CONFIGS)}")
-        return replace(STAGE1_CONFIGS[self.model], **self.model_overrides()).validate(where)
+        base = STAGE1_CONFIGS[self.model]
+        return replace(base, **_typed_overrides(base, self.model_overrides(), where)).validate(where)
 
     def position(self, global_step: int) -> tuple[int, int]:
         """(level index, step within the level) of a global step."""
@@ -107,6 +110,10 @@ class Stage2Plan:
     log_every: int = 50
     checkpoint_every: int = 5000
     extract_batch: int = 64         # frames per stage-1 encoder batch during motion extraction
+
+    def model_overrides(self) -> dict:
+        """The ablation keys set in curriculum.yaml (those left out keep the model's default)."""
+        return {k: getattr(self, k) for k in STAGE2_ABLATIONS if getattr(self, k) is not None}
 
 
 @dataclass
@@ -194,19 +201,40 @@ def _check_stage2(plan: Stage2Plan, where: str) -> None:
     from .stage2 import STAGE2_CONFIGS
     if plan.model not in STAGE2_CONFIGS:
         raise ConfigError(f"{where}.model: unknown stage-2 model {plan.model!r}; known: {sorted(STAGE2_CONFIGS)}")
+    base = STAGE2_CONFIGS[plan.model]
     try:
-        cfg = replace(STAGE2_CONFIGS[plan.model], **plan.model_overrides())
+        cfg = replace(base, **_typed_overrides(base, plan.model_overrides(), where))
     except TypeError as e:
         raise ConfigError(f"{where}: {e}") from None
     cfg.validate(where)
 
 
-def write_default_curriculum(manifest_dir: str | Path) -> Optional[Path]:
-    """Copy the default curriculum into a manifests folder unless one is there."""
-    dst = Path(manifest_dir) / "curriculum.yaml"
-    if dst.exists():
-        return None
-    tmp = dst.with_name(".curriculum.yaml.tmp")
-    shutil.copyfile(DEFAULT_CURRICULUM, tmp)
-    tmp.replace(dst)
-    return dst
+def _typed_overrides(base, overrides: dict, where: str) -> dict:
+    """`overrides` checked against the types of the model config `base`'s defaults (a string
+    where an integer belongs is a one-line ConfigError naming the key, not a TypeError deep
+    inside the model's validation); integers are accepted where a float belongs."""
+    out = {}
+    for k, v in overrides.items():
+        if not hasattr(base, k):
+            out[k] = v                      # the model's config rejects it by name
+            continue
+        d = getattr(base, k)
+        if isinstance(d, bool):
+            ok = isinstance(v, bool)
+            want = "true or false"
+        elif isinstance(d, int):
+            ok = isinstance(v, int) and not isinstance(v, bool)
+            want = "an integer"
+        elif isinstance(d, float):
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+            want = "a number"
+            v = float(v) if ok else v
+        elif isinstance(d, str):
+            ok = isinstance(v, str)
+            want = "a string"
+        else:
+            ok, want = True, ""
+        if not ok:
+            raise ConfigError(f"{where}.{k} must be {want}, got {v!r}")
+        out[k] = v
+    return out

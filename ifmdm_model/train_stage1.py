@@ -6,6 +6,12 @@ safetensors checkpoints with the curriculum position, so `--resume` continues at
 level, step and learning rate. Resuming restarts the data stream with a new epoch seed (the
 loaders cannot seek inside an epoch), so the sample order after a resume differs from an
 uninterrupted run; the model, optimizer, EMA, step and schedule are exact.
+
+A level whose subsets have no samples (shards/index.parquet) is skipped with a warning: its
+steps count as done without being trained, so the global step keeps meaning the same
+curriculum position and resume stays exact; state.json lists the skipped levels. Under DDP the
+generator and the optional discriminator are both DDP-wrapped, so every rank holds the same
+weights.
 """
 from __future__ import annotations
 
@@ -38,7 +44,8 @@ class TrainOptions:
     run_dir: Path
     vgg_weights: Optional[str] = None
     resume: bool = True            # continue from run_dir/stage1/latest when present
-    max_steps: Optional[int] = None  # stop after this many global steps (smoke tests)
+    max_steps: Optional[int] = None  # stop once this many curriculum steps are trained (smoke
+                                     # tests; the steps of skipped levels do not count)
     device: str = "auto"
     seed: int = 0
     num_workers: Optional[int] = None
@@ -76,10 +83,58 @@ def restore(ck: Path, data: dict, model, ema, opt) -> tuple[int, int]:
 
 
 def wrap_ddp(model: torch.nn.Module, device: torch.device, world: int) -> torch.nn.Module:
+    """DDP around `model` when world > 1 (it broadcasts rank 0's weights and buffers, and
+    averages the gradients in backward), else `model`."""
     if world <= 1:
         return model
     return torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+# ------------------------------------------------------------------------------------------
+# Which levels have data
+# ------------------------------------------------------------------------------------------
+
+def subset_samples(shards: Path) -> dict:
+    """Samples per subset under `shards`: the rows of index.parquet, else (no index) the tar
+    files of `{subset}/*.tar`."""
+    from ifmdm_data.reasons import SUBSETS
+
+    root = Path(shards)
+    index = root / "index.parquet"
+    if index.is_file():
+        import pyarrow.parquet as pq
+
+        try:
+            subs = pq.read_table(index, columns=["subset"]).column("subset").to_pylist()
+        except Exception as e:  # noqa: BLE001 - unreadable index: one line, the file named
+            raise TrainingError(f"{index}: cannot read the subset column ({type(e).__name__}: {e})") from None
+        return {s: subs.count(s) for s in SUBSETS}
+    return {s: len(list((root / s).glob("*.tar"))) for s in SUBSETS}
+
+
+def empty_levels(plan, counts: dict) -> list:
+    """Indices of the levels none of whose subsets has a sample."""
+    return [i for i, lv in enumerate(plan.levels) if not any(counts.get(s, 0) > 0 for s in lv.subsets)]
+
+
+def level_start(plan, li: int) -> int:
+    """The global step at which level `li` starts (len(levels): the end of the curriculum)."""
+    return sum(lv.steps for lv in plan.levels[:li])
+
+
+def stop_step(plan, skipped, max_steps: Optional[int]) -> int:
+    """The global step at which `max_steps` trained steps are reached (the skipped levels'
+    steps do not count); the end of the curriculum without a limit."""
+    if max_steps is None:
+        return plan.total_steps
+    left = max_steps
+    for i, lv in enumerate(plan.levels):
+        if i not in skipped:
+            if left <= lv.steps:
+                return level_start(plan, i) + left
+            left -= lv.steps
+    return plan.total_steps
 
 
 def tensorboard_writer(rank: int, folder: Path):
@@ -167,6 +222,15 @@ def train_stage1(cur: Curriculum, opts: TrainOptions) -> dict:
     loss_fn = Stage1Loss(Stage1LossConfig(l1=wl.l1, perceptual=perceptual, local_flow=wl.local_flow,
                                           gan=wl.gan, vgg_weights=opts.vgg_weights)).to(device)
     disc = build_discriminator(model_config).to(device) if wl.gan > 0 else None
+    counts = subset_samples(cur.shards)
+    skipped = empty_levels(plan, counts)
+    if len(skipped) == len(plan.levels):
+        raise TrainingError(
+            f"no curriculum level has training samples under {cur.shards}: the levels name "
+            + "; ".join(f"'{lv.name}' [{', '.join(lv.subsets)}]" for lv in plan.levels)
+            + f", and the shards hold {', '.join(f'{s} {n}' for s, n in counts.items())} samples: "
+              f"shard the subsets the levels name, or fit curriculum.yaml's levels to the data")
+    skipped_names = [plan.levels[i].name for i in skipped]
     opt = torch.optim.Adam(model.parameters(), lr=plan.levels[0].lr, betas=(0.5, 0.99))
     opt_d = torch.optim.Adam(disc.parameters(), lr=plan.levels[0].lr, betas=(0.0, 0.99)) if disc else None
 
@@ -183,15 +247,29 @@ def train_stage1(cur: Curriculum, opts: TrainOptions) -> dict:
             raise CheckpointError(f"{ck} was trained with other curriculum levels; use another -o "
                                   f"folder or restore the curriculum")
         step, epoch = restore(ck, data, model, ema, opt)
+        before = st.get("skipped_levels", [])
+        if before != skipped_names and rank == 0:
+            log.warning("%s skipped levels %s; these shards leave %s empty (a level behind the "
+                        "checkpoint's position is not trained again)", ck, before or "none",
+                        skipped_names or "none")
         if disc is not None and "disc" in data["optim"]:
             disc.load_state_dict(data["optim"]["disc"])
             opt_d.load_state_dict(data["optim"]["opt_d"])
         if rank == 0:
             log.info("resumed from %s at step %d", ck, step)
+    for i in skipped:
+        if rank == 0 and level_start(plan, i + 1) > step:
+            lv = plan.levels[i]
+            log.warning("level %d/%d '%s' skipped: its subsets [%s] have no samples under %s "
+                        "(its %d steps are not trained)", i + 1, len(plan.levels), lv.name,
+                        ", ".join(lv.subsets), cur.shards, lv.steps)
     ddp = wrap_ddp(model, device, world)
+    # the discriminator's gradients are averaged over the ranks like the generator's; the
+    # generator's GAN term goes through the bare module (frozen), which needs no reduction
+    ddp_disc = wrap_ddp(disc, device, world) if disc is not None else None
     writer = tensorboard_writer(rank, run / "tb")
     amp = autocast_for(device)
-    total = plan.total_steps if opts.max_steps is None else min(plan.total_steps, opts.max_steps)
+    total = stop_step(plan, skipped, opts.max_steps)
     batch_size = opts.batch_size or plan.batch_size
     workers = plan.num_workers if opts.num_workers is None else opts.num_workers
     size = model_config.image_size
@@ -199,6 +277,7 @@ def train_stage1(cur: Curriculum, opts: TrainOptions) -> dict:
     def state_json(level_idx):
         return {"model": plan.model, "model_config": model_cfg, "levels": levels_json,
                 "global_step": step, "level": level_idx, "epoch": epoch, "world_size": world,
+                "skipped_levels": skipped_names, "subset_samples": counts,
                 "curriculum": str(cur.path), "loss": asdict(plan.loss), "vgg_weights": opts.vgg_weights}
 
     def save(level_idx):
@@ -213,19 +292,27 @@ def train_stage1(cur: Curriculum, opts: TrainOptions) -> dict:
     while step < total:
         li, s_in = plan.position(step)
         level = plan.levels[li]
+        if li in skipped:                      # no samples: its steps count as done
+            step = level_start(plan, li + 1)
+            continue
         if li != last_level:
-            it = _batches(cur.shards, level.subsets, plan, size, batch_size, workers, opts.seed,
+            subsets = [s for s in level.subsets if counts.get(s, 0) > 0]
+            it = _batches(cur.shards, subsets, plan, size, batch_size, workers, opts.seed,
                           epoch, rank, world)
             last_level = li
             if rank == 0:
-                log.info("level %d/%d '%s' (subsets %s), step %d of %d", li + 1, len(plan.levels),
-                         level.name, ",".join(level.subsets), s_in, level.steps)
+                empty = [s for s in level.subsets if s not in subsets]
+                log.info("level %d/%d '%s' (subsets %s%s), step %d of %d", li + 1, len(plan.levels),
+                         level.name, ",".join(subsets), f"; {','.join(empty)} empty" if empty else "",
+                         s_in, level.steps)
         lr = level.lr * min(1.0, (s_in + 1) / max(1, plan.warmup_steps))
         for g in opt.param_groups:
             g["lr"] = lr
         batch = next(it)
         app = batch["appearance"].to(device, non_blocking=True)
         mot = batch["motion"].to(device, non_blocking=True)
+        if disc is not None:
+            disc.requires_grad_(False)
         with amp:
             out = ddp(app, mot)
             losses = loss_fn(out, mot, discriminator=disc)
@@ -236,8 +323,10 @@ def train_stage1(cur: Curriculum, opts: TrainOptions) -> dict:
         losses["loss"].backward()
         opt.step()
         if disc is not None:
+            disc.requires_grad_(True)
             with amp:
-                d = loss_fn.discriminator_losses(disc, mot, out["recon"], r1=step % 16 == 0)
+                d = loss_fn.discriminator_losses(ddp_disc, mot, out["recon"],
+                                                 r1=step % loss_fn.cfg.r1_every == 0)
             opt_d.zero_grad(set_to_none=True)
             d["loss"].backward()
             opt_d.step()
@@ -269,4 +358,5 @@ def train_stage1(cur: Curriculum, opts: TrainOptions) -> dict:
         writer.close()
     if world > 1:
         torch.distributed.barrier()
-    return {"steps": step, "history": history, "run_dir": str(run)}
+    return {"steps": step, "history": history, "run_dir": str(run), "skipped_levels": skipped_names,
+            "modules": {"model": model, "ema": ema, "disc": disc}}
