@@ -209,7 +209,7 @@ def train_stage1(cur: Curriculum, opts: TrainOptions) -> dict:
 
     plan = cur.stage1
     device, rank, world = setup_distributed(opts.device)
-    torch.manual_seed(opts.seed + rank)
+    torch.manual_seed(opts.seed)            # the same initial weights (and EMA) on every rank
     run = Path(opts.run_dir) / "stage1"
     model_config = plan.model_config()                  # the size + curriculum.yaml's ablations
     model = build_stage1(model_config).to(device)
@@ -222,6 +222,7 @@ def train_stage1(cur: Curriculum, opts: TrainOptions) -> dict:
     loss_fn = Stage1Loss(Stage1LossConfig(l1=wl.l1, perceptual=perceptual, local_flow=wl.local_flow,
                                           gan=wl.gan, vgg_weights=opts.vgg_weights)).to(device)
     disc = build_discriminator(model_config).to(device) if wl.gan > 0 else None
+    torch.manual_seed(opts.seed + rank)     # per-rank randomness from here on
     counts = subset_samples(cur.shards)
     skipped = empty_levels(plan, counts)
     if len(skipped) == len(plan.levels):

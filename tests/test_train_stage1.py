@@ -155,3 +155,32 @@ def test_gan_and_perceptual_paths_train(curriculum, tmp_path):
     assert {"perceptual", "gan_g"} <= set(res["history"][-1])
     optim = torch.load(run / "stage1" / "ckpt-00000002" / "optim.pt", weights_only=False)
     assert "disc" in optim and "opt_d" in optim
+
+
+def test_ddp_gan_keeps_discriminator_and_generator_equal_on_ranks(curriculum, tmp_path):
+    """With gan > 0 under DDP (2 CPU processes, gloo), the discriminator's gradients are
+    averaged like the generator's: after a few steps (the first with the lazy R1 term) both
+    ranks hold identical discriminator, generator and EMA weights, and the discriminator moved
+    away from its initial weights."""
+    text = (curriculum / "curriculum.yaml").read_text().replace(
+        "  levels:", "  loss: {l1: 1.0, perceptual: 0.0, local_flow: 0.1, gan: 0.1}\n  levels:")
+    (curriculum / "curriculum.yaml").write_text(text)
+    out = tmp_path / "out"
+    out.mkdir()
+    worker = Path(__file__).with_name("ddp_stage1_worker.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29523", str(worker), str(curriculum), str(out), "3"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    r0, r1 = (torch.load(out / f"rank{r}.pt") for r in (0, 1))
+    assert r0["steps"] == r1["steps"] == 3
+    for name in ("disc", "model", "ema"):
+        w0, w1 = r0["weights"][name], r1["weights"][name]
+        assert w0.keys() == w1.keys() and w0
+        diff = [k for k in w0 if not torch.equal(w0[k], w1[k])]
+        assert not diff, f"{name}: {len(diff)} tensors differ between ranks, e.g. {diff[0]}"
+    from ifmdm_model.stage1 import build_discriminator
+    torch.manual_seed(0)
+    fresh = build_discriminator(load_curriculum(curriculum).stage1.model_config()).state_dict()
+    assert any(not torch.equal(fresh[k], r0["weights"]["disc"][k]) for k in fresh)
