@@ -184,3 +184,70 @@ def test_ddp_gan_keeps_discriminator_and_generator_equal_on_ranks(curriculum, tm
     torch.manual_seed(0)
     fresh = build_discriminator(load_curriculum(curriculum).stage1.model_config()).state_dict()
     assert any(not torch.equal(fresh[k], r0["weights"]["disc"][k]) for k in fresh)
+
+
+def _shards_with(sample_shards, tmp_path, subsets) -> Path:
+    """A shards folder holding only `subsets` of the sample shards: the tar folders linked, an
+    index.parquet of their rows (as `shard` writes when a subset had no accepted clip)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    out = tmp_path / ("shards_" + "_".join(subsets))
+    out.mkdir()
+    for s in subsets:
+        (out / s).symlink_to(Path(sample_shards) / s, target_is_directory=True)
+    index = pq.read_table(Path(sample_shards) / "index.parquet")
+    index = index.filter(pc.is_in(index["subset"], value_set=pa.array(list(subsets))))
+    assert set(index.column("subset").to_pylist()) == set(subsets)
+    pq.write_table(index, out / "index.parquet")
+    return out
+
+
+def test_level_without_samples_is_skipped_and_resume_stays_exact(curriculum, sample_shards, tmp_path,
+                                                                  monkeypatch, caplog):
+    """Shards with lip and hard samples only (like ../shared/media, which has no coarse clip):
+    level 'coarse' is skipped with one warning naming it and its subsets, its steps count as
+    done (global steps keep their curriculum position), the others train on their non-empty
+    subsets; state.json records the skipped level; --max-steps counts trained steps; a resume
+    continues where it stopped."""
+    import logging
+
+    cur = load_curriculum(curriculum)
+    cur.shards = _shards_with(sample_shards, tmp_path, ("lip", "hard"))
+    run = tmp_path / "run"
+    seen = _record_levels(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="ifmdm_model"):
+        res = ts.train_stage1(cur, ts.TrainOptions(run_dir=run, max_steps=1))
+    warns = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "skipped" in r.getMessage()]
+    assert len(warns) == 1 and "'coarse'" in warns[0] and "[coarse]" in warns[0], warns
+    assert "\n" not in warns[0]
+    assert res["steps"] == 3 and res["skipped_levels"] == ["coarse"]     # 2 skipped + 1 trained
+    assert [h["step"] for h in res["history"]] == [3]
+    st = _state(run)
+    assert (st["global_step"], st["skipped_levels"]) == (3, ["coarse"])
+    assert st["subset_samples"]["coarse"] == 0 and st["subset_samples"]["lip"] > 0
+    assert seen == [["lip"]]                                            # coarse left out: empty
+
+    seen.clear()
+    res = ts.train_stage1(cur, ts.TrainOptions(run_dir=run))
+    assert res["steps"] == 6
+    assert [h["step"] for h in res["history"]] == [4, 5, 6]
+    assert seen == [["lip"], ["hard", "lip"]]
+    assert _state(run)["skipped_levels"] == ["coarse"]
+
+
+def test_every_level_empty_is_a_clear_error(curriculum, sample_shards, tmp_path, capsys):
+    text = (curriculum / "curriculum.yaml").read_text()
+    text = text.replace("subsets: [lip, coarse]", "subsets: [coarse]").replace(
+        "subsets: [hard, lip, coarse]", "subsets: [coarse]")
+    (curriculum / "curriculum.yaml").write_text(text)
+    shards = _shards_with(sample_shards, tmp_path, ("lip", "hard"))
+    cur = load_curriculum(curriculum)
+    cur.shards = shards
+    with pytest.raises(ts.TrainingError, match=r"no curriculum level has training samples.*'coarse' \[coarse\]"):
+        ts.train_stage1(cur, ts.TrainOptions(run_dir=tmp_path / "run"))
+    assert train_main(["--curriculum", str(curriculum), "-o", str(tmp_path / "r"), "--shards", str(shards)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ifmdm-train: error: no curriculum level") and "\n" not in err
+    assert "Traceback" not in err
