@@ -42,3 +42,48 @@ def test_bad_config_names_key_and_file(tmp_path, text, needle):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_shipped_curriculum_equals_plan_defaults():
+    """The default curriculum (ifmdm_data/configs/curriculum.yaml) writes every plan key with
+    the dataclasses' default values; the ablation keys (None: the model's default) are comments."""
+    from dataclasses import asdict, fields
+
+    from ifmdm_data.curriculum_template import DEFAULT_CURRICULUM
+    from ifmdm_model.curriculum import (STAGE1_ABLATIONS, STAGE2_ABLATIONS, Stage1Plan, Stage2Plan,
+                                        load_curriculum)
+
+    cur = load_curriculum(DEFAULT_CURRICULUM)
+    s1, s2 = asdict(cur.stage1), asdict(cur.stage2)
+    s1.pop("levels")
+    d1 = asdict(Stage1Plan())
+    d1.pop("levels")
+    assert s1 == d1 and s2 == asdict(Stage2Plan())
+    data = yaml.safe_load(DEFAULT_CURRICULUM.read_text())
+    assert set(data["stage1"]) == {f.name for f in fields(Stage1Plan)} - set(STAGE1_ABLATIONS)
+    assert set(data["stage2"]) == {f.name for f in fields(Stage2Plan)} - set(STAGE2_ABLATIONS)
+    text = DEFAULT_CURRICULUM.read_text()
+    for key in STAGE1_ABLATIONS + STAGE2_ABLATIONS:
+        assert f"# {key}: " in text, key
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("stage1:\n  groups: abc\n", "stage1.groups must be an integer"),
+    ("stage1:\n  mask_norm: foo\n", "'mask_norm' must be one of"),
+    ("stage1:\n  model: S1-huge\n", "unknown stage-1 model 'S1-huge'"),
+    ("stage2:\n  modulation: local\n", "'modulation' must be one of"),
+    ("stage2:\n  speech_residual: 1\n", "stage2.speech_residual must be true or false"),
+    ("stage2:\n  p_drop_speech: 2\n", "'p_drop_speech' must be a probability"),
+    ("stage1:\n  levels: []\n", "stage1.levels is empty"),
+])
+def test_bad_curriculum_names_key_and_file(tmp_path, text, needle):
+    from ifmdm_model.curriculum import load_curriculum
+
+    p = tmp_path / "curriculum.yaml"
+    levels = "  levels:\n    - {name: a, subsets: [lip], steps: 1, lr: 1.0e-3}\n"
+    if "levels" not in text:
+        text = ("stage1:\n" + levels + text) if not text.startswith("stage1:") else text + levels
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_curriculum(p)
+    assert needle in str(e.value) and "curriculum.yaml" in str(e.value), str(e.value)
