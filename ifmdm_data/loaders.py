@@ -373,9 +373,24 @@ def joined_clips(pairs: Iterable[tuple[str, str]], stats: Counter) -> Iterator[d
         stats["shards_read"] += 1
 
 
-def clip_windows(clips: Iterable[dict], window: int, stride: int, stats: Counter) -> Iterator[dict]:
+MOTION_STATS = ("clip", "window")
+
+
+def window_stats(motion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std over frames of a motion window (n_f, D), computed in float64 like the
+    sidecar's per-clip statistics (population std), returned as float32 (D,), (D,)."""
+    m64 = motion.astype(np.float64)
+    return m64.mean(0).astype(np.float32), m64.std(0).astype(np.float32)
+
+
+def clip_windows(clips: Iterable[dict], window: int, stride: int, stats: Counter,
+                 motion_stats: str = "clip") -> Iterator[dict]:
     """Stage: clips -> every window of `window` frames, starts 0, stride, 2*stride, ...;
-    clips shorter than `window` are skipped (counted in stats["clips_too_short"])."""
+    clips shorter than `window` are skipped (counted in stats["clips_too_short"]).
+    `motion_stats`: "clip": motion_mean / motion_std are the clip's (from the sidecar);
+    "window": they are computed over the window's own frames (as the IF-MDM authors' code does)."""
+    if motion_stats not in MOTION_STATS:
+        raise ValueError(f"motion_stats must be one of {MOTION_STATS}, got {motion_stats!r}")
     for c in clips:
         motion, speech = c["motion"], c["speech"]
         n = motion.shape[0]
@@ -386,6 +401,9 @@ def clip_windows(clips: Iterable[dict], window: int, stride: int, stats: Counter
         for start in range(0, n - window + 1, stride):
             hint = motion[start - 1] if start > 0 else motion[0]
             stats["windows"] += 1
+            if motion_stats == "window":
+                w_mean, w_std = window_stats(motion[start:start + window])
+                mean, std = torch.from_numpy(w_mean), torch.from_numpy(w_std)
             yield {"motion": torch.from_numpy(motion[start:start + window].copy()),   # (n_f, D)
                    "speech": torch.from_numpy(speech[start:start + window].astype(np.float32)),
                    "hint": torch.from_numpy(hint.copy()),                               # (D,)
@@ -396,31 +414,36 @@ def clip_windows(clips: Iterable[dict], window: int, stride: int, stats: Counter
 
 class Stage2Dataset(ShardDataset):
     """Windows {"motion": (n_f, D), "speech": (n_f, dim), "hint": (D,), "hint_is_first",
-    "motion_mean": (D,), "motion_std": (D,), "key", "start"} (float32 tensors)."""
+    "motion_mean": (D,), "motion_std": (D,), "key", "start"} (float32 tensors); the
+    statistics are the clip's or the window's own (`motion_stats`, see `clip_windows`)."""
 
     def __init__(self, shards, sidecars: dict, window=32, stride=None, shuffle_buffer=256,
-                 **split):
+                 motion_stats="clip", **split):
         super().__init__(shards, **split)
         self.sidecars = dict(sidecars)
         self.window = int(window)
         self.stride = int(stride or window)
         self.shuffle_buffer = int(shuffle_buffer)
+        self.motion_stats = motion_stats
         if self.window < 1 or self.stride < 1:
             raise ValueError("window and stride must be >= 1")
+        if motion_stats not in MOTION_STATS:
+            raise ValueError(f"motion_stats must be one of {MOTION_STATS}, got {motion_stats!r}")
 
     def _iterate(self, shards, rng):
         clips = joined_clips(((s, self.sidecars[s]) for s in shards), self.stats)
-        windows = clip_windows(clips, self.window, self.stride, self.stats)
+        windows = clip_windows(clips, self.window, self.stride, self.stats, self.motion_stats)
         return shuffled(windows, self.shuffle_buffer, rng)
 
 
 def stage2_dataset(shards_root, motion_root, subsets=SUBSETS, window=32, stride=None,
                    shuffle_buffer=256, seed=0, rank=None, world_size=None,
-                   epoch=0) -> Stage2Dataset:
+                   epoch=0, motion_stats="clip") -> Stage2Dataset:
     """Stage-2 windows from the main shards (speech, json) joined by key with the motion
     sidecars `motion_root/{subset}/{same tar name}`. Only samples with stage2_ok and audio;
     `stride` defaults to `window`; hint = motion of the frame before the window (the first
-    frame's own motion, with hint_is_first=True, when the window starts at 0)."""
+    frame's own motion, with hint_is_first=True, when the window starts at 0).
+    `motion_stats`: motion_mean / motion_std per "clip" (the sidecar's) or per "window"."""
     shards = list_shards(shards_root, subsets, stage2=True)
     sidecars = {s: sidecar_path(s, motion_root) for s in shards}
     missing = [p for p in sidecars.values() if not os.path.isfile(p)]
@@ -428,8 +451,8 @@ def stage2_dataset(shards_root, motion_root, subsets=SUBSETS, window=32, stride=
         raise ShardFormatError(f"{len(missing)} motion sidecar(s) missing, e.g. {missing[0]}: "
                                f"run the stage-2 motion extraction for {motion_root}")
     return Stage2Dataset(shards, sidecars, window=window, stride=stride,
-                         shuffle_buffer=shuffle_buffer, seed=seed, epoch=epoch, rank=rank,
-                         world_size=world_size)
+                         shuffle_buffer=shuffle_buffer, motion_stats=motion_stats, seed=seed,
+                         epoch=epoch, rank=rank, world_size=world_size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -478,6 +501,7 @@ def stage1_loader(shards_root, batch_size: int, num_workers=None, *, pin_memory=
 def stage2_loader(shards_root, motion_root, batch_size: int, num_workers=None, *,
                   pin_memory=None, drop_last=False, **dataset_kwargs) -> EpochDataLoader:
     """`stage2_dataset(shards_root, motion_root, **dataset_kwargs)` batched: motion
-    (B, n_f, D), speech (B, n_f, dim), hint / motion_mean / motion_std (B, D), ..."""
+    (B, n_f, D), speech (B, n_f, dim), hint / motion_mean / motion_std (B, D), ...
+    (`motion_stats="window"`: the statistics of each window instead of its clip's)."""
     return make_loader(stage2_dataset(shards_root, motion_root, **dataset_kwargs), batch_size,
                        num_workers, pin_memory, drop_last)

@@ -14,13 +14,25 @@ ablation baseline; it was much worse." "Training: DDPM noise prediction (1000 st
 dropped (null embedding) with some probability so classifier-free guidance works."
 
 Tokens: one per frame, the noised motion projected to `hidden` plus a 1-D sinusoidal position
-code (cached up to `max_frames`, computed on the fly beyond), plus the motion statistics and
-hint embeddings (a residual path from the clip-level conditions into every token). The
-conditioning vector c that drives every adaLN is t + speech (+ statistics + hint): per frame
-(N, T, H) with modulation="framewise", or one vector per sequence (N, 1, H) with
-modulation="global" (speech averaged over frames), the paper's ablation:
+code (cached up to `max_frames`, computed on the fly beyond). The clip-level conditions (motion
+mean m_mu, std m_sigma, hint m') enter in one of two ways (`conditioning`):
+
+- "sum" (default): their embeddings are summed into every frame token and into the adaLN
+  conditioning vector c (a residual path from the clip-level conditions everywhere);
+- "tokens" (the paper's concatenation): hint, m_mu and m_sigma each become one extra token
+  (own MLP, own learned null embedding) prepended to the frame tokens; attention reads them,
+  c does not contain them, and the output keeps only the frame tokens.
+
+The conditioning vector c that drives every adaLN is t + speech (+ statistics + hint with
+"sum"): per frame (N, T, H) with modulation="framewise", or one vector per sequence (N, 1, H)
+with modulation="global" (speech averaged over frames), the paper's ablation:
 
     build_stage2("M2-A0", modulation="global", speech_residual=False)
+
+`motion_stats` records what m_mu / m_sigma were computed over in training: "clip" (the whole
+clip, from the motion sidecar) or "window" (the training window itself, as the authors' code
+does); the loader computes them (`ifmdm_data.loaders.stage2_loader(motion_stats=...)`), the
+model only stores the choice so that a checkpoint says how its statistics are meant.
 
 Conventions: motion is (N, T, D), speech (N, T, S), per-clip conditions (N, D); every tensor
 follows the device of the module's parameters; runs in float32 on CPU and under bf16/fp16
@@ -39,6 +51,8 @@ import torch.nn.functional as F
 from ifmdm_data.errors import ConfigError
 
 MODULATIONS = ("framewise", "global")
+CONDITIONINGS = ("sum", "tokens")
+MOTION_STATS = ("clip", "window")
 DropFlag = Union[None, bool, torch.Tensor]
 
 
@@ -58,6 +72,9 @@ class Stage2Config:
     mlp_ratio: float = 4.0
     modulation: str = "framewise"   # "framewise": adaLN per frame; "global": one per sequence (ablation)
     speech_residual: bool = True    # add the projected speech into each block's residual input
+    conditioning: str = "sum"       # "sum": hint/stats embeddings added to every token and to c;
+                                    # "tokens": one extra token each (the paper's concatenation)
+    motion_stats: str = "clip"      # m_mu / m_sigma of the training data: per clip, or per "window"
     p_drop_speech: float = 0.1      # per-sample training drop probabilities (null embeddings), for CFG
     p_drop_stats: float = 0.1
     p_drop_hint: float = 0.1
@@ -81,9 +98,13 @@ class Stage2Config:
             bad("modulation", f"must be one of {MODULATIONS}, got {self.modulation!r}")
         if not isinstance(self.speech_residual, bool):
             bad("speech_residual", f"must be true or false, got {self.speech_residual!r}")
+        if self.conditioning not in CONDITIONINGS:
+            bad("conditioning", f"must be one of {CONDITIONINGS}, got {self.conditioning!r}")
+        if self.motion_stats not in MOTION_STATS:
+            bad("motion_stats", f"must be one of {MOTION_STATS}, got {self.motion_stats!r}")
         for key in ("p_drop_speech", "p_drop_stats", "p_drop_hint"):
             v = getattr(self, key)
-            if not 0.0 <= v <= 1.0:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
                 bad(key, f"must be a probability in [0, 1], got {v!r}")
         return self
 
@@ -92,6 +113,11 @@ class Stage2Config:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "Stage2Config") -> "Stage2Config":
+        """The config a checkpoint's `model_config` records. Keys it lacks (checkpoints written
+        before the key existed, e.g. `conditioning`, `motion_stats`) take the dataclass
+        default, which is the behaviour those checkpoints were trained with."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"{where}: must be a mapping, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -189,26 +215,39 @@ class FramewiseTemporalGuidance(nn.Module):
 
 class MotionStatisticsGuidance(nn.Module):
     """Motion statistics guidance: the clip's "motion mean m_mu and std m_sigma (per clip)"
-    (DESIGN.md, stage 2) embedded to (N, H) and added, as residual connections, to the
-    conditioning vector of every adaLN and to every frame token. At inference "m_mu defaults to
-    m' (or the previous chunk's mean) and m_sigma to 0.1 (lower: calmer, better lip sync;
-    higher: more expressive)". Dropped (learned null embedding) with probability p_drop_stats.
+    (DESIGN.md, stage 2). At inference "m_mu defaults to m' (or the previous chunk's mean) and
+    m_sigma to 0.1 (lower: calmer, better lip sync; higher: more expressive)". Dropped (learned
+    null embedding) with probability p_drop_stats.
+
+    tokens=False (conditioning="sum"): [m_mu, m_sigma] embedded jointly to (N, H), added as a
+    residual connection to the conditioning vector of every adaLN and to every frame token.
+    tokens=True (conditioning="tokens"): m_mu and m_sigma embedded separately to two tokens
+    (N, 2, H), each with its own null embedding (both dropped together).
     """
 
-    def __init__(self, motion_dim: int, hidden: int):
+    def __init__(self, motion_dim: int, hidden: int, tokens: bool = False):
         super().__init__()
-        self.mlp = _mlp(2 * motion_dim, hidden)
-        self.null = nn.Parameter(torch.zeros(hidden))
+        self.tokens = tokens
+        if tokens:
+            self.mu = _mlp(motion_dim, hidden)
+            self.sigma = _mlp(motion_dim, hidden)
+            self.null = nn.Parameter(torch.zeros(2, hidden))
+        else:
+            self.mlp = _mlp(2 * motion_dim, hidden)
+            self.null = nn.Parameter(torch.zeros(hidden))
 
-    def forward(self, m_mu, m_sigma, drop=None) -> torch.Tensor:       # (N, D), (N, D) -> (N, H)
+    def forward(self, m_mu, m_sigma, drop=None) -> torch.Tensor:       # (N, D), (N, D) -> (N, H) | (N, 2, H)
+        if self.tokens:
+            return _select(drop, self.null, torch.stack([self.mu(m_mu), self.sigma(m_sigma)], dim=1))
         return _select(drop, self.null, self.mlp(torch.cat([m_mu, m_sigma], dim=-1)))
 
 
 class MotionHint(nn.Module):
     """Motion hint m': "motion hint m' (previous frame)" (DESIGN.md, stage 2); at inference "the
     first chunk's hint is m' (or a learned vector); each next chunk's hint is the last generated
-    motion". Embedded to (N, H), added to the adaLN conditioning and to every frame token; the
-    learned null embedding (probability p_drop_hint in training) is that "learned vector".
+    motion". Embedded to (N, H): added to the adaLN conditioning and to every frame token
+    (conditioning="sum") or used as one extra token ("tokens"); the learned null embedding
+    (probability p_drop_hint in training) is that "learned vector".
     """
 
     def __init__(self, motion_dim: int, hidden: int):
@@ -294,6 +333,10 @@ class MotionDiT(nn.Module):
     with the config's probabilities (global RNG; pass flags from `sample_drops(n, generator)`
     for a seeded run); in eval mode None keeps every condition. `speech`, the statistics pair
     or `hint` may be None: that condition is dropped for every sample.
+
+    With conditioning="tokens" the sequence the blocks see is [hint, m_mu, m_sigma, frame_1..T]
+    (N, 3 + T, H); the condition tokens get adaLN from t alone (framewise) or the shared
+    vector (global) and no speech residual; the final layer reads the frame tokens only.
     """
 
     def __init__(self, cfg: Stage2Config):
@@ -303,7 +346,7 @@ class MotionDiT(nn.Module):
         self.x_embed = nn.Linear(cfg.motion_dim, h)
         self.t_embed = TimestepEmbedder(h, cfg.freq_dim)
         self.temporal_guidance = FramewiseTemporalGuidance(cfg.speech_dim, h, cfg.modulation)
-        self.stats_guidance = MotionStatisticsGuidance(cfg.motion_dim, h)
+        self.stats_guidance = MotionStatisticsGuidance(cfg.motion_dim, h, tokens=cfg.conditioning == "tokens")
         self.motion_hint = MotionHint(cfg.motion_dim, h)
         self.blocks = nn.ModuleList(MotionDiTBlock(h, cfg.heads, cfg.mlp_ratio, cfg.speech_residual)
                                     for _ in range(cfg.depth))
@@ -365,8 +408,10 @@ class MotionDiT(nn.Module):
     def conditioning(self, x_t, t, speech, m_mu, m_sigma, hint, drop_speech=None, drop_stats=None,
                      drop_hint=None) -> Dict[str, torch.Tensor]:
         """The conditioning of a forward pass: {"c": adaLN input (N, T, H) framewise or (N, 1, H)
-        global, "speech": per-frame speech projection (N, T, H), "clip": statistics + hint
-        embedding (N, H)}. Checks shapes; resolves the drop flags (see the class docstring)."""
+        global, "speech": per-frame speech projection (N, T, H), "t": timestep embedding (N, H),
+        and "clip": statistics + hint embedding (N, H) with conditioning="sum", or "tokens":
+        [hint, m_mu, m_sigma] tokens (N, 3, H) with "tokens"}. Checks shapes; resolves the drop
+        flags (see the class docstring)."""
         cfg = self.cfg
         if x_t.ndim != 3 or x_t.shape[-1] != cfg.motion_dim:
             raise ValueError(f"x_t must be (N, T, {cfg.motion_dim}), got {tuple(x_t.shape)}")
@@ -389,18 +434,36 @@ class MotionDiT(nn.Module):
         drop_stats = self._flag("drop_stats", drop_stats, n, cfg.p_drop_stats, dev)
         drop_hint = self._flag("drop_hint", drop_hint, n, cfg.p_drop_hint, dev)
 
-        clip = self.stats_guidance(m_mu, m_sigma, drop_stats) + self.motion_hint(hint, drop_hint)  # (N, H)
-        c, s = self.temporal_guidance(self.t_embed(t), speech, drop_speech, clip)
-        return {"c": c, "speech": s, "clip": clip}
+        t_emb = self.t_embed(t)                                        # (N, H)
+        stats = self.stats_guidance(m_mu, m_sigma, drop_stats)         # (N, H) | (N, 2, H)
+        hint_emb = self.motion_hint(hint, drop_hint)                   # (N, H)
+        if cfg.conditioning == "tokens":
+            c, s = self.temporal_guidance(t_emb, speech, drop_speech)
+            return {"c": c, "speech": s, "t": t_emb,
+                    "tokens": torch.cat([hint_emb[:, None, :], stats], dim=1)}  # (N, 3, H)
+        clip = stats + hint_emb                                        # (N, H)
+        c, s = self.temporal_guidance(t_emb, speech, drop_speech, clip)
+        return {"c": c, "speech": s, "t": t_emb, "clip": clip}
 
     def forward(self, x_t, t, speech, m_mu, m_sigma, hint, drop_speech: DropFlag = None,
                 drop_stats: DropFlag = None, drop_hint: DropFlag = None) -> torch.Tensor:
         cond = self.conditioning(x_t, t, speech, m_mu, m_sigma, hint, drop_speech, drop_stats, drop_hint)
         c, s = cond["c"], cond["speech"]                               # (N, T|1, H), (N, T, H)
-        x = self.x_embed(x_t) + self.positions(x_t.shape[1]) + cond["clip"][:, None, :]  # (N, T, H)
+        x = self.x_embed(x_t) + self.positions(x_t.shape[1])           # (N, T, H)
+        if "tokens" not in cond:                                       # conditioning="sum"
+            x = x + cond["clip"][:, None, :]
+            for block in self.blocks:
+                x = block(x, c, s)
+            return self.final(x, c)                                    # (N, T, D)
+        k = cond["tokens"].shape[1]                                    # conditioning="tokens"
+        x = torch.cat([cond["tokens"].to(x.dtype), x], dim=1)          # (N, 3 + T, H)
+        s_all = torch.cat([s.new_zeros(s.shape[0], k, s.shape[2]), s], dim=1)
+        c_all = c
+        if self.cfg.modulation == "framewise":                         # condition tokens: t alone
+            c_all = torch.cat([cond["t"][:, None, :].expand(-1, k, -1).to(c.dtype), c], dim=1)
         for block in self.blocks:
-            x = block(x, c, s)
-        return self.final(x, c)                                        # (N, T, D)
+            x = block(x, c_all, s_all)
+        return self.final(x[:, k:], c)                                 # (N, T, D): frame tokens only
 
 
 #################################################################################

@@ -20,6 +20,8 @@ from typing import Iterator
 import pandas as pd
 import torch
 
+from ifmdm_data.errors import IfmdmError
+
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from .curriculum import Curriculum
 from .train_stage1 import (TrainingError, TrainOptions, autocast_for, ema_update, endless_epochs, restore,
@@ -52,11 +54,13 @@ def _speech_dim(shards: Path) -> int:
     return dims[0]
 
 
-def _windows(shards, motion_root, plan, batch_size, workers, seed, first_epoch, rank, world) -> Iterator[dict]:
+def _windows(shards, motion_root, plan, batch_size, workers, seed, first_epoch, rank, world,
+             motion_stats: str = "clip") -> Iterator[dict]:
     from ifmdm_data.loaders import stage2_loader
 
     loader = stage2_loader(str(shards), str(motion_root), batch_size, workers, window=plan.window,
-                           seed=seed, rank=rank, world_size=world, drop_last=True)
+                           seed=seed, rank=rank, world_size=world, drop_last=True,
+                           motion_stats=motion_stats)
     yield from endless_epochs(loader, first_epoch,
                               f"no stage-2 windows of {plan.window} frames (batch {batch_size}) in "
                               f"{shards}: clips too short or too few; lower window / batch size")
@@ -65,7 +69,7 @@ def _windows(shards, motion_root, plan, batch_size, workers, seed, first_epoch, 
 def train_stage2(cur: Curriculum, opts: TrainOptions) -> dict:
     from .diffusion import DDPMSchedule, diffusion_loss
     from .extract import extract_motion
-    from .stage2 import build_stage2
+    from .stage2 import Stage2Config, build_stage2
 
     plan = cur.stage2
     device, rank, world = setup_distributed(opts.device)
@@ -87,8 +91,10 @@ def train_stage2(cur: Curriculum, opts: TrainOptions) -> dict:
     speech_feature = _speech_feature(cur.shards)   # inference computes the same features
 
     torch.manual_seed(opts.seed + rank)
+    # the curriculum's ablations (modulation, speech_residual, conditioning, motion_stats, drop
+    # probabilities) on top of the named size; every key lands in the checkpoint's model_config
     model = build_stage2(plan.model, speech_dim=speech_dim, motion_dim=motion_dim,
-                         n_frames=plan.window).to(device)
+                         n_frames=plan.window, **plan.model_overrides()).to(device)
     model_cfg = model.cfg.to_dict()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     schedule = DDPMSchedule(plan.num_timesteps, plan.beta_schedule)
@@ -99,7 +105,11 @@ def train_stage2(cur: Curriculum, opts: TrainOptions) -> dict:
     if ck is not None:
         data = load_checkpoint(ck)
         st = data["state"]
-        if st.get("model_config") != model_cfg or st.get("encoder") != encoder:
+        try:   # a checkpoint written before a config key existed has that key's default
+            ck_cfg = Stage2Config.from_dict(st.get("model_config") or {}).to_dict()
+        except (IfmdmError, TypeError, ValueError):
+            ck_cfg = None
+        if ck_cfg != model_cfg or st.get("encoder") != encoder:
             raise CheckpointError(f"{ck} was trained with another model or stage-1 encoder "
                                   f"({st.get('model')}, encoder {st.get('encoder')}); use another -o folder")
         step, epoch = restore(ck, data, model, ema, opt)
@@ -123,7 +133,8 @@ def train_stage2(cur: Curriculum, opts: TrainOptions) -> dict:
                                                                         "beta_schedule": plan.beta_schedule},
                              "plan": asdict(plan), "curriculum": str(cur.path)})
 
-    it = _windows(cur.shards, motion_root, plan, batch_size, workers, opts.seed, epoch, rank, world)
+    it = _windows(cur.shards, motion_root, plan, batch_size, workers, opts.seed, epoch, rank, world,
+                  motion_stats=model.cfg.motion_stats)
     history, t_last, n_last = [], time.perf_counter(), 0
     model.train()
     while step < total:

@@ -1,8 +1,10 @@
 """Stage-2 motion DiT and its diffusion: shapes, config, adaLN-Zero, framewise vs global
-modulation, null embeddings, the schedule and sampler formulas checked by hand, classifier-free
-guidance, and a real learning check (a tiny model learns a toy speech -> motion map). CPU only."""
+modulation, sum vs token conditioning, null embeddings, the schedule and sampler formulas
+checked by hand, classifier-free guidance and its rescale, and real learning checks (a tiny
+model learns a toy speech -> motion map; its generated std follows m_sigma under CFG). CPU only."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -11,7 +13,7 @@ import torch.nn.functional as F
 
 from ifmdm_data.errors import ConfigError
 from ifmdm_model.diffusion import (DDPMSchedule, cfg_model_fn, ddim_sample, ddim_step, ddpm_sample,
-                                   ddpm_step, diffusion_loss, respace)
+                                   ddpm_step, diffusion_loss, rescale_guided_x0, respace)
 from ifmdm_model.stage2 import (STAGE2_CONFIGS, FramewiseTemporalGuidance, MotionDiT, MotionHint,
                                 MotionStatisticsGuidance, Stage2Config, build_stage2)
 
@@ -83,6 +85,10 @@ def test_config_round_trip_and_explicit_errors():
         build_stage2("M2-tiny", heads=5)
     with pytest.raises(ConfigError, match="p_drop_speech"):
         build_stage2("M2-tiny", p_drop_speech=1.5)
+    with pytest.raises(ConfigError, match=r"'conditioning' must be one of \('sum', 'tokens'\), got 'concat'"):
+        build_stage2("M2-tiny", conditioning="concat")
+    with pytest.raises(ConfigError, match=r"'motion_stats' must be one of \('clip', 'window'\), got 'video'"):
+        build_stage2("M2-tiny", motion_stats="video")
     with pytest.raises(ConfigError, match="unknown stage-2 model"):
         build_stage2("M2-huge")
     with pytest.raises(ConfigError, match="unknown override"):
@@ -93,6 +99,20 @@ def test_config_round_trip_and_explicit_errors():
         model(x, t, **{**cond, "speech": torch.randn(2, 15, 80)})
     with pytest.raises(ValueError, match="drop_speech"):
         model(x, t, **cond, drop_speech=torch.zeros(3, dtype=torch.bool))
+
+
+def test_checkpoint_configs_without_the_newer_keys_keep_their_behaviour():
+    """A model_config written before `conditioning` / `motion_stats` existed loads as "sum" /
+    "clip" (what it was trained with), and its weights fit the model that config builds."""
+    old = STAGE2_CONFIGS["M2-tiny"].to_dict()
+    for key in ("conditioning", "motion_stats"):
+        del old[key]
+    cfg = Stage2Config.from_dict(old)
+    assert (cfg.conditioning, cfg.motion_stats) == ("sum", "clip")
+    torch.manual_seed(0)
+    MotionDiT(cfg).load_state_dict(build_stage2("M2-tiny").state_dict())   # strict: same names
+    with pytest.raises(ConfigError, match="mapping"):
+        Stage2Config.from_dict(["M2-tiny"])
 
 
 def test_adaln_zero_fresh_model_predicts_exactly_zero():
@@ -133,8 +153,9 @@ def test_global_without_residual_sees_speech_only_through_its_frame_mean():
         assert torch.allclose(a, b, atol=1e-5) == same, (modulation, residual)
 
 
-def test_null_embeddings_replace_dropped_conditions():
-    model = randomised(tiny())
+@pytest.mark.parametrize("conditioning", ["sum", "tokens"])
+def test_null_embeddings_replace_dropped_conditions(conditioning):
+    model = randomised(tiny(conditioning=conditioning))
     assert isinstance(model.stats_guidance, MotionStatisticsGuidance)
     assert isinstance(model.motion_hint, MotionHint)
     x, t, cond = inputs(2, 16)
@@ -176,6 +197,39 @@ def test_bf16_autocast_forward_and_loss_backward():
     loss.backward()
     assert eps.dtype == torch.bfloat16 and torch.isfinite(eps).all() and loss.dtype == torch.float32
     assert model.x_embed.weight.grad is not None
+
+
+def test_token_conditioning_prepends_hint_mean_std_tokens_and_returns_frames_only():
+    """conditioning="tokens" (the paper's concatenation): the blocks see [hint, m_mu, m_sigma,
+    frames], the adaLN input holds no statistics or hint, the output has the frames only."""
+    x, t, cond = inputs(2, 16)
+    other = inputs(2, 16, seed=5)[2]
+    for modulation in ("framewise", "global"):
+        model = randomised(tiny(conditioning="tokens", modulation=modulation))
+        assert model.stats_guidance.null.shape == (2, 64) and model.motion_hint.null.shape == (64,)
+        seen = []
+        hook = model.blocks[0].register_forward_pre_hook(lambda m, a: seen.append((a[0].shape, a[1].shape)))
+        with torch.no_grad():
+            eps = model(x, t, **cond)
+            cnd = model.conditioning(x, t, **cond)
+            cnd_other = model.conditioning(x, t, **{**cond, "m_mu": other["m_mu"], "hint": other["hint"]})
+        hook.remove()
+        assert eps.shape == (2, 16, 20)
+        assert seen[0] == ((2, 3 + 16, 64), ((2, 3 + 16, 64) if modulation == "framewise" else (2, 1, 64)))
+        assert cnd["tokens"].shape == (2, 3, 64) and "clip" not in cnd
+        assert torch.equal(cnd["c"], cnd_other["c"])                  # c: t + speech only
+        assert not torch.equal(cnd["tokens"][:, :2], cnd_other["tokens"][:, :2])   # hint, m_mu tokens
+        assert torch.equal(cnd["tokens"][:, 2], cnd_other["tokens"][:, 2])          # m_sigma token kept
+        with torch.no_grad():                                         # drops replace whole tokens
+            d = model.conditioning(x, t, **cond, drop_stats=torch.tensor([True, False]),
+                                   drop_hint=torch.tensor([False, True]))["tokens"]
+        assert torch.equal(d[0, 1:], model.stats_guidance.null) and torch.equal(d[1, 1:], cnd["tokens"][1, 1:])
+        assert torch.equal(d[1, 0], model.motion_hint.null) and torch.equal(d[0, 0], cnd["tokens"][0, 0])
+    # fresh (adaLN-Zero) token model predicts zero too, and trains
+    model = build_stage2("M2-tiny", conditioning="tokens").train()
+    assert torch.equal(model(x, t, **cond), torch.zeros(2, 16, 20))
+    diffusion_loss(model, DDPMSchedule(), x, cond, generator=torch.Generator().manual_seed(0)).backward()
+    assert model.stats_guidance.mu[0].weight.grad is not None
 
 
 # ----------------------------------------------------------------------------- diffusion math
@@ -308,6 +362,33 @@ def test_cfg_unconditional_half_drops_only_the_speech():
             assert not torch.allclose(uncond, cfg_model_fn(spy, {**cond, k: other[k]}, w=0.0)(x, t))
 
 
+def test_guidance_rescale_keeps_the_conditional_std_over_frames_and_the_guided_mean():
+    s = DDPMSchedule()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 16, 4, generator=g)
+    eps_c, eps_g = torch.randn(3, 16, 4, generator=g), 3 * torch.randn(3, 16, 4, generator=g)
+    t = torch.tensor([900, 400, 20])
+    a = s.alphas_cumprod[t].float().view(-1, 1, 1)
+
+    def x0(eps):
+        return (x - (1 - a).sqrt() * eps) / a.sqrt()
+    out = rescale_guided_x0(x, eps_g, eps_c, s.alphas_cumprod[t], 1.0)
+    assert torch.allclose(x0(out).std(1), x0(eps_c).std(1), rtol=1e-3)
+    assert torch.allclose(x0(out).mean(1), x0(eps_g).mean(1), atol=1e-3)
+    assert torch.allclose(rescale_guided_x0(x, eps_g, eps_c, s.alphas_cumprod[t], 0.0), eps_g, atol=1e-4)
+    half = rescale_guided_x0(x, eps_g, eps_c, s.alphas_cumprod[t], 0.5)
+    assert torch.allclose(half, (out + eps_g) / 2, atol=1e-3)         # x0 is affine in eps
+    model = randomised(tiny())
+    x, t, cond = inputs(2, 16)
+    with pytest.raises(ValueError, match="needs the diffusion schedule"):
+        cfg_model_fn(model, cond, 2.5, rescale=1.0)
+    with pytest.raises(ValueError, match="rescale"):
+        cfg_model_fn(model, cond, 2.5, rescale=1.5, schedule=s)
+    with torch.no_grad():                                             # w = 1: nothing to rescale
+        assert torch.equal(cfg_model_fn(model, cond, 1.0, rescale=1.0, schedule=s)(x, t),
+                           cfg_model_fn(model, cond, 1.0)(x, t))
+
+
 # ----------------------------------------------------------------------------- learning
 
 S, D, T = 8, 4, 16
@@ -357,3 +438,65 @@ def test_tiny_model_learns_a_toy_speech_to_motion_map():
                                generator=torch.Generator().manual_seed(7))
     r, r_shuffled = envelope_corr(out, e, amap), envelope_corr(out_shuffled, e, amap)
     assert r > 0.8 and abs(r_shuffled) < 0.2, (r, r_shuffled)
+
+
+def std_toy(n, g, proj, sigma=None):
+    """A toy where the clip's std is the condition: each of D dims is a smooth signal over T
+    frames, half of its variance a function of the speech (a smooth envelope e_d projected
+    into S speech channels) and half independent, standardised over frames and scaled by the
+    clip's sigma (log-uniform in [0.04, 0.8], the same for all dims) around a random mean. So
+    m_sigma = sigma exactly, and speech explains only part of the motion (as on real data)."""
+    def smooth():
+        z = torch.randn(n * D, 1, T + 1 + 8, generator=g)
+        k = torch.hann_window(9, periodic=False).view(1, 1, 9)
+        return F.conv1d(z, k / k.sum())[:, 0].view(n, D, T + 1).transpose(1, 2)   # (n, T + 1, D)
+
+    def standard(u):
+        u = u - u.mean(1, keepdim=True)
+        return u / (u.std(1, keepdim=True, unbiased=False) + 1e-6)
+    e, r = standard(smooth()), standard(smooth())
+    u = standard(0.7 * e + math.sqrt(1 - 0.7 ** 2) * r)
+    if sigma is None:
+        sigma = torch.empty(n, 1, 1).uniform_(math.log(0.04), math.log(0.8), generator=g).exp()
+    motion = 0.3 * torch.randn(n, 1, D, generator=g) + sigma * u      # (n, T + 1, D)
+    x0 = motion[:, 1:]
+    speech = e[:, 1:] @ proj + 0.1 * torch.randn(n, T, S, generator=g)
+    return x0, {"speech": speech, "m_mu": x0.mean(1), "m_sigma": x0.std(1, unbiased=False), "hint": motion[:, 0]}
+
+
+def test_generated_std_follows_m_sigma_under_the_default_guidance():
+    """Speech CFG (w = 2.5) multiplies the speech-explained part of the motion by w, so plain
+    CFG gives ~1.5-1.7x the requested std on this toy (and fails the 25% bound); with the
+    guidance rescale (inference's default) the std over frames stays within 25% of m_sigma,
+    as the conditional prediction's (w = 1) does. Checked by hand: rescale=0.0 fails this."""
+    g = torch.Generator().manual_seed(0)
+    proj = torch.randn(D, S, generator=g)
+    torch.manual_seed(0)
+    model = build_stage2("M2-tiny", motion_dim=D, speech_dim=S, n_frames=T).train()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    schedule = DDPMSchedule()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
+    steps = 800
+    for i in range(steps):
+        x0, cond = std_toy(32, g, proj)
+        loss = diffusion_loss(model, schedule, x0, cond, generator=g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():                                        # EMA over the last 2/3
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1.0 if i < steps // 3 else 0.02)
+
+    def ratio(sigma, w, rescale):
+        x0, cond = std_toy(32, torch.Generator().manual_seed(5), proj, sigma=sigma)
+        cond["m_sigma"] = torch.full_like(cond["m_sigma"], sigma)
+        eps_fn = cfg_model_fn(ema, cond, w, rescale=rescale, schedule=schedule)
+        out = ddim_sample(eps_fn, x0.shape, 25, schedule, generator=torch.Generator().manual_seed(7))
+        return out.std(1, unbiased=False).mean().item() / sigma
+    sigmas = (0.1, 0.3, 0.6)
+    cond_only = [ratio(s, 1.0, 0.0) for s in sigmas]
+    plain = [ratio(s, 2.5, 0.0) for s in sigmas]
+    rescaled = [ratio(s, 2.5, 1.0) for s in sigmas]
+    assert all(abs(r - 1) < 0.25 for r in cond_only), cond_only      # the model learned m_sigma
+    assert max(plain) > 1.25, plain                                  # the toy shows the problem
+    assert all(abs(r - 1) < 0.25 for r in rescaled), (rescaled, plain)
