@@ -122,3 +122,82 @@ def test_stage2_nan_and_ddp(manifests, tmp_path, monkeypatch, capsys):
                         lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(TrainingError, match=r"non-finite stage-2 loss at step 0; batch keys"):
         t2.train_stage2(load_curriculum(manifests), TrainOptions(run_dir=other))
+
+
+ABLATIONS = """\
+  modulation: global
+  speech_residual: false
+  conditioning: tokens
+  motion_stats: window
+  p_drop_hint: 0.3
+"""
+
+
+def test_stage2_ablations_reach_the_checkpoint_the_loader_and_inference(manifests, sample_shards, tmp_path,
+                                                                        capsys):
+    import numpy as np
+
+    from ifmdm_data.loaders import stage2_dataset
+    from ifmdm_model.infer import load_models
+
+    (manifests / "curriculum.yaml").write_text(CURRICULUM.format(shards=sample_shards) + ABLATIONS)
+    run = tmp_path / "run"
+    assert train_main(["--curriculum", str(manifests), "-o", str(run)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    cfg = _state(run / "stage2")["model_config"]
+    assert {k: cfg[k] for k in ("modulation", "speech_residual", "conditioning", "motion_stats", "p_drop_hint")} \
+        == {"modulation": "global", "speech_residual": False, "conditioning": "tokens", "motion_stats": "window",
+            "p_drop_hint": 0.3}
+    assert cfg["p_drop_speech"] == 0.1                               # unset keys keep the size's default
+    # the same curriculum resumes (at its end: no steps) instead of refusing another model
+    assert train_main(["--curriculum", str(manifests), "-o", str(run), "--stage", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["stage2"]["steps"] == 3
+    # inference rebuilds the model from model_config (strict weight load)
+    s2 = load_models(run, "cpu").stage2
+    assert (s2.cfg.conditioning, s2.cfg.modulation, s2.blocks[0].speech_in) == ("tokens", "global", None)
+    assert s2.stats_guidance.null.shape == (2, s2.cfg.hidden)
+
+    # motion_stats: "window" statistics are each window's own, "clip" the sidecar's per clip
+    motion_root = sample_shards / "motion" / out["stage2"]["encoder"]
+    per_clip = {}
+    for w in stage2_dataset(sample_shards, motion_root, window=8, shuffle_buffer=1, motion_stats="clip"):
+        per_clip.setdefault(w["key"], []).append(w)
+    windows = list(stage2_dataset(sample_shards, motion_root, window=8, shuffle_buffer=1, motion_stats="window"))
+    assert len(windows) == sum(map(len, per_clip.values())) >= 2
+    moved = 0
+    for w in windows:
+        m = w["motion"].double().numpy()
+        assert np.allclose(w["motion_mean"].numpy(), m.mean(0), atol=1e-5)
+        assert np.allclose(w["motion_std"].numpy(), m.std(0), atol=1e-5)
+        c = per_clip[w["key"]][0]
+        assert all(np.array_equal(c["motion_std"].numpy(), o["motion_std"].numpy()) for o in per_clip[w["key"]])
+        moved += not np.allclose(c["motion_std"].numpy(), w["motion_std"].numpy(), atol=1e-4)
+    assert moved > 0
+    with pytest.raises(ValueError, match="motion_stats"):
+        stage2_dataset(sample_shards, motion_root, motion_stats="video")
+
+
+def test_stage2_checkpoint_without_the_newer_config_keys_still_loads(tmp_path):
+    """A stage-2 checkpoint written before `conditioning` / `motion_stats` existed: inference
+    fills them with the behaviour it was trained with (sum, clip)."""
+    from ifmdm_model.infer import load_models, save_random_run
+
+    run = save_random_run(tmp_path / "old")
+    ck = run / "stage2" / (run / "stage2" / "latest").read_text().strip()
+    st = json.loads((ck / "state.json").read_text())
+    for key in ("conditioning", "motion_stats"):
+        del st["model_config"][key]
+    (ck / "state.json").write_text(json.dumps(st))
+    s2 = load_models(run, "cpu").stage2
+    assert (s2.cfg.conditioning, s2.cfg.motion_stats) == ("sum", "clip")
+
+
+@pytest.mark.parametrize("line,key", [("conditioning: concat", "conditioning"),
+                                      ("motion_stats: video", "motion_stats"),
+                                      ("modulation: perclip", "modulation")])
+def test_bad_stage2_ablation_value_is_a_one_line_error(manifests, sample_shards, tmp_path, capsys, line, key):
+    (manifests / "curriculum.yaml").write_text(CURRICULUM.format(shards=sample_shards) + f"  {line}\n")
+    assert train_main(["--curriculum", str(manifests), "-o", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and key in err and line.split()[-1] in err, err
+    assert not (tmp_path / "run" / "stage1").exists()                 # failed before any training
