@@ -33,7 +33,7 @@ from ifmdm_data.errors import ConfigError
 MASK_NORMS = ("spatial", "separable", "paper")
 MOTION_DECODERS = ("directions", "mapping")
 # keys that older checkpoints' model_config lacks, with the value those checkpoints were built with
-LEGACY_DEFAULTS = {"motion_decoder": "mapping"}
+LEGACY_DEFAULTS = {"motion_decoder": "mapping", "coarse_to_fine": False}
 
 
 #################################################################################
@@ -55,6 +55,7 @@ class Stage1Config:
                                    # softmax_W * softmax_H; "paper" softmax(softmax(M, -1), -2) / W
     motion_decoder: str = "directions"  # "directions": LIA's latent axis, style = z_a + sum_i m_i q_i;
                                         # "mapping": style = MLP(m), identity only through the skips
+    coarse_to_fine: bool = True    # each scale's flows = upsampled flows of the scale below + a residual
     flow_checkpoint: bool = False  # recompute the warps in backward (saves the (N, C, G, H, W) stacks)
     mbstd_group: int = 4           # discriminator minibatch-std group size (0: off)
 
@@ -81,6 +82,8 @@ class Stage1Config:
             v = getattr(self, key)
             if not isinstance(v, int) or isinstance(v, bool):
                 bad(key, f"must be an integer, got {v!r}")
+        if not isinstance(self.coarse_to_fine, bool):
+            bad("coarse_to_fine", f"must be true or false, got {self.coarse_to_fine!r}")
         if self.mask_norm not in MASK_NORMS:
             bad("mask_norm", f"must be one of {MASK_NORMS}, got {self.mask_norm!r}")
         if self.motion_decoder not in MOTION_DECODERS:
@@ -352,7 +355,12 @@ class LocalFlowModule(nn.Module):
     - grouped convolution: two 3x3 convs with `groups=G` on F_l (C -> C -> 3G); group g sees
       only its C/G channels of F_l and outputs (dx, dy, mask logit) = channels 3g..3g+2.
     - W_l^g: tanh(dx, dy), an offset in grid_sample's normalised coordinates, added to the
-      base meshgrid of pixel centres (a buffer); zero offset is the identity warp.
+      base meshgrid of pixel centres (a buffer); zero offset is the identity warp. With
+      `coarse_flow` (the decoder passes the scale below's flows when `coarse_to_fine` is on,
+      not in the paper) the offset is a residual on top of the upsampled coarser flow of the
+      same group: a bilinear warp only gives a gradient for misalignments under about a pixel,
+      so without it a fine scale cannot learn a motion of several of its pixels (measured in
+      benchmarks/learning_bench.py: README "Model").
     - M_l^g: `log_spatial_masks` (the paper's width-then-height softmax, or a 2D softmax),
       a distribution over space for each group: this is what the local flow loss keeps compact.
     - combination: the paper's softmax is over space, so it does not say how groups share a
@@ -380,11 +388,15 @@ class LocalFlowModule(nn.Module):
         self.register_buffer("base_grid", torch.stack([gx, gy], dim=-1)[None, None],
                              persistent=False)                     # (1, 1, H, W, 2)
 
-    def forward(self, feature, appearance):  # F_l (N, C, H, W), A_l (N, C, H, W)
+    def forward(self, feature, appearance, coarse_flow=None):  # F_l, A_l (N, C, H, W)
         n, _, h, w = feature.shape
         g = self.groups
         out = self.head(self.hidden(feature)).float().reshape(n, g, 3, h, w)
         flow = torch.tanh(out[:, :, :2])                           # (N, G, 2, H, W) W_l^g
+        if coarse_flow is not None:                                # (N, G, 2, H/2, W/2): refine it
+            up = F.interpolate(coarse_flow.reshape(n, g * 2, h // 2, w // 2), size=(h, w),
+                               mode="bilinear", align_corners=False)
+            flow = flow + up.reshape(n, g, 2, h, w)
         log_masks = log_spatial_masks(out[:, :, 2], self.mask_norm)  # (N, G, H, W)
         weights = torch.softmax(log_masks, dim=1)                  # (N, G, H, W), sums to 1 over G
         if self.use_checkpoint and torch.is_grad_enabled():
@@ -427,10 +439,10 @@ class SynthesisBlock(nn.Module):
         self.local_flow = LocalFlowModule(c, res, cfg.groups, cfg.mask_norm, cfg.flow_checkpoint)
         self.to_rgb = ToRGB(c, cfg.style_dim)
 
-    def forward(self, x, style, appearance, rgb):
+    def forward(self, x, style, appearance, rgb, coarse_flow=None):
         for conv in self.convs:
             x = conv(x, style)                                     # F_l (N, C_l, r, r)
-        warped, masks, flow = self.local_flow(x, appearance)
+        warped, masks, flow = self.local_flow(x, appearance, coarse_flow)
         x = x + warped.to(x.dtype)                                 # (N, C_l, r, r)
         return x, self.to_rgb(x, style, rgb), masks, flow
 
@@ -450,7 +462,7 @@ class MotionDecoder(nn.Module):
 
     def __init__(self, cfg: Stage1Config):
         super().__init__()
-        self.kind = cfg.motion_decoder
+        self.kind, self.coarse_to_fine = cfg.motion_decoder, cfg.coarse_to_fine
         if self.kind == "mapping":
             dims = [cfg.motion_dim] + [cfg.style_dim] * cfg.n_mlp
             self.mapping = nn.Sequential(*[EqualLinear(a, b, lr_mul=cfg.mapping_lr_mul, activation=True)
@@ -486,7 +498,8 @@ class MotionDecoder(nn.Module):
         x = self.const.expand(n, -1, -1, -1)                       # (N, C_4, 4, 4)
         rgb, masks, flows = None, [], []
         for block, a in zip(self.blocks, appearance):
-            x, rgb, m, f = block(x, style, a, rgb)
+            coarse = flows[-1] if flows and self.coarse_to_fine else None
+            x, rgb, m, f = block(x, style, a, rgb, coarse)
             masks.append(m)                                        # (N, G, r, r)
             flows.append(f)                                        # (N, G, 2, r, r)
         return rgb, masks, flows                                   # rgb (N, 3, H, W)

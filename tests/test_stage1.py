@@ -53,7 +53,9 @@ def test_forward_shapes(groups, motion_dim):
         assert [t.shape for t in out["flows"]] == [(2, groups, 2, r, r) for r in res]
         # encode / decode (the inference path) reproduce forward
         appearance, _ = model.encode(a)
-        assert [t.shape[-1] for t in appearance] == res
+        assert [t.shape[-1] for t in appearance[:5]] == res
+        # motion_decoder "directions" (default): the appearance latent z_a (N, style_dim) last
+        assert len(appearance) == 6 and appearance[5].shape == (2, TINY.style_dim)
         _, motion = model.encode(m)
         torch.testing.assert_close(model.decode(appearance, motion), out["recon"],
                                    atol=1e-4, rtol=1e-4)      # batch of N vs 2N: rounding only
@@ -113,6 +115,11 @@ def test_mask_normalisation_sums_to_one_over_space():
     torch.testing.assert_close(masks, torch.softmax(torch.softmax(logits, -1), -2) / 9)
     torch.testing.assert_close(masks.sum(dim=(2, 3)), torch.ones(2, 5))
     torch.testing.assert_close(normalise_masks(logits, "spatial").sum(dim=(2, 3)), torch.ones(2, 5))
+    torch.testing.assert_close(normalise_masks(logits, "spatial"),
+                               torch.softmax(logits.reshape(2, 5, 63), -1).reshape(2, 5, 7, 9))
+    # separable: the row softmax times the column softmax, renormalised over space
+    sep = torch.softmax(logits, -1) * torch.softmax(logits, -2)
+    torch.testing.assert_close(normalise_masks(logits, "separable"), sep / sep.sum(dim=(2, 3), keepdim=True))
     # inside the module too, for every scale of the model
     out = tiny(groups=4).eval()(images(2, 6), images(2, 7))
     for m in out["masks"]:
