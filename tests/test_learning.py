@@ -1,0 +1,78 @@
+"""Learning checks of stage 1 at test scale (orderings, not exact numbers): the mask
+normalisations' power to localise, and the synthetic local-motion data's ground truth.
+The full-size versions are `benchmarks/learning_bench.py` (README "Model")."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ifmdm_model.learning import (Clip, baselines, box_psnr, mask_compactness, psnr,
+                                  synthetic_local_motion, to_tensor)
+from ifmdm_model.stage1 import MASK_NORMS, log_spatial_masks
+
+
+def best_quadrant_mass(mode: str, steps: int = 300, size: int = 16) -> float:
+    """Optimise free mask logits (N=1, G=1) so that the mask puts its mass into the top-left
+    quadrant; returns the mass reached (the most this normalisation allows)."""
+    torch.manual_seed(0)
+    logits = torch.randn(1, 1, size, size, requires_grad=True)
+    opt = torch.optim.Adam([logits], lr=0.5)
+    for _ in range(steps):
+        mass = log_spatial_masks(logits, mode).exp()[..., :size // 2, :size // 2].sum()
+        opt.zero_grad()
+        (-mass).backward()
+        opt.step()
+    with torch.no_grad():
+        return float(log_spatial_masks(logits, mode).exp()[..., :size // 2, :size // 2].sum())
+
+
+def test_paper_normalisation_cannot_localise_the_others_can():
+    got = {mode: best_quadrant_mass(mode) for mode in MASK_NORMS}
+    # the literal formula keeps 1/W of the mass in every column and at most a factor e between
+    # the values of a column: a quadrant holds at most (W/2)/W * e/(e+1) ~ 0.37 (~0.27 reached)
+    assert got["paper"] < 0.4, got
+    assert got["spatial"] > 0.99, got
+    assert got["separable"] > 0.99, got
+
+
+def test_mask_compactness_of_known_masks():
+    h = w = 16
+    uniform = torch.full((2, 3, h, w), 1.0 / (h * w))
+    corner = torch.zeros(2, 3, h, w)
+    corner[..., 2:5, 10:14] = 1.0
+    assert mask_compactness([uniform]) == pytest.approx(0.25)
+    assert mask_compactness([corner]) == pytest.approx(1.0)
+    # scales under 8 px are not counted (a quadrant of 4x4 is 4 pixels)
+    assert mask_compactness([torch.ones(2, 3, 4, 4), corner]) == pytest.approx(1.0)
+
+
+def test_synthetic_local_motion_has_independent_mouth_motion():
+    clips = synthetic_local_motion(n_clips=2, n_train=8, n_heldout=4, size=64, seed=3)
+    again = synthetic_local_motion(n_clips=2, n_train=8, n_heldout=4, size=64, seed=3)
+    assert all(np.array_equal(a.train, b.train) for a, b in zip(clips, again))   # seeded
+    c = clips[0]
+    assert c.train.shape == (8, 64, 64, 3) and c.heldout.shape == (4, 64, 64, 3)
+    assert c.train.dtype == np.uint8 and c.heldout_boxes.shape == (4, 4)
+    # with the head still, only the mouth patch changes between frames
+    still = synthetic_local_motion(n_clips=1, n_train=6, n_heldout=2, head_px=0.0, seed=1)[0]
+    diff = np.abs(still.heldout[0].astype(int) - still.heldout[1].astype(int)).sum(-1) > 8
+    y0 = min(still.heldout_boxes[:, 0]); y1 = max(still.heldout_boxes[:, 1])
+    x0 = min(still.heldout_boxes[:, 2]); x1 = max(still.heldout_boxes[:, 3])
+    inside = diff[y0 - 2:y1 + 2, x0 - 2:x1 + 2].sum()
+    assert diff.sum() > 0 and inside == diff.sum()
+
+
+def test_baselines_and_psnr_are_right_on_known_inputs():
+    x = torch.zeros(2, 3, 8, 8)
+    assert psnr(x + 0.2, x) == pytest.approx(10 * np.log10(4 / 0.04))
+    boxes = np.array([[0, 4, 0, 4], [0, 4, 0, 4]])
+    y = x.clone()
+    y[:, :, 4:, 4:] = 1.0                                          # error outside the boxes only
+    assert box_psnr(x, y, boxes) > 90
+    frames = np.full((4, 8, 8, 3), 100, np.uint8)
+    frames[0] = 0                                                  # one outlier frame
+    clip = Clip("c", frames, frames[1:], None)
+    b = baselines([clip])
+    assert b["median"] > 90 > b["copy"]                            # the median ignores the outlier
+    assert to_tensor(frames).shape == (4, 3, 8, 8)
