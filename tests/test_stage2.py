@@ -500,3 +500,24 @@ def test_generated_std_follows_m_sigma_under_the_default_guidance():
     assert all(abs(r - 1) < 0.25 for r in cond_only), cond_only      # the model learned m_sigma
     assert max(plain) > 1.25, plain                                  # the toy shows the problem
     assert all(abs(r - 1) < 0.25 for r in rescaled), (rescaled, plain)
+
+
+def test_stage2_learning_checks_run_on_the_synthetic_toy():
+    """Smoke run of benchmarks/learning_stage2.py (5 steps per variant: nothing is learned, so
+    only the table's shape and the checks' names are asserted)."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from learning_stage2 import VARIANTS, stage2_checks, synthetic_windows
+
+    train, held = synthetic_windows(seed=0, n_train_clips=2, n_heldout_clips=1, clip_frames=48)
+    assert train["motion"].shape[1:] == (16, 8) and held["m_sigma"].shape == (3, 8)
+    rows, checks = stage2_checks(train, held, quick=True, steps=5, log=None)
+    assert [r["variant"] for r in rows] == [v[0] for v in VARIANTS]
+    assert all(math.isfinite(r["held-out loss"]) and -1 <= r["sync r"] <= 1 for r in rows)
+    names = [c[0] for c in checks]
+    assert any("framewise+residual best" in n for n in names) and any("m_sigma within 25%" in n for n in names)
+    assert any("global without residual worst" in n for n in names)
+    assert all(isinstance(ok, bool) and detail for _, ok, detail in checks)
+    with pytest.raises(ValueError, match="lack"):
+        stage2_checks({k: v for k, v in train.items() if k != "hint"}, held, quick=True, steps=1)
