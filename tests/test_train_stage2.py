@@ -156,6 +156,28 @@ def test_stage2_ablations_reach_the_checkpoint_the_loader_and_inference(manifest
     s2 = load_models(run, "cpu").stage2
     assert (s2.cfg.conditioning, s2.cfg.modulation, s2.blocks[0].speech_in) == ("tokens", "global", None)
     assert s2.stats_guidance.null.shape == (2, s2.cfg.hidden)
+    # ... and generates with it: guidance rescale on (default) or off (--cfg-rescale 0)
+    import wave
+
+    import cv2
+
+    from ifmdm_model.infer import generate, main
+    img = tmp_path / "face.png"
+    cv2.imwrite(str(img), np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    wav = tmp_path / "speech.wav"
+    t = np.arange(16000) / 16000
+    with wave.open(str(wav), "wb") as f:
+        f.setnchannels(1), f.setsampwidth(2), f.setframerate(16000)
+        f.writeframes((0.3 * np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t)) * 32767)
+                      .astype("<i2").tobytes())
+    fast = dict(steps=3, progress=False, face_check=False, return_motion=True, device="cpu")
+    on = generate(run, img, wav, tmp_path / "on.mp4", **fast)
+    off = generate(run, img, wav, tmp_path / "off.mp4", guidance_rescale=0.0, **fast)
+    assert on["cfg_rescale"] == 1.0 and off["cfg_rescale"] == 0.0 and on["frames"] == 25
+    assert np.isfinite(on["motion"]).all() and np.isfinite(off["motion"]).all()   # (3 steps: speech barely used)
+    assert main(["--checkpoint", str(run), "--image", str(img), "--audio", str(wav), "-o", str(tmp_path / "x.mp4"),
+                 "--cfg-rescale", "1.5", "-q"]) == 2
+    assert "--cfg-rescale must be in [0, 1]" in capsys.readouterr().err
 
     # motion_stats: "window" statistics are each window's own, "clip" the sidecar's per clip
     motion_root = sample_shards / "motion" / out["stage2"]["encoder"]
