@@ -468,7 +468,9 @@ def test_generated_std_follows_m_sigma_under_the_default_guidance():
     """Speech CFG (w = 2.5) multiplies the speech-explained part of the motion by w, so plain
     CFG gives ~1.5-1.7x the requested std on this toy (and fails the 25% bound); with the
     guidance rescale (inference's default) the std over frames stays within 25% of m_sigma,
-    as the conditional prediction's (w = 1) does. Checked by hand: rescale=0.0 fails this."""
+    as the conditional prediction's (w = 1) does. Measured (seed 0): w = 1 1.24 / 0.93 / 0.98,
+    plain CFG 1.91 / 1.59 / 1.64, rescaled 1.07 / 0.84 / 0.91 for m_sigma 0.1 / 0.3 / 0.6; so
+    with the rescale disabled the last assertion fails (checked by hand)."""
     g = torch.Generator().manual_seed(0)
     proj = torch.randn(D, S, generator=g)
     torch.manual_seed(0)
@@ -497,7 +499,9 @@ def test_generated_std_follows_m_sigma_under_the_default_guidance():
     cond_only = [ratio(s, 1.0, 0.0) for s in sigmas]
     plain = [ratio(s, 2.5, 0.0) for s in sigmas]
     rescaled = [ratio(s, 2.5, 1.0) for s in sigmas]
-    assert all(abs(r - 1) < 0.25 for r in cond_only), cond_only      # the model learned m_sigma
+    # the model learned m_sigma (w = 1 measured 1.24 / 0.93 / 0.98 here; its low-sigma floor
+    # varies with the seed: 1.06-1.26 over 4 seeds, hence the looser bound)
+    assert all(abs(r - 1) < 0.35 for r in cond_only), cond_only
     assert max(plain) > 1.25, plain                                  # the toy shows the problem
     assert all(abs(r - 1) < 0.25 for r in rescaled), (rescaled, plain)
 
