@@ -42,8 +42,8 @@ from ifmdm_model.learning import (TrainSettings, baselines, cross_identity_psnr,
 MEDIA = ROOT.parent / "shared" / "media"
 
 # steps per stage-1 run (each run: S1-tiny at 64 px, batch 8)
-BUDGET = {"quick": {"synthetic": 500, "real": 800, "dims": 500},
-          "full": {"synthetic": 3000, "real": 6000, "dims": 3000}}
+BUDGET = {"quick": {"synthetic": 400, "real": 600, "dims": 600},
+          "full": {"synthetic": 3000, "real": 6000, "dims": 6000}}
 
 
 def table(title: str, rows: list[dict], cols: list[str]) -> None:
@@ -103,11 +103,16 @@ def main(argv=None) -> int:
     # 1. synthetic local motion ------------------------------------------------------------
     syn = synthetic_local_motion(n_clips=6, seed=args.seed)
     base = baselines(syn)
+    dflt = model_config("S1-tiny")
+    print(f"default = S1-tiny (64 px, G={dflt.groups}, D={dflt.motion_dim}, mask_norm {dflt.mask_norm}, "
+          f"motion_decoder {dflt.motion_decoder}, coarse_to_fine {dflt.coarse_to_fine}); "
+          f"budget {budget} steps of batch 8")
     print(f"1. synthetic local motion: {len(syn)} subjects, 48 train / 16 held-out frames each, 64 px")
-    variants = [("default", {}), ("groups: 1", {"groups": 1}), ("mask_norm: paper", {"mask_norm": "paper"})]
+    variants = [("default", {}), ("groups: 1", {"groups": 1}), ("mask_norm: paper", {"mask_norm": "paper"}),
+                ("motion_decoder: mapping", {"motion_decoder": "mapping"})]
     if not args.quick:
         variants += [("mask_norm: separable", {"mask_norm": "separable"}),
-                     ("motion_decoder: mapping", {"motion_decoder": "mapping"})]
+                     ("coarse_to_fine: true", {"coarse_to_fine": True})]
     rows = [{"model": "baseline: copy appearance", "PSNR": base["copy"], "patch PSNR": base["copy_patch"]},
             {"model": "baseline: median (motion-blind)", "PSNR": base["median"], "patch PSNR": base["median_patch"]}]
     res = {}

@@ -35,7 +35,7 @@ class LossWeights:
 # Paper ablations that curriculum.yaml may set on top of the named model size (None: the
 # size's default). They are recorded in every checkpoint's `model_config`, which extraction,
 # eval and inference read back, so a run is always rebuilt as it was trained.
-STAGE1_ABLATIONS = ("groups", "motion_dim", "mask_norm", "motion_decoder")
+STAGE1_ABLATIONS = ("groups", "motion_dim", "mask_norm", "motion_decoder", "coarse_to_fine")
 STAGE2_ABLATIONS = ("modulation", "speech_residual", "conditioning", "motion_stats",
                     "p_drop_speech", "p_drop_stats", "p_drop_hint")
 
@@ -47,6 +47,7 @@ class Stage1Plan:
     motion_dim: Optional[int] = None      # D (paper: 20)
     mask_norm: Optional[str] = None       # spatial | separable | paper (ifmdm_model/stage1.py)
     motion_decoder: Optional[str] = None  # directions (LIA's latent axis) | mapping (MLP)
+    coarse_to_fine: Optional[bool] = None  # flows refined from the scale below (ours; off)
     batch_size: int = 8
     pairs_per_clip: int = 16
     num_workers: int = 4

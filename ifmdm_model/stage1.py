@@ -33,7 +33,7 @@ from ifmdm_data.errors import ConfigError
 MASK_NORMS = ("spatial", "separable", "paper")
 MOTION_DECODERS = ("directions", "mapping")
 # keys that older checkpoints' model_config lacks, with the value those checkpoints were built with
-LEGACY_DEFAULTS = {"motion_decoder": "mapping", "coarse_to_fine": False}
+LEGACY_DEFAULTS = {"motion_decoder": "mapping"}
 
 
 #################################################################################
@@ -55,7 +55,7 @@ class Stage1Config:
                                    # softmax_W * softmax_H; "paper" softmax(softmax(M, -1), -2) / W
     motion_decoder: str = "directions"  # "directions": LIA's latent axis, style = z_a + sum_i m_i q_i;
                                         # "mapping": style = MLP(m), identity only through the skips
-    coarse_to_fine: bool = True    # each scale's flows = upsampled flows of the scale below + a residual
+    coarse_to_fine: bool = False   # True: each scale's flows = upsampled flows of the scale below + a residual
     flow_checkpoint: bool = False  # recompute the warps in backward (saves the (N, C, G, H, W) stacks)
     mbstd_group: int = 4           # discriminator minibatch-std group size (0: off)
 
@@ -356,11 +356,11 @@ class LocalFlowModule(nn.Module):
       only its C/G channels of F_l and outputs (dx, dy, mask logit) = channels 3g..3g+2.
     - W_l^g: tanh(dx, dy), an offset in grid_sample's normalised coordinates, added to the
       base meshgrid of pixel centres (a buffer); zero offset is the identity warp. With
-      `coarse_flow` (the decoder passes the scale below's flows when `coarse_to_fine` is on,
-      not in the paper) the offset is a residual on top of the upsampled coarser flow of the
-      same group: a bilinear warp only gives a gradient for misalignments under about a pixel,
-      so without it a fine scale cannot learn a motion of several of its pixels (measured in
-      benchmarks/learning_bench.py: README "Model").
+      `coarse_flow` (the decoder passes the scale below's flows when `coarse_to_fine` is on;
+      not in the paper, off by default) the offset is a residual on top of the upsampled
+      coarser flow of the same group (a bilinear warp only gives a gradient for
+      misalignments under about a pixel; measured: no gain at learning_bench's scale, and
+      the random initial flows add up over the scales).
     - M_l^g: `log_spatial_masks` (the paper's width-then-height softmax, or a 2D softmax),
       a distribution over space for each group: this is what the local flow loss keeps compact.
     - combination: the paper's softmax is over space, so it does not say how groups share a
