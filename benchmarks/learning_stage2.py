@@ -180,7 +180,7 @@ def windows_from_clips(stage1_model, shards_root, size: int, window: int = 16, t
     features (one row per frame). The first `train_fraction` of each clip's frames train
     (windows every `stride` frames), the rest are held out (non-overlapping windows);
     statistics per clip part ("clip") or per window ("window")."""
-    from ifmdm_data.loaders import list_shards, load_checked
+    from ifmdm_data.loaders import STAGE2_READ, list_shards, load_checked
     from ifmdm_data.shard_reader import TarShard, decode_frames, read_meta
 
     model = stage1_model.eval()
@@ -195,7 +195,7 @@ def windows_from_clips(stage1_model, shards_root, size: int, window: int = 16, t
                 n = int(meta["n_frames"])
                 if max_frames:
                     n = min(n, max_frames)
-                speech = load_checked(tar, key, meta, ("json", "speech.npy"))["speech.npy"][:n].astype(np.float32)
+                speech = load_checked(tar, key, meta, STAGE2_READ)["speech.npy"][:n].astype(np.float32)
                 got = decode_frames(tar.read(key, "mp4"), range(n), size, f"{path}:{key}")
                 frames = np.stack([got[i] for i in range(n)])
                 motion = []

@@ -198,6 +198,15 @@ def test_stage2_ablations_reach_the_checkpoint_the_loader_and_inference(manifest
     with pytest.raises(ValueError, match="motion_stats"):
         stage2_dataset(sample_shards, motion_root, motion_stats="video")
 
+    # the stage-2 learning benchmark's windows from real clips (frames encoded by stage 1)
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from learning_stage2 import windows_from_clips
+    tr, he = windows_from_clips(load_models(run, "cpu", need_stage2=False).stage1, sample_shards, 64, window=8)
+    d = s2.cfg.motion_dim
+    assert tr["motion"].shape[1:] == (8, d) and tr["speech"].shape[1:] == (8, 80) and tr["hint"].shape[1:] == (d,)
+    assert len(tr["motion"]) > len(he["motion"]) > 0 and np.isfinite(tr["motion"]).all()
+
 
 def test_stage2_checkpoint_without_the_newer_config_keys_still_loads(tmp_path):
     """A stage-2 checkpoint written before `conditioning` / `motion_stats` existed: inference
