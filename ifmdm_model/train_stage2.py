@@ -105,10 +105,12 @@ def train_stage2(cur: Curriculum, opts: TrainOptions) -> dict:
     if ck is not None:
         data = load_checkpoint(ck)
         st = data["state"]
-        try:   # a checkpoint written before a config key existed has that key's default
-            ck_cfg = Stage2Config.from_dict(st.get("model_config") or {}).to_dict()
-        except (IfmdmError, TypeError, ValueError):
-            ck_cfg = None
+        ck_cfg = None
+        if isinstance(st.get("model_config"), dict):
+            try:   # a checkpoint written before a config key existed has that key's default
+                ck_cfg = Stage2Config.from_dict(st["model_config"]).to_dict()
+            except (IfmdmError, TypeError, ValueError):
+                pass
         if ck_cfg != model_cfg or st.get("encoder") != encoder:
             raise CheckpointError(f"{ck} was trained with another model or stage-1 encoder "
                                   f"({st.get('model')}, encoder {st.get('encoder')}); use another -o folder")
