@@ -136,7 +136,8 @@ def test_second_run_skips_and_resumes_a_missing_sidecar(sample_shards, extracted
     with TarShard(gone) as t:
         assert t.keys() == list(before)
         for k in t.keys():
-            np.testing.assert_array_equal(t.read(k, "motion.npy"), before[k])
+            # the same encoder on the same frames; batches of another size may round differently
+            np.testing.assert_allclose(t.read(k, "motion.npy"), before[k], rtol=0, atol=1e-5)
     assert all(os.stat(p).st_mtime_ns == mtimes[p] for p in sides[1:])
 
     # a sidecar that does not match its shard (rewritten shard, foreign file): extracted again
