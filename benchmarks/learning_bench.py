@@ -42,7 +42,7 @@ from ifmdm_model.learning import (TrainSettings, baselines, cross_identity_psnr,
 MEDIA = ROOT.parent / "shared" / "media"
 
 # steps per stage-1 run (each run: S1-tiny at 64 px, batch 8)
-BUDGET = {"quick": {"synthetic": 400, "real": 600, "dims": 600},
+BUDGET = {"quick": {"synthetic": 200, "real": 300, "dims": 300},
           "full": {"synthetic": 3000, "real": 6000, "dims": 6000}}
 
 
