@@ -55,7 +55,7 @@ def fitted_levels(levels: List[dict], counts: Dict[str, int]) -> Tuple[List[dict
 
 def _levels_block(lines: List[str]) -> Optional[Tuple[int, int, int]]:
     """(index of the `levels:` line under `stage1:`, end of its block, its indent) or None."""
-    in_stage1, stage1_indent = False, -1
+    in_stage1 = False
     for i, line in enumerate(lines):
         body = line.split("#", 1)[0].rstrip()
         if not body:
@@ -63,7 +63,6 @@ def _levels_block(lines: List[str]) -> Optional[Tuple[int, int, int]]:
         ind = len(line) - len(line.lstrip())
         if ind == 0:
             in_stage1 = body.startswith("stage1:")
-            stage1_indent = 0
             continue
         if in_stage1 and re.fullmatch(r"\s*levels:", body):
             end = i + 1

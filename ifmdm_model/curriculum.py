@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import yaml
 
-from ifmdm_data.curriculum_template import DEFAULT_CURRICULUM, write_curriculum  # noqa: F401
+from ifmdm_data.curriculum_template import DEFAULT_CURRICULUM
 from ifmdm_data.errors import ConfigError
 from ifmdm_data.reasons import SUBSETS
 

@@ -34,8 +34,8 @@ from .stage1 import STAGE1_CONFIGS, MotionAutoencoder, Stage1Config, build_stage
 
 @dataclass
 class Clip:
-    """One subject's frames: train (T1, H, W, 3) and held-out (T2, H, W, 3) uint8 RGB; `boxes`:
-    per held-out frame (y0, y1, x0, x1) of the independently moving region (synthetic only)."""
+    """One subject's frames: train (T1, H, W, 3) and held-out (T2, H, W, 3) uint8 RGB;
+    `heldout_boxes` (T2, 4): per held-out frame (y0, y1, x0, x1) of the independently moving region (synthetic only)."""
     name: str
     train: np.ndarray
     heldout: np.ndarray

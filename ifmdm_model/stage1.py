@@ -70,6 +70,10 @@ class Stage1Config:
     def validate(self, where: str = "Stage1Config") -> "Stage1Config":
         def bad(key, why):
             raise ConfigError(f"{where}: '{key}' {why}")
+        for key in ("image_size", "motion_dim", "groups", "n_mlp", "channel_base", "channel_max", "style_dim"):
+            v = getattr(self, key)
+            if not isinstance(v, int) or isinstance(v, bool):
+                bad(key, f"must be an integer, got {v!r}")
         if self.image_size < 8 or self.image_size & (self.image_size - 1):
             bad("image_size", f"must be a power of two >= 8, got {self.image_size}")
         if self.motion_dim < 1:
@@ -78,10 +82,6 @@ class Stage1Config:
             bad("groups", f"must be >= 1, got {self.groups}")
         if self.n_mlp < 1:
             bad("n_mlp", f"must be >= 1, got {self.n_mlp}")
-        for key in ("image_size", "motion_dim", "groups", "n_mlp", "channel_base", "channel_max", "style_dim"):
-            v = getattr(self, key)
-            if not isinstance(v, int) or isinstance(v, bool):
-                bad(key, f"must be an integer, got {v!r}")
         if not isinstance(self.coarse_to_fine, bool):
             bad("coarse_to_fine", f"must be true or false, got {self.coarse_to_fine!r}")
         if self.mask_norm not in MASK_NORMS:
@@ -152,10 +152,11 @@ class EqualConv2d(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_ch)) if bias else None
         self.stride, self.padding, self.groups, self.activation = stride, kernel // 2, groups, activation
         self.scale = 1.0 / math.sqrt(in_ch // groups * kernel * kernel)
+        self.init_std = 1.0                                        # of the stored weights
         self.reset_parameters()
 
     def reset_parameters(self):
-        nn.init.normal_(self.weight)
+        nn.init.normal_(self.weight, std=self.init_std)
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
@@ -194,6 +195,9 @@ class ModulatedConv2d(nn.Module):
         self.affine = EqualLinear(style_dim, in_ch, bias_init=1.0)   # style -> per-channel scales s
         self.scale = 1.0 / math.sqrt(in_ch * kernel * kernel)
         self.demodulate, self.upsample, self.padding = demodulate, upsample, kernel // 2
+        self.reset_parameters()
+
+    def reset_parameters(self):
         nn.init.normal_(self.weight)
 
     def forward(self, x, style):                                   # x (N, C_in, H, W), style (N, S)
@@ -218,6 +222,9 @@ class StyledConv(nn.Module):
         self.conv = ModulatedConv2d(in_ch, out_ch, 3, style_dim, upsample=upsample)
         self.bias = nn.Parameter(torch.zeros(out_ch))
 
+    def reset_parameters(self):
+        nn.init.zeros_(self.bias)
+
     def forward(self, x, style):
         out = self.conv(x, style)
         return scaled_lrelu(out + self.bias[None, :, None, None].to(out.dtype))
@@ -230,6 +237,9 @@ class ToRGB(nn.Module):
         super().__init__()
         self.conv = ModulatedConv2d(in_ch, 3, 1, style_dim, demodulate=False)
         self.bias = nn.Parameter(torch.zeros(3))
+
+    def reset_parameters(self):
+        nn.init.zeros_(self.bias)
 
     def forward(self, x, style, skip=None):                        # x (N, C, H, W)
         rgb = self.conv(x, style)
@@ -324,7 +334,7 @@ def log_spatial_masks(logits: torch.Tensor, mode: str = "spatial") -> torch.Tens
       localise. The inner softmax maps each row into (0, 1), so the outer softmax over a column
       sees inputs that differ by less than 1: every column keeps the same mass 1/W and values
       within a column differ by at most a factor e (a group holds at most ~0.26 of a quadrant;
-      measured in learning_bench and tests/test_stage1.py).
+      measured in tests/test_learning.py).
     The choice of default is the learning benchmark's (README "Model").
     """
     n, g, h, w = logits.shape
@@ -381,7 +391,8 @@ class LocalFlowModule(nn.Module):
         self.head = EqualConv2d(channels, 3 * groups, 3, groups=groups)
         # small flow/mask head: near-identity warps and near-uniform masks at the start, but not
         # zero, so every group's conv gets a gradient from the first step
-        nn.init.normal_(self.head.weight, std=0.1)
+        self.head.init_std = 0.1
+        self.head.reset_parameters()
         # pixel centres in [-1, 1] (align_corners=False), last dim (x, y) as grid_sample wants
         c = (torch.arange(resolution, dtype=torch.float32) * 2 + 1) / resolution - 1
         gy, gx = torch.meshgrid(c, c, indexing="ij")
@@ -468,9 +479,15 @@ class MotionDecoder(nn.Module):
             self.mapping = nn.Sequential(*[EqualLinear(a, b, lr_mul=cfg.mapping_lr_mul, activation=True)
                                            for a, b in zip(dims[:-1], dims[1:])])
         else:
-            self.directions = nn.Parameter(torch.randn(cfg.style_dim, cfg.motion_dim))
-        self.const = nn.Parameter(torch.randn(1, cfg.channels(4), 4, 4))
+            self.directions = nn.Parameter(torch.empty(cfg.style_dim, cfg.motion_dim))
+        self.const = nn.Parameter(torch.empty(1, cfg.channels(4), 4, 4))
         self.blocks = nn.ModuleList(SynthesisBlock(cfg, r) for r in cfg.resolutions)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        nn.init.normal_(self.const)
+        if self.kind == "directions":
+            nn.init.normal_(self.directions)
 
     def basis(self) -> torch.Tensor:
         """The orthonormal motion directions Q (style_dim, D), Q^T Q = I ("directions" only)."""
@@ -528,11 +545,6 @@ class MotionAutoencoder(nn.Module):
     def initialize_weights(self):
         """Re-draw every weight (each layer also initialises itself when built)."""
         _init_stylegan(self)
-        nn.init.normal_(self.decoder.const)
-        if self.cfg.motion_decoder == "directions":
-            nn.init.normal_(self.decoder.directions)
-        for block in self.decoder.blocks:
-            nn.init.normal_(block.local_flow.head.weight, std=0.1)
 
     def encode(self, image: torch.Tensor) -> Tuple[List[torch.Tensor], torch.Tensor]:
         """E_v: image (N, 3, H, W) -> (appearance [A_l (N, C_l, r, r), coarse to fine (+ z_a
@@ -578,19 +590,15 @@ class Discriminator(nn.Module):
 
 
 def _init_stylegan(root: nn.Module):
-    """Equalised-lr init: weights N(0, 1/lr_mul^2), biases at their init value (1 for the
-    modulation affines, so styles start as identity scales; 0 elsewhere)."""
+    """Re-draw every weight below `root` with its layer's own `reset_parameters` (equalised-lr
+    init: weights N(0, init_std^2 / lr_mul^2), biases at their init value: 1 for the modulation
+    affines, so styles start as identity scales; 0 elsewhere)."""
     for mod in root.modules():
-        if isinstance(mod, EqualLinear):
-            nn.init.normal_(mod.weight, std=1.0 / mod.lr_mul)
-            if mod.bias is not None:
-                nn.init.constant_(mod.bias, mod.bias_init / mod.lr_mul)
-        elif isinstance(mod, (EqualConv2d, ModulatedConv2d)):
-            nn.init.normal_(mod.weight)
-            if getattr(mod, "bias", None) is not None:
-                nn.init.zeros_(mod.bias)
-        elif isinstance(mod, (StyledConv, ToRGB)):
-            nn.init.zeros_(mod.bias)
+        if mod is not root and isinstance(mod, SELF_INITIALISING):
+            mod.reset_parameters()
+
+
+SELF_INITIALISING = (EqualLinear, EqualConv2d, ModulatedConv2d, StyledConv, ToRGB, MotionDecoder)
 
 
 #################################################################################

@@ -100,7 +100,8 @@ def test_random_model_gives_sane_finite_metrics(run_dir, sample_shards):
         m = res[sec]
         assert m["n"] == 8
         assert all(math.isfinite(m[k]) for k in ("psnr", "ssim", "l1"))
-        assert 0 < m["psnr"] < ev.PSNR_CAP_DB and 0 <= m["ssim"] <= 1 and 0 < m["l1"] <= 1
+        # SSIM lies in [-1, 1]: a random-init model can score slightly below 0
+        assert 0 < m["psnr"] < ev.PSNR_CAP_DB and -1 <= m["ssim"] <= 1 and 0 < m["l1"] <= 1
     assert math.isfinite(res["cross_identity"]["motion_l1"]) and res["cross_identity"]["motion_l1"] >= 0
     json.dumps(res, allow_nan=False)                        # JSON-clean
 

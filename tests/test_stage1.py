@@ -289,3 +289,40 @@ def test_tiny_model_overfits_astronaut():
     # each reconstruction is closest to its own motion target: the motion code is used
     dist = (recon[:, None] - targets[None]).abs().mean(dim=(2, 3, 4))  # (recon, target)
     assert torch.equal(dist.argmin(dim=1), torch.arange(4)), dist
+
+
+def test_directions_decoder_uses_an_orthonormal_basis_around_the_appearance_latent():
+    model = tiny(seed=0).eval()                                    # motion_decoder "directions"
+    q = model.decoder.basis()                                      # (style_dim, D)
+    assert q.shape == (TINY.style_dim, TINY.motion_dim)
+    torch.testing.assert_close(q.t() @ q, torch.eye(TINY.motion_dim), atol=1e-5, rtol=0)
+    appearance, m = model.encode(images(3, 8))
+    style = model.decoder.style(appearance, m)
+    torch.testing.assert_close(style, appearance[-1] + m @ q.t())
+    # zero motion: the style is the appearance latent itself
+    torch.testing.assert_close(model.decoder.style(appearance, torch.zeros_like(m)), appearance[-1])
+    with pytest.raises(ValueError, match="appearance latent"):
+        model.decoder.style(appearance[:-1], m)
+
+
+def test_coarse_to_fine_flow_is_the_upsampled_coarse_flow_plus_a_residual():
+    torch.manual_seed(0)
+    lfm = LocalFlowModule(channels=8, resolution=8, groups=2)
+    torch.nn.init.zeros_(lfm.head.weight)                          # residual offsets exactly 0
+    coarse = torch.rand(1, 2, 2, 4, 4) * 0.2 - 0.1                 # (N, G, 2, H/2, W/2)
+    _, _, flow = lfm(torch.randn(1, 8, 8, 8), torch.randn(1, 8, 8, 8), coarse)
+    up = F.interpolate(coarse.reshape(1, 4, 4, 4), size=(8, 8), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(flow, up.reshape(1, 2, 2, 8, 8))
+    _, _, alone = lfm(torch.randn(1, 8, 8, 8), torch.randn(1, 8, 8, 8))
+    assert alone.abs().max() == 0                                  # without it: the paper's flows
+    # in the decoder: on only when the config says so
+    assert tiny(coarse_to_fine=True).decoder.coarse_to_fine and not tiny().decoder.coarse_to_fine
+
+
+def test_layers_initialise_themselves_when_built_alone():
+    torch.manual_seed(0)
+    from ifmdm_model.stage1 import EqualConv2d, EqualLinear
+    conv, lin = EqualConv2d(16, 16, 3), EqualLinear(16, 8, bias_init=1.0, lr_mul=0.01)
+    assert 0.8 < conv.weight.std() < 1.2 and torch.all(conv.bias == 0)
+    assert 80 < lin.weight.std() < 120 and torch.allclose(lin.bias * lin.lr_mul, torch.ones(8))
+    assert torch.isfinite(conv(torch.randn(1, 16, 8, 8))).all()
