@@ -111,13 +111,15 @@ def cut_windows(motion: np.ndarray, speech: np.ndarray, window: int, stride: int
     n = len(motion)
     starts = list(range(0, n - window + 1, stride))
     out: Dict[str, list] = {k: [] for k in KEYS}
-    m64 = motion.astype(np.float64)
+    from ifmdm_data.loaders import window_stats        # the loader's own statistics
+
+    part = window_stats(motion) if len(motion) else None
     for s in starts:
-        seg = m64[s:s + window] if stats == "window" else m64
+        mu, sigma = window_stats(motion[s:s + window]) if stats == "window" else part
         out["motion"].append(motion[s:s + window])
         out["speech"].append(speech[s:s + window])
-        out["m_mu"].append(seg.mean(0))
-        out["m_sigma"].append(seg.std(0))
+        out["m_mu"].append(mu)
+        out["m_sigma"].append(sigma)
         out["hint"].append(motion[s - 1] if s > 0 else motion[0])
     d, sd = motion.shape[1], speech.shape[1]
     shapes = {"motion": (0, window, d), "speech": (0, window, sd), "m_mu": (0, d), "m_sigma": (0, d), "hint": (0, d)}
