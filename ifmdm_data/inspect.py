@@ -8,6 +8,20 @@ import pandas as pd
 from .schema import read_clips
 
 
+def display_paths(paths, width: int = 48) -> list:
+    """Each path relative to the folder all of them share (so `a/clip.mp4` and `b/clip.mp4`
+    stay apart, however deep the dataset sits), elided from the left to `width` characters."""
+    paths = [str(p) for p in paths]
+    if not paths:
+        return []
+    try:
+        root = os.path.commonpath([os.path.dirname(p) for p in paths])
+    except ValueError:                                     # mixed absolute / relative paths
+        root = ""
+    rel = [os.path.relpath(p, root) if root else p for p in paths]
+    return [r if len(r) <= width else "..." + r[-(width - 3):] for r in rel]
+
+
 def outcome(row) -> str:
     return row["subset"] if row["accepted"] else ",".join(row["reasons"])
 
@@ -45,7 +59,7 @@ def inspect_manifest(manifest_dir: str, labels_path: str | None = None) -> bool:
         print(f"\n{n_ok}/{len(res)} labelled segments as expected")
         return n_ok == len(res)
     view = pd.DataFrame({
-        "file": [os.path.basename(p)[:40] for p in df["path"]],
+        "file": display_paths(df["path"]),
         "start_s": df["start_s"].round(2), "end_s": df["end_s"].round(2),
         "outcome": [outcome(r) for _, r in df.iterrows()],
         "stage2": [stage2(r) for _, r in df.iterrows()],

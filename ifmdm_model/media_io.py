@@ -53,18 +53,43 @@ def square_resize(rgb: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(sq)
 
 
+ALPHA_BACKGROUND = (255, 255, 255)
+
+
+def composite_alpha(rgba: np.ndarray, name="image") -> np.ndarray:
+    """RGBA (H, W, 4), uint8 or uint16 -> uint8 RGB composited over ALPHA_BACKGROUND (white).
+
+    The model never saw transparency (it trains on video frames), and the colour stored under
+    fully transparent pixels is arbitrary (often black or leftover paint), so it is replaced by a
+    stated, plain backdrop: out = a * rgb + (1 - a) * white, a = alpha / max. Logged once."""
+    scale = 65535.0 if rgba.dtype == np.uint16 else 255.0
+    x = rgba.astype(np.float32) / scale
+    a = x[..., 3:4]
+    bg = np.asarray(ALPHA_BACKGROUND, np.float32) / 255.0
+    out = x[..., :3] * a + bg * (1.0 - a)
+    if float(a.min()) < 1.0:
+        log.warning("%s has transparent pixels: composited over white", name)
+    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+
+
 def load_image(path) -> np.ndarray:
-    """Any image OpenCV (or PIL) reads -> uint8 RGB (H, W, 3); InferenceError when unreadable."""
+    """Any image OpenCV (or PIL) reads -> uint8 RGB (H, W, 3); InferenceError when unreadable.
+    An alpha channel is composited over white (`composite_alpha`)."""
     import cv2
     p = Path(path)
     if not p.is_file():
         raise InferenceError(f"image {p} does not exist")
+    raw = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+    if raw is not None and raw.ndim == 3 and raw.shape[2] == 4:            # BGRA (8 or 16 bit)
+        return composite_alpha(cv2.cvtColor(raw, cv2.COLOR_BGRA2RGBA), p)
     img = cv2.imread(str(p), cv2.IMREAD_COLOR)
     if img is not None:
         return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     try:
         from PIL import Image
         with Image.open(p) as im:
+            if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+                return composite_alpha(np.asarray(im.convert("RGBA")), p)
             return np.asarray(im.convert("RGB"))
     except Exception as e:  # noqa: BLE001
         raise InferenceError(f"cannot read image {p} ({type(e).__name__}: {e}); give a png or jpg") from None
