@@ -6,8 +6,9 @@ Everything here is a pure function except `SpeechDetector`, which holds the sile
 speech ratio 0, loudness -120 dBFS, correlation NaN. The only exceptions are the `ClipError`s
 of `load_audio`, which become `stage2_reasons` rows.
 
-Time convention: `start_s`/`end_s` and the `times` of `envelope` are seconds on the file's
-presentation timeline (the audio frames' pts), which is the timeline video frames use too.
+Time convention: `start_s`/`end_s` and the `times` of `envelope` are seconds from the file's
+time 0 as `timeline.time_origin_s` defines it (the video stream's first frame; the audio's first
+sample when there is no video), which is the timeline video frames use too.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import numpy as np
 
 from .errors import ClipError
 from .reasons import Stage2Reason
+from .timeline import stream_start_s, time_origin_s
 
 DB_FLOOR = -120.0
 VAD_RATES = (8000, 16000)
@@ -32,7 +34,11 @@ _SEEK_PREROLL_S = 0.2
 
 def load_audio(path, start_s: float = 0.0, end_s: float | None = None,
                sample_rate: int = 16000) -> np.ndarray:
-    """Decode [start_s, end_s) of the first audio stream as float32 mono at `sample_rate`.
+    """Decode [start_s, end_s) of the main audio stream as float32 mono at `sample_rate`.
+
+    Times are seconds from the file's time 0 (`timeline.time_origin_s`: the video stream's
+    first frame, or the audio's first sample in an audio-only file), not the container's
+    absolute timestamps: a copy of a file with its timestamps offset gives the same samples.
 
     Returns exactly round((end_s - start_s) * sample_rate) samples when `end_s` is given:
     the part of the range the stream does not cover (audio shorter than the video, a range
@@ -46,7 +52,10 @@ def load_audio(path, start_s: float = 0.0, end_s: float | None = None,
     rejects such a file as `decode_error` anyway), when decoding fails, or when an audio
     stream yields no samples at all from the start of the file.
     """
-    import av  # local import: keeps `import ifmdm_data.audio` light
+    import av  # local imports: keep `import ifmdm_data.audio` light
+
+    from .inputs import fs_path
+    from .video import main_streams
 
     sample_rate = int(sample_rate)
     start_s = float(start_s or 0.0)
@@ -60,21 +69,24 @@ def load_audio(path, start_s: float = 0.0, end_s: float | None = None,
             return np.zeros(0, dtype=np.float32)
 
     try:
-        container = av.open(str(path))
+        container = av.open(fs_path(str(path)))  # manifest form of a non-UTF-8 name -> on disk
     except Exception as e:  # noqa: BLE001 - any open failure is a per-clip error
         raise ClipError(Stage2Reason.AUDIO_DECODE_ERROR,
                         f"cannot open {path}: {type(e).__name__}: {e}") from e
     try:
-        if not container.streams.audio:
+        stream = main_streams(container)[1]  # the default / richest track, as ffmpeg picks
+        if stream is None:
             raise ClipError(Stage2Reason.NO_AUDIO, f"{path} has no audio stream")
-        stream = container.streams.audio[0]
+        origin = time_origin_s(container, stream)
+        a_start = start_s + origin  # the window's start on the container's absolute timeline
         try:
-            chunks, t_first = _decode_range(container, stream, start_s, n_want, sample_rate,
+            chunks, t_first = _decode_range(container, stream, a_start, n_want, sample_rate,
                                             seek=True)
-            if t_first is not None and t_first > start_s + 1e-3 and start_s > _SEEK_PREROLL_S:
+            if (t_first is not None and t_first > a_start + 1e-3 and a_start > _SEEK_PREROLL_S
+                    and t_first > (stream_start_s(stream) or 0.0) + 1e-3):
                 # the demuxer seeked past the start: decode from the beginning instead
                 container.seek(0)
-                chunks, t_first = _decode_range(container, stream, start_s, n_want,
+                chunks, t_first = _decode_range(container, stream, a_start, n_want,
                                                 sample_rate, seek=False)
         except ClipError:
             raise
@@ -92,7 +104,7 @@ def load_audio(path, start_s: float = 0.0, end_s: float | None = None,
 
     data = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
     # Output sample i sits at t_first + i / sample_rate; cut out [start_s, start_s + n_want).
-    offset = int(round((start_s - t_first) * sample_rate))
+    offset = int(round((a_start - t_first) * sample_rate))
     if offset >= 0:
         data = data[offset:]
     else:  # the stream starts after start_s: pad the front

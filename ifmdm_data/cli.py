@@ -19,6 +19,7 @@ examples:
   ifmdm-data decide manifests/ --config strict.yaml   # new thresholds, no re-analysis
   ifmdm-data shard manifests/ -o shards/ --wav2vec2 ~/models/wav2vec2-base-960h
   ifmdm-data report manifests/ -o report/
+  ifmdm-data split manifests/ --by identity --test-fraction 0.05 -o splits/
 """
 
 
@@ -122,6 +123,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--examples", type=int, default=6, help="contact-sheet tiles per subset (default 6)")
     p.add_argument("--seed", type=int, default=0)
     _add_common(p)
+
+    p = sub.add_parser("split", help="identity- and duplicate-disjoint train/val/test manifests",
+                       description="Split manifests so that no face identity, near-duplicate group or "
+                                   "source file is in two splits, stratified by subset, deterministic for "
+                                   "a seed. identity_id (dlib face descriptors) and dup_group (perceptual "
+                                   "hashes) are computed from the source videos when the manifests lack "
+                                   "them. Writes OUT/train.parquet, OUT/test.parquet (and val.parquet): "
+                                   "the clips columns plus identity_id, dup_group, split.")
+    p.add_argument("manifests", nargs="+", help="manifest folders (clips.parquet) or .parquet manifests")
+    p.add_argument("-o", "--out", required=True, help="split folder")
+    p.add_argument("--by", choices=["identity", "clip"], default="identity",
+                   help="group by face identity (default) or only by source file and duplicate group")
+    p.add_argument("--test-fraction", type=float, default=0.05, help="share of segments in test (default 0.05)")
+    p.add_argument("--val-fraction", type=float, default=0.0, help="share of segments in val (default 0: no val)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--identity-threshold", type=float, default=0.6,
+                   help="dlib descriptor distance below which faces are one person (default 0.6)")
+    p.add_argument("--dup-bits", type=int, default=10,
+                   help="pHash Hamming distance (of 64 bits) at which frames are the same picture (default 10)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_common(p)
     return ap
 
 
@@ -154,6 +176,19 @@ def print_shard_summary(s: dict, out: str) -> None:
         for f in fails[:10]:
             w(f"    {f.get('key')}: {f.get('reason')} {f.get('detail', '')}\n")
     w(f"shards: {out}/{{coarse,lip,hard}}/*.tar, {out}/index.parquet, {out}/summary.json\n")
+
+
+def print_split_summary(s: dict, out: str) -> None:
+    w = sys.stdout.write
+    w(f"\n{s['segments']} segments, {s['identities']} identities, {s['groups']} groups "
+      f"(identity + duplicate + file), {s['dup_groups_multi']} duplicate groups of 2+ segments\n")
+    for name, p in s["splits"].items():
+        w(f"  {name:<6s}{p['segments']:6d} segments {p['identities']:5d} identities   "
+          + "  ".join(f"{k} {v} ({p['identities_per_subset'].get(k, 0)} ids)" for k, v in p["subsets"].items()) + "\n")
+    if s.get("annotate_s_per_segment") is not None:
+        w(f"  identity / hashes computed from the videos: {s['annotate_s_per_segment']:.2f} s per segment"
+          + (f"; {s['annotate_failed']} segments could not be decoded" if s.get("annotate_failed") else "") + "\n")
+    w("splits: " + ", ".join(f"{out}/{n}.parquet" for n in s["splits"]) + "\n")
 
 
 def _load_cfg(args):
@@ -222,6 +257,14 @@ def main(argv=None) -> int:
             from .report import write_report
             path = write_report(args.manifests, args.out, examples_per_subset=args.examples, seed=args.seed)
             print(f"report: {path}")
+        elif args.cmd == "split":
+            from .split import run_split
+            if args.identity_threshold <= 0 or not 0 <= args.dup_bits < 64:
+                raise IfmdmError("--identity-threshold must be > 0 and --dup-bits in [0, 63]")
+            s = run_split(args.manifests, args.out, by=args.by, test_fraction=args.test_fraction,
+                          val_fraction=args.val_fraction, seed=args.seed, threshold=args.identity_threshold,
+                          max_distance=args.dup_bits, progress=not args.no_progress)
+            print_split_summary(s, args.out)
     except IfmdmError as e:
         print(f"ifmdm-data {args.cmd}: error: {e}", file=sys.stderr)
         return 2

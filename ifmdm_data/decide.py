@@ -58,6 +58,13 @@ def decide(df: pd.DataFrame, cfg: FilterConfig) -> tuple[pd.DataFrame, dict]:
 
     Existing `reasons` that are hard failures (decode errors, crashes) are kept; all other
     decisions are recomputed from the statistics, so a user can re-decide with new thresholds.
+
+    Thresholds are inclusive: a statistic equal to a `min_*` threshold (or `head_motion_min`,
+    `lip_motion_min`, `segment.min_duration_s`, `segment.min_short_side`) passes, and one equal
+    to a `max_*` threshold passes too; only values strictly beyond a threshold are rejected
+    (tests/test_decide.py checks each at its exact value). `{quantile: q}` thresholds are taken
+    over the face-ok segments only (no hard failure, no `no_face`, no `multi_face`).
+    `av_out_of_sync` is only given to accepted segments; rejected ones get `not_in_subset`.
     """
     d, seg = cfg.decide, cfg.segment
     df = df.copy()

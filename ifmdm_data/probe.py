@@ -40,10 +40,14 @@ def probe_file(path: str, timeout_s: float = 60.0) -> dict:
 
     Keys: file_size, container_duration_s, duration_s, fps, vfr, width, height (as displayed,
     after rotation), rotation, vcodec, pix_fmt, n_frames (-1 when the container does not say),
-    has_audio, acodec, audio_sr, audio_channels.
+    has_audio, acodec, audio_sr, audio_channels (of the main streams, `video.main_stream_info`),
+    n_video_streams (not counting cover art), n_audio_streams. width/height are square-pixel
+    display sizes (the sample aspect ratio applied, `video.display_dims`).
     """
     import ffmpeg  # ffmpeg-python
 
+    from .inputs import fs_path
+    path = fs_path(path)  # a manifest path of a non-UTF-8 name -> the name on disk
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -64,24 +68,27 @@ def probe_file(path: str, timeout_s: float = 60.0) -> dict:
         raise IfmdmError("ffprobe not found: install ffmpeg (apt-get install ffmpeg)") from None
 
     streams = info.get("streams", [])
+    from .video import display_dims, main_stream_info  # issue 11 C/D: one stream rule, SAR
     video = [s for s in streams if s.get("codec_type") == "video"
              and not (s.get("disposition") or {}).get("attached_pic")]
     audio = [s for s in streams if s.get("codec_type") == "audio"]
+    a0 = main_stream_info(streams, "audio")
     fmt = info.get("format", {})
     rec = {
         "file_size": int(st.st_size),
         "container_duration_s": _float(fmt.get("duration")),
         "has_audio": bool(audio),
-        "acodec": audio[0].get("codec_name", "") if audio else "",
-        "audio_sr": int(_float(audio[0].get("sample_rate"), 0)) if audio else 0,
-        "audio_channels": int(audio[0].get("channels", 0)) if audio else 0,
+        "acodec": a0.get("codec_name", "") if audio else "",
+        "audio_sr": int(_float(a0.get("sample_rate"), 0)) if audio else 0,
+        "audio_channels": int(a0.get("channels", 0)) if audio else 0,
+        "n_video_streams": len(video), "n_audio_streams": len(audio),
     }
     if not video:
         raise ClipError(Reason.NO_VIDEO_STREAM,
                         "audio-only file" if audio else "no video stream").with_record(rec)
-    v = video[0]
+    v = main_stream_info(video, "video")
     rot = _rotation(v)
-    w, h = int(v.get("width", 0)), int(v.get("height", 0))
+    w, h = display_dims(int(v.get("width", 0)), int(v.get("height", 0)), v.get("sample_aspect_ratio"))
     if rot in (90, 270):
         w, h = h, w
     avg, real = _rate(v.get("avg_frame_rate")), _rate(v.get("r_frame_rate"))

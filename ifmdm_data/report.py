@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
+from .inputs import fs_path
 from .reasons import SUBSETS
 
 GROUPS = SUBSETS + ("rejected",)
@@ -239,10 +240,11 @@ def _frame_at(row, t: float) -> tuple[float, np.ndarray, float]:
     if pd.isna(w) or pd.isna(h) or not w or not h:  # the probe failed: ask the stream itself
         import av
 
-        with av.open(row.path) as c:
+        with av.open(fs_path(row.path)) as c:
             if not c.streams.video:
                 raise ValueError("no video stream")
-            w, h = c.streams.video[0].width, c.streams.video[0].height
+            from .video import main_streams, stream_display_size
+            w, h = stream_display_size(main_streams(c)[0])
             rot = 0
     w, h = int(w), int(h)
     size = analysis_size(w, h, TILE_SIDE)
@@ -298,7 +300,7 @@ def _draw_track(rgb: np.ndarray, manifest_dir: Path, row, ft: float, scale: floa
 
 def render_tile(row, manifest_dir: Path, colour: str) -> tuple[np.ndarray, str]:
     """(RGB tile, note). Never raises: a missing or unreadable source gives a grey tile."""
-    if not isinstance(row.path, str) or not os.path.exists(row.path):
+    if not isinstance(row.path, str) or not os.path.exists(fs_path(row.path)):
         return _grey_tile(f"source missing: {row.path}"), "source missing"
     t = (float(row.start_s) + float(row.end_s)) / 2 if pd.notna(row.start_s) and pd.notna(row.end_s) else 0.0
     try:

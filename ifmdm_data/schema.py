@@ -38,6 +38,8 @@ _CLIP_COLUMNS = [
     ("has_audio", BOOL, "the file has an audio stream"),
     ("acodec", STR, "audio codec"),
     ("audio_sr", I32, "audio sample rate of the file"),
+    ("n_video_streams", I32, "video streams in the file, cover images not counted (the main one is analysed)"),
+    ("n_audio_streams", I32, "audio streams in the file (the main one, default track first, is used)"),
     # analysis
     ("n_analysed", I32, "frames analysed (at analysis_fps)"),
     ("analysis_fps", F32, "analysis frame rate"),
@@ -191,3 +193,41 @@ def read_tracks(path: str | Path):
     table = pq.read_table(path)
     meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
     return table.to_pandas(), meta
+
+
+# `ifmdm-data split` annotations (ifmdm_data/identity.py, dedup.py): appended to the clips
+# columns in the split manifests (train/val/test.parquet); `filter` does not compute them yet.
+_ANNOTATION_COLUMNS = [
+    ("identity_id", I64, "face identity cluster (dlib descriptors, leader clustering); -1: no face"),
+    ("identity_spread", F32, "mean distance of the frame descriptors to their mean (dlib units); NaN: no face"),
+    ("identity_mixed", BOOL, "two sampled frames' descriptors more than the identity threshold apart"),
+    ("identity_faces", I32, "sampled frames with a face"),
+    ("face_descriptor", pa.list_(F32), "mean dlib 128-d face descriptor; empty: no face"),
+    ("phash", pa.list_(STR), "64-bit pHash (16 hex digits) of each sampled non-flat frame"),
+    ("dup_group", I64, "near-duplicate group (pHash Hamming distance, union-find)"),
+    ("split_group", I64, "connected component of identity_id / dup_group / clip_id: one split each"),
+    ("split", STR, "train | val | test"),
+]
+ANNOTATION_COLUMNS = [n for n, _, _ in _ANNOTATION_COLUMNS]
+SPLIT_SCHEMA = pa.schema(list(CLIPS_SCHEMA) + [pa.field(n, t, metadata={"description": d})
+                                               for n, t, d in _ANNOTATION_COLUMNS])
+
+
+def split_table(df) -> pa.Table:
+    """A split manifest (clips columns + annotations, any extra columns dropped) -> a table with
+    exactly SPLIT_SCHEMA. `read_clips` reads it back (it keeps the extra columns)."""
+    import numpy as np
+
+    base = clips_table([{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items()}
+                        for r in df[[c for c in CLIP_COLUMNS if c in df]].to_dict("records")])
+    cols = [base.column(n) for n in CLIP_COLUMNS]
+    for f in SPLIT_SCHEMA:
+        if f.name in CLIP_COLUMNS:
+            continue
+        vals = df[f.name].tolist() if f.name in df else [None] * len(df)
+        if pa.types.is_list(f.type):
+            vals = [list(v) if v is not None and not (isinstance(v, float) and v != v) else [] for v in vals]
+        elif not pa.types.is_floating(f.type):
+            vals = [None if isinstance(v, float) and v != v else v for v in vals]
+        cols.append(pa.array(vals, type=f.type))
+    return pa.Table.from_arrays(cols, schema=SPLIT_SCHEMA)

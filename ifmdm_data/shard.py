@@ -48,6 +48,7 @@ from . import shard_format as sf
 from .crop import PADS, crop_box, crop_i420, landmarks_to_crop
 from .errors import ClipError, ConfigError
 from .reasons import SUBSETS, Reason, Stage2Reason
+from .video import convert_frame, main_streams, stream_display_size
 
 AUDIO_RATE = 16000
 MIN_COVERAGE = 0.5     # a truncated source must still yield half the segment's frames
@@ -157,9 +158,13 @@ def wav_bytes(wav: np.ndarray, sample_rate: int = AUDIO_RATE) -> bytes:
 
 
 class _Encoder:
-    """libx264 yuv420p into an in-memory mp4 (no faststart: the loaders hold the whole member)."""
+    """libx264 yuv420p into an in-memory mp4 (no faststart: the loaders hold the whole member).
 
-    def __init__(self, size: int, fps: float, crf: int, preset: str, gop: int, threads: int = 1):
+    Tagged limited range ("tv", what `video.convert_frame` delivers) and with `colorspace`, the
+    source's matrix (AVColorSpace: 1 BT.709, 5/6 BT.601, 2 unspecified = read as BT.601)."""
+
+    def __init__(self, size: int, fps: float, crf: int, preset: str, gop: int, threads: int = 1,
+                 colorspace: int = 2):
         import av
 
         self.buf = io.BytesIO()
@@ -168,6 +173,10 @@ class _Encoder:
         s = self.container.add_stream("libx264", rate=rate)
         s.width = s.height = size
         s.pix_fmt = "yuv420p"
+        # limited range + the matrix: x264 writes them to the VUI only with a matrix tag, so an
+        # unspecified source matrix is tagged BT.601 (SMPTE 170M), how it is read anyway
+        s.codec_context.color_range = 1                  # AVCOL_RANGE_MPEG (limited)
+        s.codec_context.colorspace = colorspace if colorspace in (1, 5, 6, 9) else 6
         s.time_base = 1 / rate
         s.codec_context.gop_size = gop
         s.codec_context.thread_count = max(1, threads)
@@ -179,6 +188,7 @@ class _Encoder:
 
     def add(self, yuv: np.ndarray) -> None:
         vf = self._av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        vf.color_range = 1                               # limited: libx264 writes it to the VUI
         vf.pts = self.n
         for p in self.stream.encode(vf):
             self.container.mux(p)
@@ -197,11 +207,13 @@ class _Encoder:
             pass
 
 
-def _planes(frame, rotation: int = 0) -> tuple:
-    """Y, U, V of a decoded frame as uint8 views (no copy) in displayed orientation; frames
-    in other pixel formats (10-bit, 4:2:2, full-range yuvj) are converted to yuv420p first."""
-    if frame.format.name != "yuv420p":
-        frame = frame.reformat(format="yuv420p")
+def _planes(frame, rotation: int = 0, size=None) -> tuple:
+    """Y, U, V of a decoded frame as uint8 views (no copy) in displayed orientation and
+    geometry. `size`: the display (w, h) before rotation (`video.stream_display_size`; None:
+    the coded size). Frames in other pixel formats (10-bit, 4:2:2), full range (yuvj, pc) or
+    with non-square pixels go through `video.convert_frame` first (limited-range yuv420p at
+    `size`, source matrix kept: the encoder is tagged with it)."""
+    frame = convert_frame(frame, *(size or (None, None)))
     out = []
     for p in frame.planes[:3]:
         a = np.frombuffer(p, np.uint8, count=p.line_size * p.height).reshape(p.height, p.line_size)
@@ -228,9 +240,10 @@ def render_video(path: str, start_s: float, n_out: int, cfg: ShardConfig, box,
         raise ClipError(Reason.DECODE_ERROR, f"open failed: {e}"[:300]) from None
     enc = None
     try:
-        if not container.streams.video:
+        stream = main_streams(container)[0]
+        if stream is None:
             raise ClipError(Reason.NO_VIDEO_STREAM, str(path))
-        stream = container.streams.video[0]
+        disp = stream_display_size(stream)
         stream.thread_type = "AUTO" if cfg.threads > 1 else "SLICE"
         stream.codec_context.thread_count = cfg.threads
         tb = float(stream.time_base) if stream.time_base else 1.0 / 90000
@@ -239,7 +252,8 @@ def render_video(path: str, start_s: float, n_out: int, cfg: ShardConfig, box,
         src_step = 1.0 / src_rate if src_rate > 0 else 0.04
         if start_s > 0.5:
             container.seek(int((start_s + t0) / tb), stream=stream, backward=True, any_frame=False)
-        enc = _Encoder(cfg.size, cfg.fps, cfg.crf, cfg.preset, cfg.gop, cfg.threads)
+        enc = _Encoder(cfg.size, cfg.fps, cfg.crf, cfg.preset, cfg.gop, cfg.threads,
+                       colorspace=int(stream.codec_context.colorspace or 2))
         taus = start_s + np.arange(n_out) / cfg.fps
         k = 0
         prev = None            # (t, frame) of the last decoded frame
@@ -248,7 +262,7 @@ def render_video(path: str, start_s: float, n_out: int, cfg: ShardConfig, box,
         def emit(frame) -> None:
             nonlocal cache
             if cache[0] is not frame:
-                cache = (frame, crop_i420(*_planes(frame, rotation), box, cfg.size, cfg.pad))
+                cache = (frame, crop_i420(*_planes(frame, rotation, disp), box, cfg.size, cfg.pad))
             enc.add(cache[1])
 
         try:
@@ -362,11 +376,12 @@ def make_sample(row: dict, tracks, cfg: ShardConfig, features) -> dict:
     cannot be decoded (the caller records the sample as failed).
     """
     from .features import align_to_frames
+    from .inputs import fs_path, manifest_path
 
     key = str(row["segment_id"])
     if "." in key:
         raise ValueError(f"key {key!r} contains a dot (WebDataset splits keys at the first dot)")
-    path = str(row["path"])
+    path = fs_path(str(row["path"]))  # a non-UTF-8 name is stored escaped (inputs.manifest_path)
     start_s = float(row["start_s"])
     end_s = float(row["end_s"])
     fps = cfg.fps
@@ -407,7 +422,7 @@ def make_sample(row: dict, tracks, cfg: ShardConfig, features) -> dict:
     out["landmarks.npy"] = sf.npy_bytes(lm)
     meta = {
         "key": key,
-        "source": os.path.abspath(path),
+        "source": manifest_path(os.path.abspath(path)),
         "start_s": start_s,
         "end_s": start_s + n / fps,
         "fps": fps,

@@ -22,7 +22,7 @@ from .reasons import Reason
 from .schema import tracks_table, write_parquet_atomic
 
 PROBE_FIELDS = ("file_size", "container_duration_s", "fps", "vfr", "width", "height", "rotation",
-                "vcodec", "has_audio", "acodec", "audio_sr")
+                "vcodec", "has_audio", "acodec", "audio_sr", "n_video_streams", "n_audio_streams")
 
 
 def segment_id(cid: str, start_s: float) -> str:

@@ -363,10 +363,12 @@ def _decode_video(path, size: Optional[int], max_frames: Optional[int], keep_ful
         with av.open(str(path)) as c:
             if not c.streams.video:
                 raise VideoEvalError(f"{path} has no video stream")
-            vs = c.streams.video[0]
+            from ifmdm_data.video import main_streams, stream_display_size, to_rgb
+            vs = main_streams(c)[0]
+            w, h = stream_display_size(vs)
             fps = float(vs.average_rate) if vs.average_rate else 25.0
             for f in c.decode(vs):
-                rgb = f.to_ndarray(format="rgb24")
+                rgb = to_rgb(f, w, h)                    # display geometry, limited range
                 frames.append(square_resize(rgb, size) if size else rgb)
                 if keep_full:
                     full.append(rgb)

@@ -315,12 +315,14 @@ def video_frames(path, size: int, batch: int):
     try:
         if not container.streams.video:
             raise InferenceError(f"driving video {path} has no video stream")
-        stream = container.streams.video[0]
+        from ifmdm_data.video import main_streams, stream_display_size, to_rgb
+        stream = main_streams(container)[0]                  # not a cover image (issue 11 D)
         stream.thread_type = "AUTO"
+        w, h = stream_display_size(stream)                   # square pixels, limited range
         buf = []
         try:
             for frame in container.decode(stream):
-                buf.append(square_resize(frame.to_ndarray(format="rgb24"), size))
+                buf.append(square_resize(to_rgb(frame, w, h), size))
                 if len(buf) == batch:
                     yield np.stack(buf)
                     buf = []
@@ -341,7 +343,8 @@ def video_fps(path) -> float:
         with av.open(str(path)) as c:
             if not c.streams.video:
                 raise InferenceError(f"driving video {path} has no video stream")
-            s = c.streams.video[0]
+            from ifmdm_data.video import main_streams
+            s = main_streams(c)[0]
             rate = s.average_rate or s.guessed_rate or s.base_rate
             return float(rate) if rate else 25.0
     except InferenceError:

@@ -54,3 +54,111 @@ def test_stage2_reasons():
     assert out["stage2_ok"].tolist() == [True, False, False, False, False]
     assert [list(r) for r in out["stage2_reasons"]] == [
         [], ["no_audio"], ["no_speech"], ["av_out_of_sync"], ["no_speech", "not_in_subset"]]
+
+
+# --- thresholds exactly at their value (issue 16) --------------------------------------
+# Convention (config comments, README): minimums are inclusive ("at least this": a value equal
+# to a min_* threshold passes) and maximums are inclusive ("above this" is rejected: a value
+# equal to a max_* threshold passes).
+
+_AT = [  # (column overrides putting one statistic exactly on its threshold, field of DecideConfig)
+    ("face_fraction", "min_face_fraction"),
+    ("detected_face_fraction", "min_face_fraction"),
+    ("multi_face_fraction", "max_multi_face_fraction"),
+    ("face_px", "min_face_px"),
+    ("out_of_frame_fraction", "max_out_of_frame_fraction"),
+    ("sharpness", "min_sharpness"),
+    ("camera_motion", "max_camera_motion"),
+]
+
+
+def test_stage1_statistic_exactly_at_its_threshold_is_accepted():
+    d = FilterConfig().decide
+    rows = [_row(**{col: float(getattr(d, key))}) for col, key in _AT]
+    rows.append(_row(duration_s=FilterConfig().segment.min_duration_s))
+    rows.append(_row(width=FilterConfig().segment.min_short_side, height=FilterConfig().segment.min_short_side))
+    out, _ = decide(pd.DataFrame(rows), FilterConfig())
+    assert [list(r) for r in out["reasons"]] == [[]] * len(rows)
+    assert out["subset"].tolist() == ["hard"] * len(rows)
+
+
+def test_stage1_statistic_just_past_its_threshold_is_rejected():
+    """The other side of the same thresholds: the tests above are not vacuous."""
+    d, seg = FilterConfig().decide, FilterConfig().segment
+    eps = 1e-6
+    df = pd.DataFrame([
+        _row(face_fraction=d.min_face_fraction - eps), _row(multi_face_fraction=d.max_multi_face_fraction + eps),
+        _row(face_px=d.min_face_px - eps), _row(out_of_frame_fraction=d.max_out_of_frame_fraction + eps),
+        _row(sharpness=d.min_sharpness - eps), _row(camera_motion=d.max_camera_motion + eps),
+        _row(duration_s=seg.min_duration_s - eps), _row(width=seg.min_short_side - 1),
+    ])
+    out, _ = decide(df, FilterConfig())
+    assert [list(r) for r in out["reasons"]] == [
+        ["no_face"], ["multi_face"], ["face_too_small"], ["face_out_of_frame"], ["blurry"],
+        ["camera_motion"], ["too_short"], ["low_resolution"]]
+
+
+def test_motion_exactly_at_its_threshold_moves():
+    d = FilterConfig().decide
+    df = pd.DataFrame([
+        _row(head_motion=d.head_motion_min, mouth_open_std=d.lip_motion_min),   # both at: hard
+        _row(head_motion=d.head_motion_min, mouth_open_std=0.0),                # coarse
+        _row(head_motion=0.0, mouth_open_std=d.lip_motion_min),                 # lip
+        _row(head_motion=d.head_motion_min * 0.999, mouth_open_std=d.lip_motion_min * 0.999),  # static
+    ])
+    out, _ = decide(df, FilterConfig())
+    assert [s if isinstance(s, str) else None for s in out["subset"]] == ["hard", "coarse", "lip", None]
+    assert list(out["reasons"].iloc[3]) == ["static"]
+
+
+def test_stage2_statistic_exactly_at_its_threshold_is_ok():
+    d = FilterConfig().decide
+    df = pd.DataFrame([
+        _row(speech_ratio=d.min_speech_ratio),
+        _row(av_corr=d.min_av_corr),
+        _row(av_lag_s=d.max_av_lag_s), _row(av_lag_s=-d.max_av_lag_s),
+        _row(sync_conf=d.min_sync_conf, sync_offset_frames=float(d.max_sync_offset_frames)),
+        _row(sync_conf=d.min_sync_conf, sync_offset_frames=float(-d.max_sync_offset_frames)),
+        # just past each: out
+        _row(speech_ratio=d.min_speech_ratio - 1e-6),
+        _row(av_corr=d.min_av_corr - 1e-6),
+        _row(av_lag_s=d.max_av_lag_s + 1e-6),
+        _row(sync_conf=d.min_sync_conf - 1e-6, sync_offset_frames=0.0),
+        _row(sync_conf=d.min_sync_conf, sync_offset_frames=float(d.max_sync_offset_frames + 1)),
+    ])
+    out, _ = decide(df, FilterConfig())
+    assert out["stage2_ok"].tolist() == [True] * 6 + [False] * 5
+    assert [list(r) for r in out["stage2_reasons"][6:]] == [["no_speech"]] + [["av_out_of_sync"]] * 4
+
+
+def test_quantile_threshold_over_face_ok_segments_only():
+    """README/filter.yaml: {quantile: q} is computed over the segments that passed the face
+    checks. Rejected-for-face rows with very different statistics must not move it."""
+    cfg = FilterConfig()
+    cfg.decide.head_motion_min = {"quantile": 0.5}
+    cfg.decide.min_sharpness = {"quantile": 0.25}
+    ok = [_row(head_motion=h, sharpness=s, mouth_open_std=0.0)
+          for h, s in ((0.1, 40.0), (0.2, 50.0), (0.3, 60.0), (0.4, 70.0))]
+    bad = [_row(face_fraction=0.0, head_motion=5.0, sharpness=1000.0),      # no_face
+           _row(multi_face_fraction=1.0, head_motion=6.0, sharpness=2000.0),  # multi_face
+           _row(reasons=["decode_error"], head_motion=7.0, sharpness=3000.0)]  # hard failure
+    out, th = decide(pd.DataFrame(ok + bad), cfg)
+    # median of 0.1..0.4 by linear interpolation: (0.2 + 0.3) / 2; the 25 % point of 40..70:
+    # position 0.25 * 3 = 0.75 between 40 and 50 -> 47.5. Over all 7 rows it would be 0.4 / 55.
+    assert abs(th["head_motion_min"] - 0.25) < 1e-12
+    assert abs(th["min_sharpness"] - 47.5) < 1e-12
+    assert [s if isinstance(s, str) else None for s in out["subset"][:4]] == [None, None, "coarse", "coarse"]
+    assert [list(r) for r in out["reasons"][:4]] == [["blurry", "static"], ["static"], [], []]
+
+
+def test_av_out_of_sync_is_not_added_to_rejected_segments():
+    """Stage2Reason: av_out_of_sync is for accepted segments; a rejected one gets
+    not_in_subset only (its face track is not trusted for a sync measure)."""
+    df = pd.DataFrame([
+        _row(head_motion=0.0, mouth_open_std=0.0, av_corr=-0.5),     # static, out of sync
+        _row(face_px=10.0, av_lag_s=2.0),                            # face_too_small, out of sync
+        _row(av_corr=-0.5),                                          # accepted, out of sync
+    ])
+    out, _ = decide(df, FilterConfig())
+    assert out["accepted"].tolist() == [False, False, True]
+    assert [list(r) for r in out["stage2_reasons"]] == [["not_in_subset"], ["not_in_subset"], ["av_out_of_sync"]]

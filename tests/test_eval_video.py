@@ -442,3 +442,52 @@ def test_syncnet_mfcc_equals_python_speech_features():
     ours = syncnet_mfcc(_chirp_int16().astype(np.float64), 16000)
     assert ours.shape == ref.shape == (13, 99)
     np.testing.assert_allclose(ours, ref, rtol=1e-9, atol=1e-9)
+
+
+def _flat_clip(path, colours: np.ndarray, size: int, fps: float = 25.0, audio: bool = True):
+    """An mp4 whose frame k is one flat colour colours[k] (uint8 RGB) (+ a syllabic tone)."""
+    from ifmdm_model.infer import AUDIO_RATE, VideoWriter
+    n = len(colours)
+    t = np.arange(int(round(n / fps * AUDIO_RATE))) / AUDIO_RATE
+    wav = (0.3 * np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t))).astype(np.float32)
+    w = VideoWriter(path, size, fps, wav if audio else None, overwrite=True)
+    w.write(np.broadcast_to(colours[:, None, None, :], (n, size, size, 3)).copy())
+    w.close()
+    return path
+
+
+def _fid_ref(x, y):
+    from scipy import linalg
+    s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    return float(np.sum((x.mean(0) - y.mean(0)) ** 2) + np.trace(s1) + np.trace(s2)
+                 - 2 * np.real(np.trace(linalg.sqrtm(s1 @ s2))))
+
+
+def test_fid_is_generated_against_real(run, tmp_path, monkeypatch):
+    """FID in `evaluate_videos` (what `ifmdm-eval --clips` runs) compares the generated frames
+    with the real ones. Known distributions: the real clip's frames are flat colours around
+    RGB 0.3, the (stubbed) generator's around 0.7; the 'Inception' features are each frame's
+    mean colour. FID(gen, real) is then ~3 * 0.4^2 (computed here from the colours written),
+    while FID(gen, gen) or FID(real, real) would be 0."""
+    import ifmdm_model.infer as infer
+    rng = np.random.default_rng(0)
+    n = 20
+    real_c = np.clip(np.round(255 * rng.normal(0.3, 0.05, (n, 3))), 0, 255).astype(np.uint8)
+    gen_c = np.clip(np.round(255 * rng.normal(0.7, 0.05, (n, 3))), 0, 255).astype(np.uint8)
+    clip = _flat_clip(tmp_path / "real.mp4", real_c, 128)
+
+    def fake_generate(run_dir, image, audio, out_path, fps=25.0, steps=25, cfg=2.5, seed=0, models=None, **kw):
+        _flat_clip(out_path, gen_c, models.image_size, fps, audio=False)
+        return {"frames": n, "seconds": n / fps, "wall_s": 0.0, "steps": steps, "cfg": cfg, "seed": seed}
+
+    monkeypatch.setattr(infer, "generate", fake_generate)
+    monkeypatch.setattr(ev, "load_inception", lambda path, device="cpu": "inception")
+    monkeypatch.setattr(ev, "inception_features",
+                        lambda net, frames, device="cpu", batch=16: frames.reshape(len(frames), -1, 3).mean(1) / 255.0)
+    res = ev.evaluate_videos(run, [str(clip)], tmp_path / "out", inception="unused.pt", steps=2, device="cpu")
+    s = res["summary"]
+    assert s["fid_frames"] == [n, n]
+    want = _fid_ref(gen_c / 255.0, real_c / 255.0)
+    assert want > 0.4                                            # ~3 * 0.4^2: far apart
+    assert s["fid"] == pytest.approx(want, rel=0.05)             # (x264 moves flat colours ~1 level)
+    assert _fid_ref(gen_c / 255.0, gen_c / 255.0) < 1e-9         # what gen-vs-gen would give

@@ -308,14 +308,19 @@ def test_motion_statistics(run, image, tmp_path):
 
 
 def test_face_check_warns(caplog):
+    """Skips only when mediapipe (the named optional dependency) is missing: any other failure
+    of the check (check_face returns None when the detector breaks) fails the test."""
+    pytest.importorskip("mediapipe", reason="mediapipe (the face check's detector) is not installed")
+    import cv2
+    from skimage import data
     from ifmdm_model.infer import check_face, load_image
     p = MEDIA / "image" / "grass_noface.jpg"
-    if not p.is_file():
-        pytest.skip("../shared/media is absent")
-    n = check_face(load_image(p))
-    if n is None:
-        pytest.skip("mediapipe face detector unavailable")
-    assert n == 0 and "no face" in caplog.text
+    noface = load_image(p) if p.is_file() else cv2.GaussianBlur(           # no ../shared/media:
+        (np.random.default_rng(0).random((256, 256, 3)) * 255).astype(np.uint8), (9, 9), 0)  # a texture
+    assert check_face(noface) == 0 and "no face" in caplog.text
+    caplog.clear()
+    assert check_face(np.ascontiguousarray(data.astronaut()[:, :, :3])) == 1   # one portrait
+    assert "face" not in caplog.text
 
 
 def _one_line_error(capsys, argv, needle):
@@ -454,3 +459,32 @@ def test_video_writer_background_thread(tmp_path):
         w.close()
     w.abort()
     assert not (tmp_path / "bad.mp4").exists() and not list(tmp_path.glob(".bad.mp4*"))
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
+def test_dtype_really_runs_the_models_in_that_dtype(run, image, speech, tmp_path, dtype):
+    """--dtype bf16|fp16 must not silently run fp32: forward hooks on the weighted layers of
+    the stage-1 model (encoder, decoder) and the stage-2 DiT see the activations' dtype during
+    `generate` (the same models object the CLI path builds with load_models)."""
+    want = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    models = load_models(run, device="cpu")
+    seen: dict = {"stage1": set(), "stage2": set()}
+    handles = []
+    for name, model in (("stage1", models.stage1), ("stage2", models.stage2)):
+        for mod in model.modules():
+            if isinstance(getattr(mod, "weight", None), torch.nn.Parameter):   # Linear, convs
+                def hook(m, args, out, name=name):
+                    if isinstance(out, torch.Tensor) and out.is_floating_point():
+                        seen[name].add(out.dtype)
+                handles.append(mod.register_forward_hook(hook))
+    try:
+        generate(run, image, speech, tmp_path / f"{dtype}.mp4", seed=3, dtype=dtype, models=models, **FAST)
+    finally:
+        for h in handles:
+            h.remove()
+    for model in ("stage1", "stage2"):
+        assert seen[model], model                         # the hooks saw the model run
+        if dtype == "fp32":
+            assert seen[model] == {torch.float32}, (model, seen[model])
+        else:
+            assert want in seen[model], (model, seen[model])

@@ -46,8 +46,19 @@ def test_killed_run_resumes_to_identical_manifests(ray_session, sample_dir, samp
     for f in out.rglob("*.parquet"):                      # every visible file is complete
         pq.read_metadata(f)
 
+    # the parts of the killed run, as files: a unit that is really skipped is not rewritten
+    # (write_parquet_atomic replaces the file: a new inode), so `units_skipped` below is backed by
+    # what happened, not only by the count of parts found at the start
+    before = {f.name: (f.stat().st_ino, f.stat().st_mtime_ns, f.read_bytes()) for f in parts.glob("*.parquet")}
+    assert len(before) == n_done
     summary = run_filter([str(sample_dir)], str(out), load_config(), workers=2, progress=False)
     assert summary["units_skipped"] == n_done
+    n_parts = len(list((sample_manifests[0] / "_work" / "parts").glob("*.parquet")))  # uninterrupted
+    assert sample_manifests[1]["units_skipped"] == 0 and n_parts > n_done
+    after = {f.name: (f.stat().st_ino, f.stat().st_mtime_ns, f.read_bytes()) for f in parts.glob("*.parquet")}
+    assert len(after) == n_parts
+    assert summary["units_analysed"] == n_parts - n_done        # only the missing units were analysed
+    assert {k: after[k] for k in before} == before              # skipped units were not redone
     got, ref = _table(out), _table(sample_manifests[0])
     assert got["segment_id"].is_unique
     pd.testing.assert_frame_equal(got[DECISIONS], ref[DECISIONS])
@@ -55,7 +66,9 @@ def test_killed_run_resumes_to_identical_manifests(ray_session, sample_dir, samp
     assert pq.read_schema(out / "clips.parquet").remove_metadata() == CLIPS_SCHEMA.remove_metadata()
 
     again = run_filter([str(sample_dir)], str(out), load_config(), workers=2, progress=False)
-    assert again["units_analysed"] == 0
+    assert again["units_analysed"] == 0 and again["units_skipped"] == n_parts
+    assert {f.name: (f.stat().st_ino, f.stat().st_mtime_ns) for f in parts.glob("*.parquet")} == \
+        {k: v[:2] for k, v in after.items()}
     pd.testing.assert_frame_equal(_table(out)[DECISIONS], got[DECISIONS])
 
 

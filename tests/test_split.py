@@ -1,0 +1,206 @@
+"""`ifmdm-data split`: near-duplicate groups (pHash), identity/duplicate-disjoint splits, CLI."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ifmdm_data.dedup import dup_groups, frame_hashes, hamming, sample_frames
+from ifmdm_data.schema import SPLIT_SCHEMA, clips_table, read_clips, write_parquet_atomic
+from ifmdm_data.split import assign_splits, run_split
+from tests.conftest import media
+
+TALKING = ["aoc_talking.mp4", "man_talking_2s.mp4", "woman_quiet_talking.mp4"]
+
+
+@pytest.fixture(scope="module")
+def near_copy(tmp_path_factory):
+    """aoc_talking.mp4 re-encoded (x264 crf 30), rescaled 0.5x and trimmed by 0.5 s."""
+    if not shutil.which("ffmpeg"):
+        pytest.skip("ffmpeg not found")
+    src = media("video", TALKING[0])
+    out = tmp_path_factory.mktemp("dup") / "aoc_copy.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-ss", "0.5", "-i", str(src), "-vf", "scale=iw/2:ih/2",
+                    "-c:v", "libx264", "-crf", "30", "-c:a", "aac", str(out)], check=True)
+    return out
+
+
+def _rows(paths, subsets=None, **cols):
+    rows = []
+    for i, p in enumerate(paths):
+        r = {"segment_id": f"c{i:04d}_000000000", "clip_id": f"c{i:04d}", "path": str(p), "start_s": 0.0,
+             "end_s": float("inf"), "subset": (subsets[i] if subsets else "lip"), "accepted": True,
+             "reasons": [], "stage2_reasons": []}
+        r.update({k: v[i] for k, v in cols.items()})
+        rows.append(r)
+    return rows
+
+
+def _write_manifest(d, rows):
+    write_parquet_atomic(clips_table(rows), d / "clips.parquet")
+    return d
+
+
+# --- near-duplicates ----------------------------------------------------------------------
+
+def _rand_hash(rng):
+    return int(rng.integers(0, 2 ** 63)) | (int(rng.integers(0, 2)) << 63)
+
+
+def _flip(h, bits, rng):
+    for b in rng.choice(64, bits, replace=False):
+        h ^= 1 << int(b)
+    return h
+
+
+def test_dup_groups_blocking_and_chains():
+    rng = np.random.default_rng(0)
+    a = [_rand_hash(rng) for _ in range(4)]
+    b = [_rand_hash(rng) for _ in range(4)]
+    near_a = [_flip(h, 3, rng) for h in a]            # <= 3 bits: a band always matches
+    chain = [_flip(h, 3, rng) for h in near_a]         # near near_a, up to 6 bits from a
+    unrelated = [[_rand_hash(rng) for _ in range(4)] for _ in range(50)]
+    g = dup_groups([a, b, near_a, chain, []] + unrelated, max_distance=4)
+    assert g[0] == g[2] == g[3], "near copies and a chain of them are one group (union-find)"
+    assert g[1] != g[0] and g[4] not in (g[0], g[1])
+    assert len(set(g[5:])) == 50 and not set(g[5:]) & {g[0], g[1], g[4]}
+    assert list(g) == list(dup_groups([a, b, near_a, chain, []] + unrelated, max_distance=4))
+
+
+def test_dup_groups_need_two_matching_frames():
+    rng = np.random.default_rng(1)
+    a = [_rand_hash(rng) for _ in range(4)]
+    one_shared = [a[0]] + [_rand_hash(rng) for _ in range(3)]   # one common frame: not a duplicate
+    assert len(set(dup_groups([a, one_shared]))) == 2
+    assert len(set(dup_groups([a, one_shared], min_matches=1))) == 1
+
+
+def test_phash_groups_real_media_and_near_copy(near_copy):
+    paths = [media("video", f) for f in TALKING] + [near_copy]
+    hashes = [frame_hashes(sample_frames(str(p), 0.0, float("inf"), max_side=256)) for p in paths]
+    assert all(len(h) == 8 for h in hashes)
+    d_copy = sorted(min(hamming(a, b) for b in hashes[3]) for a in hashes[0])
+    d_other = min(hamming(a, b) for i in (1, 2) for a in hashes[0] for b in hashes[i])
+    assert d_copy[len(d_copy) // 2] <= 4 and d_other >= 16, (d_copy, d_other)
+    g = dup_groups(hashes)
+    assert g[3] == g[0], "re-encoded, rescaled, trimmed copy -> same dup_group"
+    assert len({g[0], g[1], g[2]}) == 3, "different people's clips -> different groups"
+
+
+# --- assignment -----------------------------------------------------------------------------
+
+def _synthetic(n=400, seed=0):
+    rng = np.random.default_rng(seed)
+    ident = np.repeat(rng.integers(0, 120, n // 2), 2)    # 120 people, 2 segments per file
+    ident[rng.random(n) < 0.05] = -1                      # no face
+    dup = np.arange(n)
+    for _ in range(15):                                   # duplicates across people (re-uploads)
+        i, j = rng.choice(n, 2, replace=False)
+        dup[j] = dup[i]
+    subset = rng.choice(["coarse", "lip", "hard", None], n, p=[0.3, 0.4, 0.2, 0.1])
+    return pd.DataFrame({"segment_id": [f"s{i}" for i in range(n)], "clip_id": [f"c{i // 2}" for i in range(n)],
+                         "identity_id": ident, "dup_group": dup, "subset": subset})
+
+
+def _assert_disjoint(df, split):
+    for key in ("identity_id", "dup_group", "clip_id"):
+        vals = df.assign(split=split)
+        if key == "identity_id":
+            vals = vals[vals[key] >= 0]
+        per = vals.groupby(key)["split"].nunique()
+        assert (per == 1).all(), f"{key} {per[per > 1].index[:5].tolist()} in two splits"
+
+
+def test_assign_splits_disjoint_stratified_deterministic():
+    df = _synthetic()
+    split, comp, _ = assign_splits(df, {"test": 0.1, "val": 0.1}, seed=3)
+    _assert_disjoint(df, split)
+    assert set(split) == {"train", "val", "test"}
+    for s in ("coarse", "lip", "hard"):
+        part = split[df["subset"] == s]
+        for name in ("val", "test"):
+            assert 0.03 <= (part == name).mean() <= 0.2, (s, name, (part == name).mean())
+    again, _, _ = assign_splits(df, {"test": 0.1, "val": 0.1}, seed=3)
+    assert (again == split).all(), "same seed -> same split"
+    other, _, _ = assign_splits(df, {"test": 0.1, "val": 0.1}, seed=4)
+    assert not (other == split).all()
+
+
+def test_assign_splits_rare_subset_gets_its_share():
+    """10 'hard' among 200 single-segment groups: every seed puts exactly 1 hard (10%) in test."""
+    n = 200
+    df = pd.DataFrame({"segment_id": [f"s{i}" for i in range(n)], "clip_id": [f"c{i}" for i in range(n)],
+                       "identity_id": np.arange(n), "dup_group": np.arange(n),
+                       "subset": ["hard" if i % 20 == 0 else "coarse" for i in range(n)]})
+    for seed in range(5):
+        split, _, _ = assign_splits(df, {"test": 0.1}, seed=seed)
+        test = df.loc[split == "test", "subset"].value_counts()
+        assert test.get("hard", 0) == 1 and test.get("coarse", 0) == 19, (seed, dict(test))
+
+
+def test_assign_splits_tiny_set_still_fills_test():
+    df = pd.DataFrame({"segment_id": list("abc"), "clip_id": list("abc"), "identity_id": [0, 1, 2],
+                       "dup_group": [0, 1, 2], "subset": ["lip"] * 3})
+    split, _, _ = assign_splits(df, {"test": 0.05}, seed=0)
+    assert (split == "test").sum() == 1 and (split == "train").sum() == 2
+
+
+# --- end to end -----------------------------------------------------------------------------
+
+def test_run_split_with_given_annotations_writes_schema(tmp_path):
+    df = _synthetic(200, seed=1)
+    rows = _rows([f"/nonexistent/{i}.mp4" for i in range(len(df))], subsets=list(df["subset"]))
+    for r, (_, x) in zip(rows, df.iterrows()):
+        r.update(segment_id=x["segment_id"], clip_id=x["clip_id"], accepted=x["subset"] is not None)
+    table = clips_table(rows)
+    import pyarrow as pa
+    table = table.append_column("identity_id", pa.array(df["identity_id"], pa.int64()))
+    table = table.append_column("dup_group", pa.array(df["dup_group"], pa.int64()))
+    write_parquet_atomic(table, tmp_path / "m" / "clips.parquet")
+    s = run_split([tmp_path / "m"], tmp_path / "splits", test_fraction=0.1, seed=0)
+    assert set(s["splits"]) == {"train", "test"} and not (tmp_path / "splits" / "val.parquet").exists()
+    parts = {n: read_clips(tmp_path / "splits" / f"{n}.parquet") for n in ("train", "test")}
+    import pyarrow.parquet as pq
+    assert pq.read_schema(tmp_path / "splits" / "test.parquet").names == SPLIT_SCHEMA.names
+    both = pd.concat(parts.values(), ignore_index=True)
+    assert sorted(both["segment_id"]) == sorted(df["segment_id"])
+    _assert_disjoint(both, both["split"])
+    assert sum(p["segments"] for p in s["splits"].values()) == 200
+
+
+def test_cli_split_real_media(tmp_path, near_copy, capsys):
+    from ifmdm_data.cli import main
+
+    paths = [media("video", f) for f in TALKING] + [near_copy]
+    _write_manifest(tmp_path, _rows(paths, subsets=["lip", "coarse", "lip", "lip"]))
+    rc = main(["split", str(tmp_path), "--test-fraction", "0.3", "--seed", "0", "-o", str(tmp_path / "sp"),
+               "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "train" in out and "test" in out and "identities" in out
+    df = pd.concat([read_clips(tmp_path / "sp" / f"{n}.parquet") for n in ("train", "test")])
+    by_path = df.set_index("path")
+    aoc, copy = str(paths[0]), str(near_copy)
+    assert by_path.loc[aoc, "dup_group"] == by_path.loc[copy, "dup_group"]
+    assert by_path.loc[aoc, "identity_id"] == by_path.loc[copy, "identity_id"] >= 0
+    assert by_path.loc[aoc, "split"] == by_path.loc[copy, "split"]
+    assert df["identity_id"].nunique() == 3 and df["dup_group"].nunique() == 3
+    assert (df["split"] == "test").any()
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["split", "{d}/nope", "-o", "{d}/o"], "no manifest at"),
+    (["split", "{d}", "-o", "{d}/o", "--test-fraction", "1.5"], "--test-fraction must be in [0, 1)"),
+    (["split", "{d}", "-o", "{d}/o", "--test-fraction", "0.6", "--val-fraction", "0.5"], "must be < 1"),
+    (["split", "{d}", "-o", "{d}/o", "--dup-bits", "70"], "--dup-bits"),
+])
+def test_cli_split_errors_one_line_exit_2(tmp_path, capsys, args, msg):
+    from ifmdm_data.cli import main
+
+    _write_manifest(tmp_path, _rows(["/nonexistent.mp4"]))
+    rc = main([a.format(d=tmp_path) for a in args])
+    err = capsys.readouterr().err
+    assert rc == 2 and msg in err and len(err.strip().splitlines()) == 1, err
