@@ -250,20 +250,22 @@ def _summarise(s: _Accumulator, end_s: float, unit: dict, cfg: FilterConfig, sch
 
 def _audio_stats(unit, start_s, end_s, t, mouth, cfg: FilterConfig, speech, syncnet=None,
                  sync=None) -> dict:
-    """Speech presence, loudness and audio-visual agreement (landmark correlation, and SyncNet
+    """Speech presence, loudness, audio coverage (fraction of [start_s, end_s) with decoded
+    audio, not padding) and audio-visual agreement (landmark correlation, and SyncNet
     scores of the segment's windows `sync` = (crops, times) when `syncnet` is given);
     `audio_error` holds a stage-2 reason."""
     from . import audio as au
     from .syncnet import SYNC_NONE
 
-    out = {"speech_ratio": float("nan"), "loudness_db": float("nan"), "av_corr": float("nan"),
-           "av_lag_s": float("nan"), "av_corr_zero": float("nan"), "audio_error": "", **SYNC_NONE}
+    out = {"speech_ratio": float("nan"), "loudness_db": float("nan"), "audio_coverage": float("nan"),
+           "av_corr": float("nan"), "av_lag_s": float("nan"), "av_corr_zero": float("nan"), "audio_error": "", **SYNC_NONE}
     if not unit["probe"].get("has_audio"):
         out["audio_error"] = Stage2Reason.NO_AUDIO.value
         return out
     sr = cfg.audio.sample_rate
     try:
-        wav = au.load_audio(unit["path"], start_s, end_s, sr)
+        wav, out["audio_coverage"] = au.load_audio(unit["path"], start_s, end_s, sr,
+                                                   return_coverage=True)
     except ClipError as e:
         out["audio_error"] = str(e.reason)
         return out

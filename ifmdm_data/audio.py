@@ -33,7 +33,7 @@ _SEEK_PREROLL_S = 0.2
 
 
 def load_audio(path, start_s: float = 0.0, end_s: float | None = None,
-               sample_rate: int = 16000) -> np.ndarray:
+               sample_rate: int = 16000, return_coverage: bool = False):
     """Decode [start_s, end_s) of the main audio stream as float32 mono at `sample_rate`.
 
     Times are seconds from the file's time 0 (`timeline.time_origin_s`: the video stream's
@@ -51,6 +51,10 @@ def load_audio(path, start_s: float = 0.0, end_s: float | None = None,
     (a missing, empty or non-media file: whether it has audio is unknowable, and stage 1
     rejects such a file as `decode_error` anyway), when decoding fails, or when an audio
     stream yields no samples at all from the start of the file.
+
+    With `return_coverage=True` returns (samples, coverage): the fraction of the returned
+    samples that are decoded audio rather than padding (audio shorter than the video, a window
+    past the end or before the stream's first sample), in [0, 1]; NaN for an empty result.
     """
     import av  # local imports: keep `import ifmdm_data.audio` light
 
@@ -66,7 +70,8 @@ def load_audio(path, start_s: float = 0.0, end_s: float | None = None,
     if end_s is not None:
         n_want = max(0, int(round((float(end_s) - start_s) * sample_rate)))
         if n_want == 0:
-            return np.zeros(0, dtype=np.float32)
+            empty = np.zeros(0, dtype=np.float32)
+            return (empty, float("nan")) if return_coverage else empty
 
     try:
         container = av.open(fs_path(str(path)))  # manifest form of a non-UTF-8 name -> on disk
@@ -100,22 +105,32 @@ def load_audio(path, start_s: float = 0.0, end_s: float | None = None,
         if start_s <= 0.0:
             raise ClipError(Stage2Reason.AUDIO_DECODE_ERROR,
                             f"audio stream of {path} has no decodable samples")
-        return np.zeros(n_want or 0, dtype=np.float32)
+        silent = np.zeros(n_want or 0, dtype=np.float32)
+        if return_coverage:
+            return silent, (0.0 if len(silent) else float("nan"))
+        return silent
 
     data = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
     # Output sample i sits at t_first + i / sample_rate; cut out [start_s, start_s + n_want).
     offset = int(round((a_start - t_first) * sample_rate))
+    front = 0  # padding samples before the first decoded one
     if offset >= 0:
         data = data[offset:]
     else:  # the stream starts after start_s: pad the front
-        data = np.concatenate([np.zeros(-offset, dtype=np.float32), data])
+        front = -offset
+        data = np.concatenate([np.zeros(front, dtype=np.float32), data])
+    decoded_end = len(data)  # samples [front, decoded_end) are decoded audio
     if n_want is not None:
         if len(data) >= n_want:
             data = data[:n_want]
         else:
             data = np.concatenate([data, np.zeros(n_want - len(data), dtype=np.float32)])
     data = np.nan_to_num(data.astype(np.float32, copy=False), nan=0.0, posinf=1.0, neginf=-1.0)
-    return np.ascontiguousarray(data)
+    data = np.ascontiguousarray(data)
+    if not return_coverage:
+        return data
+    covered = max(0, min(decoded_end, len(data)) - front)
+    return data, (float(min(1.0, covered / len(data))) if len(data) else float("nan"))
 
 
 def _decode_range(container, stream, start_s, n_want, sample_rate, seek=True):

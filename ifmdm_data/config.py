@@ -63,6 +63,7 @@ class DecideConfig:
     head_motion_min: Threshold = 0.14      # head moves: mean head speed, face sizes / s
     lip_motion_min: Threshold = 0.02       # lips move: std of mouth opening, face sizes
     min_speech_ratio: float = 0.3          # stage 2: fraction of the segment with speech
+    min_audio_coverage: float = 0.95       # stage 2: fraction of the segment covered by decoded audio
     min_av_corr: float = 0.1               # stage 2: mouth / speech-envelope correlation
     max_av_lag_s: float = 0.4              # stage 2: |best lag| above this is out of sync
     min_sync_conf: float = 3.0             # stage 2 (--syncnet): SyncNet confidence (LSE-C) at least this

@@ -105,6 +105,9 @@ def decide(df: pd.DataFrame, cfg: FilterConfig) -> tuple[pd.DataFrame, dict]:
 
     s2 = []
     speech, corr, lag = col("speech_ratio"), col("av_corr"), col("av_lag_s")
+    # NaN coverage (no audio, a manifest from before the column) is not judged here
+    cov = col("audio_coverage")
+    too_short = (np.isfinite(cov) & ~(cov >= d.min_audio_coverage)).to_numpy()
     out_of_sync = av_out_of_sync(corr, lag, col("sync_conf"), col("sync_offset_frames"), d).to_numpy()
     audio_err = df["audio_error"] if "audio_error" in df else pd.Series("", index=df.index)
     for i in range(len(df)):
@@ -114,6 +117,8 @@ def decide(df: pd.DataFrame, cfg: FilterConfig) -> tuple[pd.DataFrame, dict]:
             r.append(audio_err.iloc[i])
         elif failed_i:
             pass  # nothing was measured
+        elif too_short[i]:  # padding, not the file's audio: speech and sync measure silence
+            r.append(Stage2Reason.AUDIO_TOO_SHORT.value)
         elif not (speech.iloc[i] >= d.min_speech_ratio):
             r.append(Stage2Reason.NO_SPEECH.value)
         elif accepted[i] and out_of_sync[i]:

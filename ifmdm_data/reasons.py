@@ -32,6 +32,7 @@ class Stage2Reason(str, Enum):
     NO_AUDIO = "no_audio"                # no audio stream
     AUDIO_DECODE_ERROR = "audio_decode_error"
     NO_SPEECH = "no_speech"              # VAD finds too little speech (music, ambience, silence)
+    AUDIO_TOO_SHORT = "audio_too_short"  # audio ends (or starts) inside the segment: audio_coverage < min
     AV_OUT_OF_SYNC = "av_out_of_sync"    # mouth and speech disagree (dubbed, offset, mismatched)
     NOT_IN_SUBSET = "not_in_subset"      # rejected for stage 1 (no usable face track)
 

@@ -69,6 +69,8 @@ _CLIP_COLUMNS = [
     # audio
     ("speech_ratio", F32, "fraction of the segment with speech (silero-vad)"),
     ("loudness_db", F32, "RMS level, dBFS"),
+    ("audio_coverage", F32, "fraction of [start_s, end_s) covered by decoded audio samples on the "
+                            "file's timeline (0..1; < 1: audio shorter than the video); NaN without audio"),
     ("av_corr", F32, "best correlation of mouth opening and speech envelope within +-max lag"),
     ("av_lag_s", F32, "lag of av_corr; positive: audio lags video"),
     ("av_corr_zero", F32, "correlation at lag 0"),
@@ -85,7 +87,7 @@ _CLIP_COLUMNS = [
     ("subset", STR, "coarse | lip | hard; null when rejected"),
     ("accepted", BOOL, "in a stage-1 subset"),
     ("reasons", pa.list_(STR), "rejection reason codes (Reason), empty when accepted"),
-    ("stage2_ok", BOOL, "usable for stage 2 (speech, in sync)"),
+    ("stage2_ok", BOOL, "usable for stage 2 (audio covers it, speech, in sync)"),
     ("stage2_reasons", pa.list_(STR), "stage-2 reason codes (Stage2Reason)"),
     ("error", STR, "detail of a decode / analysis failure"),
     ("backend", STR, "face models used: detector/landmarks/segmenter"),
@@ -95,7 +97,7 @@ _CLIP_COLUMNS = [
 CLIPS_SCHEMA = pa.schema([pa.field(n, t, metadata={"description": d}) for n, t, d in _CLIP_COLUMNS])
 CLIP_COLUMNS = [n for n, _, _ in _CLIP_COLUMNS]
 # columns added after the first manifests: older manifests read with these values
-ADDED_COLUMNS = {"sync_conf": float("nan"), "sync_dist": float("nan"), "sync_offset_frames": float("nan"),
+ADDED_COLUMNS = {"audio_coverage": float("nan"), "sync_conf": float("nan"), "sync_dist": float("nan"), "sync_offset_frames": float("nan"),
                  "sync_windows": 0}
 DECISION_COLUMNS = ["head_moves", "lip_moves", "subset", "accepted", "reasons", "stage2_ok",
                     "stage2_reasons"]
