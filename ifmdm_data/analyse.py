@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from . import signals as sig
-from .backends.base import FaceModels
+from .backends.base import FaceModels, detect_faces
 from .config import FilterConfig
 from .errors import ClipError
 from .reasons import Reason, Stage2Reason
@@ -30,6 +30,7 @@ class _Accumulator:
     cut_before: bool
     t: list = field(default_factory=list)
     n_faces: list = field(default_factory=list)       # -1 where the detector did not run
+    det_h: list = field(default_factory=list)         # tallest detector box (px), NaN if none/not run
     lms: list = field(default_factory=list)           # (P, 3) or None
     box: list = field(default_factory=list)
     sharp: list = field(default_factory=list)
@@ -123,14 +124,19 @@ def analyse_unit(unit: dict, cfg: FilterConfig, models: FaceModels, speech=None,
             cut_at.clear()
             sync_closed.clear()
         gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-        n_faces = -1
+        n_faces, det_h = -1, np.nan
         if k % det_every == 0:
-            n_faces = int(len(models.detector.detect(rgb)))
+            # full frame, then 2x2 tiles when it finds no face or only small ones (issue 11)
+            faces = detect_faces(models.detector, rgb)
+            n_faces = int(len(faces))
+            if n_faces:
+                det_h = float((faces[:, 3] - faces[:, 1]).max())
         if k % seg_every == 0 or person is None:
             person = models.segmenter.person_mask(rgb)
         lm = models.landmarks.landmarks(rgb)
         acc.t.append(t)
         acc.n_faces.append(n_faces)
+        acc.det_h.append(det_h)
         # camera motion between detector frames (0.4 s apart at the defaults): a pan or a
         # shake lasts longer than that, and LK flow every analysed frame cost ~2 ms a frame
         acc.cam.append(cam(gray, person) if k % det_every == 0 else np.nan)
@@ -221,7 +227,9 @@ def _summarise(s: _Accumulator, end_s: float, unit: dict, cfg: FilterConfig, sch
     lip_e = np.asarray(s.lip_energy, np.float32)
     cam = np.asarray(s.cam, np.float32)
     row.update({
-        "face_px": _nan_stat(np.median, box_h) * to_src,
+        # when the mesh never found the face (too small for it), the detector's boxes give the
+        # size, so decide() can say face_too_small instead of no_face
+        "face_px": (_nan_stat(np.median, box_h) if n_face else _nan_stat(np.median, s.det_h)) * to_src,
         "face_rel": _nan_stat(np.median, box_h) / size[1],
         "out_of_frame_fraction": float(np.mean(np.asarray(s.oof)[has])) if n_face else 0.0,
         "sharpness": _nan_stat(np.median, s.sharp),

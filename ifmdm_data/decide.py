@@ -75,10 +75,16 @@ def decide(df: pd.DataFrame, cfg: FilterConfig) -> tuple[pd.DataFrame, dict]:
     def col(name):
         return pd.to_numeric(df[name], errors="coerce") if name in df else pd.Series(np.nan, index=df.index)
 
-    no_face = ~failed & ((col("face_fraction").fillna(0) < d.min_face_fraction)
-                         | (col("detected_face_fraction").fillna(0) < d.min_face_fraction))
-    multi = ~failed & ~no_face & (col("multi_face_fraction").fillna(0) > d.max_multi_face_fraction)
-    face_ok = ~failed & ~no_face & ~multi
+    no_mesh_face = ~failed & ((col("face_fraction").fillna(0) < d.min_face_fraction)
+                              | (col("detected_face_fraction").fillna(0) < d.min_face_fraction))
+    # the reason names what is there (issue 11): two or more detected faces are multi_face even
+    # when the mesh lost them, and a detected face too small for the mesh is face_too_small
+    multi = ~failed & (col("multi_face_fraction").fillna(0) > d.max_multi_face_fraction)
+    small_unmeshed = (no_mesh_face & ~multi
+                      & (col("detected_face_fraction").fillna(0) >= d.min_face_fraction)
+                      & (col("face_px") < d.min_face_px).fillna(False))
+    no_face = no_mesh_face & ~multi & ~small_unmeshed
+    face_ok = ~failed & ~no_mesh_face & ~multi
     th = resolve_thresholds(df, d, face_ok)
 
     head_moves = face_ok & (col("head_motion") >= th["head_motion_min"])
@@ -88,7 +94,7 @@ def decide(df: pd.DataFrame, cfg: FilterConfig) -> tuple[pd.DataFrame, dict]:
         (Reason.LOW_RESOLUTION, ~failed & (np.minimum(col("width"), col("height")).fillna(0) < seg.min_short_side)),
         (Reason.NO_FACE, no_face),
         (Reason.MULTI_FACE, multi),
-        (Reason.FACE_TOO_SMALL, face_ok & (col("face_px").fillna(0) < d.min_face_px)),
+        (Reason.FACE_TOO_SMALL, (face_ok & (col("face_px").fillna(0) < d.min_face_px)) | small_unmeshed),
         (Reason.FACE_OUT_OF_FRAME, face_ok & (col("out_of_frame_fraction").fillna(0) > d.max_out_of_frame_fraction)),
         (Reason.BLURRY, face_ok & (col("sharpness").fillna(0) < th["min_sharpness"])),
         (Reason.CAMERA_MOTION, face_ok & (col("camera_motion").fillna(0) > th["max_camera_motion"])),
