@@ -48,6 +48,7 @@ from . import shard_format as sf
 from .crop import PADS, crop_box, crop_i420, landmarks_to_crop
 from .errors import ClipError, ConfigError
 from .reasons import SUBSETS, Reason, Stage2Reason
+from .timeline import stream_start_s
 from .video import convert_frame, main_streams, stream_display_size
 
 AUDIO_RATE = 16000
@@ -247,7 +248,7 @@ def render_video(path: str, start_s: float, n_out: int, cfg: ShardConfig, box,
         stream.thread_type = "AUTO" if cfg.threads > 1 else "SLICE"
         stream.codec_context.thread_count = cfg.threads
         tb = float(stream.time_base) if stream.time_base else 1.0 / 90000
-        t0 = float(stream.start_time * tb) if stream.start_time is not None else 0.0
+        t0 = stream_start_s(stream) or 0.0                  # time 0 (ifmdm_data/timeline.py)
         src_rate = float(stream.average_rate or stream.guessed_rate or 25)
         src_step = 1.0 / src_rate if src_rate > 0 else 0.04
         if start_s > 0.5:

@@ -13,6 +13,7 @@ import numpy as np
 
 from .errors import ClipError
 from .reasons import Reason
+from .timeline import stream_start_s
 
 # --------------------------------------------------------------------------------------------
 # Stream choice. ffmpeg's own rule (fftools `open_output_file` / `av_find_best_stream`): never
@@ -221,7 +222,7 @@ def iter_frames(path: str, start_s: float, end_s: float, fps: float, size: Tuple
         if skip_nonref:
             stream.codec_context.skip_frame = "NONREF"
         tb = float(stream.time_base) if stream.time_base else 1.0 / 90000
-        t0 = float(stream.start_time * tb) if stream.start_time is not None else 0.0
+        t0 = stream_start_s(stream) or 0.0                  # time 0 (ifmdm_data/timeline.py)
         if start_s > 0.5:
             container.seek(int((start_s + t0) / tb), stream=stream, backward=True, any_frame=False)
         step = 1.0 / fps
