@@ -5,6 +5,7 @@ Errors a user can fix are printed in one line (exit 2); a failed run exits 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import time
@@ -20,6 +21,7 @@ examples:
   ifmdm-data shard manifests/ -o shards/ --wav2vec2 ~/models/wav2vec2-base-960h
   ifmdm-data report manifests/ -o report/
   ifmdm-data split manifests/ --by identity --test-fraction 0.05 -o splits/
+  ifmdm-data shard splits/train.parquet -o shards/train   # then: ifmdm-train ... --shards shards/train
 """
 
 
@@ -95,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "else log-mel), landmarks in crop pixels and a JSON record per sample. "
                                    "Writes shards/{coarse,lip,hard}/*.tar, shards/index.parquet and "
                                    "shards/summary.json. Re-running resumes: finished tars are skipped.")
-    p.add_argument("manifests", help="manifest folder written by `filter`")
+    p.add_argument("manifests", help="manifest folder written by `filter`, or a split file of `split` "
+                                     "(splits/train.parquet: exactly its rows; tracks from the folder it was split from)")
     p.add_argument("-o", "--out", required=True, help="shard folder")
     p.add_argument("--subsets", default="coarse,lip,hard", help="comma list (default: coarse,lip,hard)")
     p.add_argument("--wav2vec2", metavar="DIR", help="local Wav2Vec2 checkpoint folder (save_pretrained "
@@ -118,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "embedded) with counts per subset and reason, the statistics' "
                                    "distributions per subset with the thresholds drawn, and contact sheets "
                                    "of random segments with the face box, landmarks and lip region.")
-    p.add_argument("manifests", help="manifest folder written by `filter`")
+    p.add_argument("manifests", help="manifest folder written by `filter`, or a split file of `split` "
+                                     "(identities per subset and duplicate groups are shown when present)")
     p.add_argument("-o", "--out", required=True, help="report folder")
     p.add_argument("--examples", type=int, default=6, help="contact-sheet tiles per subset (default 6)")
     p.add_argument("--seed", type=int, default=0)
@@ -162,6 +166,11 @@ def print_summary(s: dict, out: str) -> None:
     w(f"manifests: {out}/clips.parquet, coarse/lip/hard/rejected.parquet, tracks/, summary.json\n")
 
 
+def _print_logs(path) -> None:
+    if path is not None:
+        sys.stdout.write(f"logs: {path} (Ray's own: /tmp/ray/session_latest/logs on each node)\n")
+
+
 def print_shard_summary(s: dict, out: str) -> None:
     w = sys.stdout.write
     w(f"\n{s.get('samples_total', 0)} samples in {sum((s.get('shards') or {}).values())} shards "
@@ -189,6 +198,18 @@ def print_split_summary(s: dict, out: str) -> None:
         w(f"  identity / hashes computed from the videos: {s['annotate_s_per_segment']:.2f} s per segment"
           + (f"; {s['annotate_failed']} segments could not be decoded" if s.get("annotate_failed") else "") + "\n")
     w("splits: " + ", ".join(f"{out}/{n}.parquet" for n in s["splits"]) + "\n")
+
+
+@contextlib.contextmanager
+def _console(args):
+    """`filter` / `shard` without -v: library output (Ray, C++ logs, warnings) to
+    OUT/_logs/<cmd>-<time>.log; yields that path (None with -v: everything on the console)."""
+    if args.verbose:
+        yield None
+        return
+    from .console import log_path_for, quiet_console
+    with quiet_console(log_path_for(args.cmd, args.out)) as path:
+        yield path
 
 
 def _load_cfg(args):
@@ -221,11 +242,13 @@ def main(argv=None) -> int:
             from .pipeline import run_filter
             if args.workers is not None and args.workers < 1:
                 raise IfmdmError("--workers must be >= 1")
-            s = run_filter(args.inputs, args.out, _load_cfg(args), workers=args.workers,
-                           ray_address=args.ray_address, weights_dir=args.weights_dir,
-                           overwrite=args.overwrite, progress=not args.no_progress,
-                           syncnet=args.syncnet, syncnet_gpus=args.syncnet_gpus)
+            with _console(args) as logs:
+                s = run_filter(args.inputs, args.out, _load_cfg(args), workers=args.workers,
+                               ray_address=args.ray_address, weights_dir=args.weights_dir,
+                               overwrite=args.overwrite, progress=not args.no_progress,
+                               syncnet=args.syncnet, syncnet_gpus=args.syncnet_gpus)
             print_summary(s, args.out)
+            _print_logs(logs)
         elif args.cmd == "decide":
             from .manifest import redecide
             counts = redecide(args.manifests, _load_cfg(args))
@@ -249,10 +272,12 @@ def main(argv=None) -> int:
                 raise IfmdmError("--size must be an even number >= 16; --fps and --shard-size > 0")
             cfg = ShardConfig(size=args.size, fps=args.fps, target_shard_bytes=int(args.shard_size * 1e9),
                               fix_av_offset=args.fix_av_offset)
-            s = run_shard(args.manifests, args.out, subsets=subsets, cfg=cfg, wav2vec2_dir=args.wav2vec2,
-                          layers=layers, workers=args.workers, ray_address=args.ray_address,
-                          overwrite=args.overwrite, progress=not args.no_progress)
+            with _console(args) as logs:
+                s = run_shard(args.manifests, args.out, subsets=subsets, cfg=cfg, wav2vec2_dir=args.wav2vec2,
+                              layers=layers, workers=args.workers, ray_address=args.ray_address,
+                              overwrite=args.overwrite, progress=not args.no_progress)
             print_shard_summary(s, args.out)
+            _print_logs(logs)
         elif args.cmd == "report":
             from .report import write_report
             path = write_report(args.manifests, args.out, examples_per_subset=args.examples, seed=args.seed)

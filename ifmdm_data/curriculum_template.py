@@ -8,16 +8,13 @@ the template (its comments included) is kept verbatim.
 """
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import yaml
 
 from .reasons import SUBSETS
-from .schema import readable_mode
 
 DEFAULT_CURRICULUM = Path(__file__).parent / "configs" / "curriculum.yaml"
 
@@ -180,16 +177,15 @@ def write_curriculum(manifest_dir: str | Path, counts: Optional[Dict[str, int]] 
     """Write `manifest_dir/curriculum.yaml` from the template, fitted to `counts` (accepted
     segments per subset; None: the template as is), unless a curriculum.yaml is already there.
     Returns (the path written or None, the notes on what was changed)."""
-    dst = Path(manifest_dir) / "curriculum.yaml"
-    if dst.exists():
+    from . import storage
+
+    remote = storage.is_url(manifest_dir)
+    dst = storage.join(manifest_dir, "curriculum.yaml") if remote else Path(manifest_dir) / "curriculum.yaml"
+    if storage.exists(dst):
         return None, []
     text = Path(template).read_text()
     notes: List[str] = []
     if counts is not None:
         text, notes = fit_curriculum(text, counts)
-    fd, tmp = tempfile.mkstemp(prefix=".curriculum.yaml.", suffix=".tmp", dir=dst.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    readable_mode(tmp)
-    os.replace(tmp, dst)
+    storage.write_bytes_atomic(text.encode("utf-8"), dst)
     return dst, notes

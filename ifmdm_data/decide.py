@@ -11,6 +11,7 @@ import pandas as pd
 
 from .config import DecideConfig, FilterConfig
 from .reasons import Reason, Stage2Reason
+from .schema import CLIPS_SCHEMA
 
 # reasons found before or instead of the face analysis: no further checks apply
 _HARD_FAILURES = {Reason.UNREADABLE, Reason.EMPTY_FILE, Reason.DECODE_ERROR, Reason.NO_VIDEO_STREAM,
@@ -19,6 +20,24 @@ _QUANTILE_KEYS = {  # threshold key -> statistic it applies to
     "min_sharpness": "sharpness", "max_camera_motion": "camera_motion",
     "head_motion_min": "head_motion", "lip_motion_min": "mouth_open_std",
 }
+
+
+# statistics the manifest stores as float32: decided in float32 (see `stored`)
+_FLOAT32 = {f.name for f in CLIPS_SCHEMA if str(f.type) == "float"}
+
+
+def stored(df: pd.DataFrame, name: str) -> pd.Series:
+    """Column `name` as numbers in the precision clips.parquet stores it (NaN where absent).
+
+    A statistic that `filter` computed in float64 is written as float32; comparing it with a
+    threshold in float64 would let 0.0199999999 (rejected by `lip_motion_min: 0.02` at filter
+    time) become float32(0.02) and pass `ifmdm-data decide`, and float32(0.02) < 0.02 in float64.
+    In float32 (a Python-float threshold is compared in the array's precision) both runs agree
+    and a stored value exactly at a threshold passes."""
+    if name not in df:
+        return pd.Series(np.nan, index=df.index)
+    s = pd.to_numeric(df[name], errors="coerce")
+    return s.astype(np.float32) if name in _FLOAT32 else s
 
 
 def _num(x) -> float:
@@ -38,7 +57,7 @@ def resolve_thresholds(df: pd.DataFrame, d: DecideConfig, face_ok: pd.Series) ->
             vals = pd.to_numeric(df.loc[face_ok, _QUANTILE_KEYS[key]], errors="coerce").dropna()
             out[key] = float(np.quantile(vals, v["quantile"])) if len(vals) else float("nan")
         else:
-            out[key] = float(v)
+            out[key] = float(v)     # a Python float: compared in the statistic's precision
     return out
 
 
@@ -73,7 +92,7 @@ def decide(df: pd.DataFrame, cfg: FilterConfig) -> tuple[pd.DataFrame, dict]:
     failed = pd.Series([bool(p) for p in pre], index=df.index)
 
     def col(name):
-        return pd.to_numeric(df[name], errors="coerce") if name in df else pd.Series(np.nan, index=df.index)
+        return stored(df, name)
 
     no_mesh_face = ~failed & ((col("face_fraction").fillna(0) < d.min_face_fraction)
                               | (col("detected_face_fraction").fillna(0) < d.min_face_fraction))

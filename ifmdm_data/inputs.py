@@ -1,24 +1,32 @@
-"""Resolve the `filter` inputs (folders, globs, files, CSV/Parquet lists) to a sorted list of
-absolute paths with stable clip ids."""
+"""Resolve the `filter` inputs (folders, globs, files, CSV/Parquet lists; local or object
+storage URLs such as `s3://bucket/prefix`) to a sorted list of locations with stable clip ids.
+
+Clip ids survive a move: a clip's id hashes its *key*, the path relative to the input root it
+was found under (see `resolve_keyed`), not its absolute path, so the same dataset mounted at
+another path or copied to a bucket keeps its ids (and a resumed run its finished work).
+"""
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
+import posixpath
 import re
 from pathlib import Path
 
+from . import storage
 from .errors import InputError
 
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".flv", ".mpg", ".mpeg",
                     ".ts", ".mts", ".wmv", ".3gp"}
 PATH_COLUMNS = ("path", "video", "file", "filepath", "video_path")
+ID_COLUMN = "id"
 
 
-def clip_id(path: str) -> str:
-    """Stable id of an input file: the first 16 hex digits of sha1 of its absolute path's bytes
-    (`path` as `resolve_inputs` gives it or as the file system does)."""
-    return hashlib.sha1(os.fsencode(os.path.abspath(fs_path(path)))).hexdigest()[:16]
+def clip_id(key: str) -> str:
+    """Stable id of an input file: the first 16 hex digits of sha1 of its key's UTF-8 bytes
+    (the key as `resolve_keyed` gives it: the path relative to its input root, '/'-separated,
+    in manifest form; or `id:<value>` for a list's `id` column)."""
+    return hashlib.sha1(str(key).encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 # File names that are not UTF-8 (issue 11 E). POSIX names are bytes; Python holds a name with a
@@ -57,52 +65,124 @@ def fs_path(text: str) -> str:
     return os.fsdecode(raw.encode("utf-8", "surrogateescape"))
 
 
-def _from_list(path: Path) -> list[str]:
+def _rel(path: str, root: str) -> str:
+    """`path` relative to `root`, '/'-separated (both local or both URLs)."""
+    if storage.is_url(path):
+        return path[len(root.rstrip("/")) + 1:] if path.startswith(root.rstrip("/") + "/") else storage.name(path)
+    return Path(os.path.relpath(path, root)).as_posix()
+
+
+def _glob_root(pattern: str) -> str:
+    """The folder part of a glob before its first wildcard component."""
+    head = []
+    for part in pattern.split("/"):
+        if any(ch in part for ch in "*?["):
+            break
+        head.append(part)
+    return "/".join(head) or "."
+
+
+def _from_list(loc: str) -> list[tuple[str, str]]:
     import pandas as pd
 
     try:
-        df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+        with storage.open_read(loc) as f:
+            df = pd.read_parquet(f) if loc.endswith(".parquet") else pd.read_csv(f)
     except Exception as e:  # noqa: BLE001
-        raise InputError(f"cannot read the input list {path}: {e}") from None
+        raise InputError(f"cannot read the input list {loc}: {e}") from None
     col = next((c for c in PATH_COLUMNS if c in df.columns), None)
     if col is None:
-        raise InputError(f"{path}: no path column (expected one of: {', '.join(PATH_COLUMNS)}; "
+        raise InputError(f"{loc}: no path column (expected one of: {', '.join(PATH_COLUMNS)}; "
                          f"found: {', '.join(map(str, df.columns))})")
+    df = df[df[col].notna()]
+    base = storage.parent(loc) if storage.is_url(loc) else str(Path(loc).parent)
+    raw = [str(p) for p in df[col]]
+    paths = [p if storage.is_url(p) or os.path.isabs(p) else storage.join(base, p) for p in raw]
+    if ID_COLUMN in df.columns:
+        ids = df[ID_COLUMN]
+        if ids.isna().any() or ids.astype(str).duplicated().any():
+            raise InputError(f"{loc}: the '{ID_COLUMN}' column has empty or repeated values")
+        return [(p, f"id:{i}") for p, i in zip(paths, ids.astype(str))]
+    # relative entries: as written; absolute ones: relative to the folder they all share
+    absolute = [p for p, r in zip(paths, raw) if storage.is_url(r) or os.path.isabs(r)]
+    common = ""
+    if absolute:
+        dirs = [storage.parent(p) for p in absolute]
+        if all(storage.is_url(d) for d in dirs):
+            common = posixpath.commonpath([d.split("://", 1)[1] for d in dirs])
+            common = f"{dirs[0].split('://', 1)[0]}://{common}"
+        elif not any(storage.is_url(d) for d in dirs):
+            common = os.path.commonpath([os.path.abspath(d) for d in dirs])
     out = []
-    for p in df[col].dropna().astype(str):
-        out.append(p if os.path.isabs(p) else str(path.parent / p))
+    for p, r in zip(paths, raw):
+        if storage.is_url(r) or os.path.isabs(r):
+            key = _rel(p if storage.is_url(p) else os.path.abspath(p), common) if common else storage.name(p)
+        else:
+            key = posixpath.normpath(r.replace(os.sep, "/"))
+        out.append((p, key))
     return out
 
 
-def resolve_inputs(args: list[str]) -> list[str]:
-    """Each argument is a folder (searched recursively for video extensions), a glob, a video
-    file, or a .csv/.parquet list with a path column (relative paths are relative to the list).
+def resolve_keyed(args: list[str]) -> list[tuple[str, str]]:
+    """(location, key) of every input, sorted by location; `clip_id(key)` is the clip id.
+
+    Each argument is a folder / object-storage prefix (searched recursively for video
+    extensions), a glob, a video file, or a .csv/.parquet list with a path column (relative
+    paths are relative to the list). The key is the file's path relative to its argument: to
+    the folder for a folder, to the part before the first wildcard for a glob, the base name
+    for a single file; for a list, its `id` column when it has one (key `id:<value>`), else
+    the path as written when relative, else relative to the folder all its absolute paths share.
 
     Files named in a list that do not exist still become rows (`unreadable`): a list is data.
-    A folder, glob or file argument that matches nothing is an up-front InputError.
-    Paths come back in their manifest form (`manifest_path`: valid UTF-8, what every table and
-    Ray row holds); the functions that open a file (`probe_file`, `load_audio`,
-    `video.iter_frames`, `shard.make_sample`) map it back with `fs_path`.
+    A folder, glob or file argument that matches nothing is an up-front InputError, and so are
+    two different files with the same key (e.g. `a/x.mp4` and `b/x.mp4` given as the folders
+    `a` and `b`: give their parent folder instead). Local paths come back absolute, in their
+    manifest form (`manifest_path`: valid UTF-8, what every table and Ray row holds); the
+    functions that open a file map it back with `fs_path`. URLs come back as given.
     """
     if not args:
         raise InputError("no inputs given")
-    found: list[str] = []
+    found: list[tuple[str, str]] = []
     for arg in args:
-        p = Path(arg)
-        if p.is_dir():
-            hits = [str(f) for f in p.rglob("*") if f.suffix.lower() in VIDEO_EXTENSIONS and not f.is_dir()]
-            if not hits:
-                raise InputError(f"{arg}: folder has no video files ({', '.join(sorted(VIDEO_EXTENSIONS))})")
-            found += hits
-        elif p.suffix.lower() in (".csv", ".parquet") and p.is_file():
-            found += _from_list(p)
-        elif p.exists() or p.is_symlink():
-            found.append(str(p))
-        elif any(ch in arg for ch in "*?["):
-            hits = [h for h in glob.glob(arg, recursive=True) if not os.path.isdir(h)]
-            if not hits:
-                raise InputError(f"{arg}: the pattern matches no file")
-            found += hits
-        else:
-            raise InputError(f"{arg}: no such file or folder")
-    return sorted({manifest_path(os.path.abspath(f)) for f in found})
+        remote = storage.is_url(arg)
+        p = Path(storage.local(arg)) if not remote else None
+        is_list = arg.lower().endswith((".csv", ".parquet"))
+        try:
+            if p.is_dir() if p is not None else storage.isdir(arg):
+                hits = storage.find(arg, tuple(VIDEO_EXTENSIONS))
+                if not hits:
+                    raise InputError(f"{arg}: folder has no video files ({', '.join(sorted(VIDEO_EXTENSIONS))})")
+                root = arg.rstrip("/") if remote else os.path.abspath(storage.local(arg))
+                found += [(h, _rel(h if remote else os.path.abspath(h), root)) for h in hits]
+            elif is_list and storage.isfile(arg):
+                found += _from_list(arg)
+            elif (p.exists() or p.is_symlink()) if p is not None else storage.isfile(arg):
+                found.append((arg if remote else str(p), storage.name(arg)))
+            elif any(ch in arg for ch in "*?["):
+                hits = storage.glob(arg)
+                if not hits:
+                    raise InputError(f"{arg}: the pattern matches no file")
+                root = _glob_root(arg)
+                root = root if remote else os.path.abspath(storage.local(root))
+                found += [(h, _rel(h if remote else os.path.abspath(h), root)) for h in hits]
+            else:
+                raise InputError(f"{arg}: no such file or folder")
+        except storage.StorageError as e:
+            raise InputError(f"{arg}: cannot list it: {e}") from None
+    by_path: dict[str, str] = {}
+    for f, key in found:
+        loc = f if storage.is_url(f) else manifest_path(os.path.abspath(f))
+        by_path.setdefault(loc, manifest_path(key))
+    by_key: dict[str, str] = {}
+    for loc, key in sorted(by_path.items()):
+        other = by_key.setdefault(key, loc)
+        if other != loc:
+            raise InputError(f"{other} and {loc} get the same clip id (the same path '{key}' relative "
+                             f"to their input arguments): give their common parent folder, or a "
+                             f"list with an '{ID_COLUMN}' column")
+    return sorted(by_path.items())
+
+
+def resolve_inputs(args: list[str]) -> list[str]:
+    """The locations of `resolve_keyed` (sorted), without keys."""
+    return [loc for loc, _ in resolve_keyed(args)]

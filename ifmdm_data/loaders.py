@@ -13,7 +13,9 @@ from an iterator to an iterator (the webdataset style):
     stage 1: shards -> samples (checked) -> decoded frame pairs of one clip -> shuffle -> tensors
     stage 2: shards + sidecars -> clips (checked, joined by key) -> windows -> shuffle -> tensors
 
-Shards are local (or shared-filesystem) paths; a tar is never extracted.
+Shards are local (or shared-filesystem) paths or object-storage URLs (`s3://bucket/shards`:
+`storage.py`; each tar is read with ranged reads through fsspec, credentials and endpoint from
+the standard AWS_* variables); a tar is never extracted.
 
 Shard split (every epoch)
 -------------------------
@@ -69,14 +71,22 @@ STAGE2_READ = ("json", "landmarks.npy", "speech.npy")           # mp4 and wav ar
 # ---------------------------------------------------------------------------------------------
 
 def list_shards(shards_root, subsets=SUBSETS, stage2=False) -> list[str]:
-    """Sorted absolute tar paths of `subsets` under `shards_root`.
+    """Sorted absolute tar paths (or URLs) of `subsets` under `shards_root` (a folder or an
+    object-storage URL).
 
     From `shards_root/index.parquet` when present (with `stage2=True`, only shards holding at
     least one `stage2_ok` sample with audio), else `shards_root/{subset}/*.tar`. A list or
     tuple of tar paths is returned as given (sorted).
     """
+    from . import storage
+
     if isinstance(shards_root, (list, tuple)):
-        return sorted(str(Path(p).absolute()) for p in shards_root)
+        return sorted(str(p) if storage.is_url(p) else str(Path(p).absolute()) for p in shards_root)
+    if str(shards_root).endswith(".parquet"):    # a split file of `ifmdm-data split`, say
+        raise ShardFormatError(f"{shards_root} is a manifest, not a shard folder: run `ifmdm-data shard "
+                               f"{shards_root} -o shards/{Path(str(shards_root)).stem}` and use that folder")
+    if storage.is_url(shards_root):
+        return _list_remote_shards(str(shards_root).rstrip("/"), tuple(subsets), stage2)
     root = Path(shards_root).absolute()
     subsets = tuple(subsets)
     index = root / "index.parquet"
@@ -96,6 +106,32 @@ def list_shards(shards_root, subsets=SUBSETS, stage2=False) -> list[str]:
                                    f"e.g. {missing[0]} (re-run `ifmdm-data shard`)")
     else:
         shards = sorted(p for sub in subsets for p in glob.glob(str(root / sub / "*.tar")))
+    if not shards:
+        raise ShardFormatError(f"{root}: no shards for subsets {list(subsets)} (expected "
+                               f"index.parquet or {{subset}}/*.tar; run `ifmdm-data shard`)")
+    return shards
+
+
+def _list_remote_shards(root: str, subsets: tuple, stage2: bool) -> list[str]:
+    """`list_shards` for an object-storage root (same rules, through storage.py)."""
+    from . import storage
+
+    index = storage.join(root, "index.parquet")
+    if storage.isfile(index):
+        t = storage.read_parquet(index, columns=["shard", "subset", "stage2_ok", "has_audio"]).to_pydict()
+        rel = {s for s, sub, ok, audio in zip(t["shard"], t["subset"], t["stage2_ok"], t["has_audio"])
+               if sub in subsets and (not stage2 or (ok and audio))}
+        for r in rel:
+            check_member_name(r, index)
+        shards = sorted(storage.join(root, r) for r in rel)
+        present = {storage.join(root, sub, n) for sub in subsets for n in storage.list_names(storage.join(root, sub), ".tar")}
+        missing = [s for s in shards if s not in present]
+        if missing:
+            raise ShardFormatError(f"{index}: {len(missing)} listed shard(s) do not exist, "
+                                   f"e.g. {missing[0]} (re-run `ifmdm-data shard`)")
+    else:
+        shards = sorted(storage.join(root, sub, n) for sub in subsets
+                        for n in storage.list_names(storage.join(root, sub), ".tar"))
     if not shards:
         raise ShardFormatError(f"{root}: no shards for subsets {list(subsets)} (expected "
                                f"index.parquet or {{subset}}/*.tar; run `ifmdm-data shard`)")
@@ -316,6 +352,11 @@ def stage1_dataset(shards_root, subsets=SUBSETS, size=256, pairs_per_clip=16,
 
 def sidecar_path(shard: str, motion_root) -> str:
     """motion_root/{subset}/{same tar name}: the subset is the shard's folder."""
+    from . import storage
+
+    sub, name = shard.rstrip("/").rsplit("/", 2)[-2:]
+    if storage.is_url(motion_root):
+        return storage.join(motion_root, sub, name)
     p = Path(shard)
     return str(Path(motion_root).absolute() / p.parent.name / p.name)
 
@@ -446,7 +487,8 @@ def stage2_dataset(shards_root, motion_root, subsets=SUBSETS, window=32, stride=
     `motion_stats`: motion_mean / motion_std per "clip" (the sidecar's) or per "window"."""
     shards = list_shards(shards_root, subsets, stage2=True)
     sidecars = {s: sidecar_path(s, motion_root) for s in shards}
-    missing = [p for p in sidecars.values() if not os.path.isfile(p)]
+    from . import storage
+    missing = [p for p in sidecars.values() if not storage.isfile(p)]
     if missing:
         raise ShardFormatError(f"{len(missing)} motion sidecar(s) missing, e.g. {missing[0]}: "
                                f"run the stage-2 motion extraction for {motion_root}")
@@ -473,18 +515,30 @@ def default_num_workers() -> int:
     return max(1, min(8, (cores or 1) // max(1, local) - 1))
 
 
+def _init_worker(env: dict, worker_id: int) -> None:
+    from .storage import apply_env
+    apply_env(env)
+
+
 def make_loader(dataset: ShardDataset, batch_size: int, num_workers=None, pin_memory=None,
                 drop_last=False, prefetch_factor=2) -> EpochDataLoader:
     num_workers = default_num_workers() if num_workers is None else int(num_workers)
     # Workers start from a fork server, not by forking this process: a trainer (or a test
     # session) may hold threads of Ray, mediapipe or CUDA whose locks a forked child would
     # inherit locked; that hung a DataLoader worker in the test suite.
-    ctx = None
+    # The fork server keeps the environment of the moment it started (the first loader of the
+    # process), so the object-storage variables set now travel to the workers explicitly.
+    ctx, init = None, None
     if num_workers > 0:
+        import functools
         import multiprocessing as mp
+
+        from .storage import forward_env
         ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+        init = functools.partial(_init_worker, forward_env())
     return EpochDataLoader(
         dataset, batch_size=batch_size, num_workers=num_workers, drop_last=drop_last,
+        worker_init_fn=init,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         persistent_workers=num_workers > 0, multiprocessing_context=ctx,
         prefetch_factor=prefetch_factor if num_workers > 0 else None)

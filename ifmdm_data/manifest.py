@@ -3,8 +3,6 @@ rejections and the run summary. Pure: no Ray, no video decoding."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -14,16 +12,16 @@ import pandas as pd
 from .config import FilterConfig
 from .decide import decide
 from .reasons import SUBSETS
-from .schema import clips_table, readable_mode, write_parquet_atomic
+from .schema import clips_table, write_parquet_atomic
 
 
-def write_json_atomic(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-    readable_mode(tmp)
-    os.replace(tmp, path)
+def write_json_atomic(obj, path) -> None:
+    """JSON to a local path or an object-storage URL, atomically (`storage.atomic_local`)."""
+    from . import storage
+
+    with storage.atomic_local(path) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, default=str)
 
 
 def _index_segments(df: pd.DataFrame) -> pd.DataFrame:
@@ -46,15 +44,18 @@ def _records(df: pd.DataFrame) -> list[dict]:
 
 
 def write_manifests(df: pd.DataFrame, out_dir: str | Path, cfg: FilterConfig) -> dict:
-    """Decide and write clips / coarse / lip / hard / rejected .parquet. Returns counts."""
-    out = Path(out_dir)
+    """Decide and write clips / coarse / lip / hard / rejected .parquet into `out_dir` (a
+    folder or an object-storage URL). Returns counts."""
+    from .storage import join
+
+    out = str(out_dir)   # a local folder or an object-storage URL
     df = _index_segments(df)
     df, thresholds = decide(df, cfg)
     table = clips_table(_records(df))
-    write_parquet_atomic(table, out / "clips.parquet")
+    write_parquet_atomic(table, join(out, "clips.parquet"))
     for name in SUBSETS:
-        write_parquet_atomic(table.filter(pd.Series(df["subset"] == name).to_numpy()), out / f"{name}.parquet")
-    write_parquet_atomic(table.filter((~df["accepted"].astype(bool)).to_numpy()), out / "rejected.parquet")
+        write_parquet_atomic(table.filter(pd.Series(df["subset"] == name).to_numpy()), join(out, f"{name}.parquet"))
+    write_parquet_atomic(table.filter((~df["accepted"].astype(bool)).to_numpy()), join(out, "rejected.parquet"))
     reasons = Counter(r for rs in df["reasons"] for r in rs)
     s2 = Counter(r for rs, ok in zip(df["stage2_reasons"], df["accepted"]) if ok for r in rs)
     return {

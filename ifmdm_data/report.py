@@ -48,17 +48,26 @@ TILE_SIDE = 480  # long side of a contact-sheet tile, pixels
 
 
 # ------------------------------------------------------------------ loading and counting
-def _load(manifest_dir: Path) -> tuple[pd.DataFrame, dict]:
-    from .schema import read_clips
+def _load(manifest_dir) -> tuple[pd.DataFrame, dict]:
+    from . import storage
+    from .schema import read_clips, tracks_folders
 
-    if not (manifest_dir / "clips.parquet").is_file():
+    if str(manifest_dir).endswith(".parquet"):   # a clips.parquet or a split file of `split`
+        df = read_clips(manifest_dir)
+        df["tracks_dir"] = tracks_folders(df, manifest_dir)
+        df["group"] = [s if a and isinstance(s, str) else "rejected" for s, a in zip(df["subset"], df["accepted"])]
+        return df, {}
+    if not storage.is_url(manifest_dir) and Path(manifest_dir, "train.parquet").is_file():
+        read_clips(manifest_dir)          # a split folder: the one-line hint to give a split file
+    if not storage.isfile(storage.join(manifest_dir, "clips.parquet")):
         raise InputError(f"no clips.parquet in {manifest_dir}: run "
                          f"`ifmdm-data filter INPUTS -o {manifest_dir}` first, then report on that folder")
     df = read_clips(manifest_dir)
+    df["tracks_dir"] = tracks_folders(df, manifest_dir)
     summary = {}
-    if (manifest_dir / "summary.json").is_file():
+    if storage.isfile(storage.join(manifest_dir, "summary.json")):
         try:
-            summary = json.loads((manifest_dir / "summary.json").read_text())
+            summary = json.loads(storage.read_text(storage.join(manifest_dir, "summary.json")))
         except (OSError, ValueError):
             summary = {}
     df["group"] = [s if a and isinstance(s, str) else "rejected" for s, a in zip(df["subset"], df["accepted"])]
@@ -263,8 +272,10 @@ def _draw_track(rgb: np.ndarray, manifest_dir: Path, row, ft: float, scale: floa
     from .backends.base import SCHEMES
     from .schema import read_tracks
 
-    p = manifest_dir / "tracks" / f"{row.segment_id}.parquet"
-    if not p.is_file():
+    from . import storage
+
+    p = storage.join(getattr(row, "tracks_dir", None) or manifest_dir, "tracks", f"{row.segment_id}.parquet")
+    if not storage.isfile(p):
         return "no tracks file"
     tr, meta = read_tracks(p)
     if tr.empty:
@@ -299,12 +310,22 @@ def _draw_track(rgb: np.ndarray, manifest_dir: Path, row, ft: float, scale: floa
 
 
 def render_tile(row, manifest_dir: Path, colour: str) -> tuple[np.ndarray, str]:
-    """(RGB tile, note). Never raises: a missing or unreadable source gives a grey tile."""
-    if not isinstance(row.path, str) or not os.path.exists(fs_path(row.path)):
+    """(RGB tile, note). Never raises: a missing or unreadable source gives a grey tile.
+    A source in object storage is read through a local spool (`storage.spool`)."""
+    from . import storage
+
+    remote = isinstance(row.path, str) and storage.is_url(row.path)
+    try:
+        present = isinstance(row.path, str) and (storage.exists(row.path) if remote
+                                                 else os.path.exists(fs_path(row.path)))
+    except storage.StorageError:
+        present = False
+    if not present:
         return _grey_tile(f"source missing: {row.path}"), "source missing"
     t = (float(row.start_s) + float(row.end_s)) / 2 if pd.notna(row.start_s) and pd.notna(row.end_s) else 0.0
     try:
-        ft, rgb, scale = _frame_at(row, t)
+        with storage.spool(row.path) as local_path:
+            ft, rgb, scale = _frame_at(row._replace(path=local_path) if remote else row, t)
     except Exception as e:  # noqa: BLE001 - any decode failure is shown on the tile
         return _grey_tile(f"cannot decode the source: {e}"), "cannot decode"
     rgb = np.ascontiguousarray(rgb)
@@ -396,9 +417,65 @@ def _config_table(summary: dict, thresholds: dict, decide: dict) -> str:
             + "".join(rows) + "</table>")
 
 
+def _table(head: list, rows: list) -> str:
+    e = html.escape
+    return ("<table><tr>" + "".join(f"<th>{e(str(h))}</th>" for h in head) + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{e(str(v))}</td>" for v in r) + "</tr>" for r in rows) + "</table>")
+
+
+def identity_section(df: pd.DataFrame, max_groups: int = 10) -> str:
+    """HTML: identities per subset (and split) and the largest near-duplicate groups, from the
+    `split` annotations (identity_id, dup_group); '' when the manifest has neither (`filter`
+    manifests do not have them yet)."""
+    has_id, has_dup = "identity_id" in df, "dup_group" in df
+    if not (has_id or has_dup):
+        return ""
+    parts = ["<h2>Identities and duplicates</h2><p class='meta'>From `ifmdm-data split` (dlib face "
+             "descriptors clustered into identity_id; pHash near-duplicate groups dup_group). No identity "
+             "or duplicate group is in two splits.</p>"]
+    ids = pd.to_numeric(df["identity_id"], errors="coerce").fillna(-1).astype(int) if has_id else None
+    splits = [s for s in ("train", "val", "test") if "split" in df and (df["split"] == s).any()]
+    if has_id:
+        rows = []
+        for sp in splits or [None]:
+            part = df if sp is None else df[df["split"] == sp]
+            for g in GROUPS + ("all",):
+                sel = part if g == "all" else part[part["group"] == g]
+                if not len(sel):
+                    continue
+                pid = ids.loc[sel.index]
+                rows.append(([sp] if sp else []) + [g, len(sel), int(pid[pid >= 0].nunique()), int((pid < 0).sum())])
+        parts.append("<h3>Identities per subset</h3>"
+                     + _table((["split"] if splits else []) + ["subset", "segments", "identities", "no face"], rows))
+    if has_dup:
+        dup = df["dup_group"]
+        size = dup.value_counts()
+        multi = size[size > 1]
+        parts.append(f"<h3>Duplicate groups</h3><p class='meta'>{len(multi)} near-duplicate groups of two or "
+                     f"more segments ({int(multi.sum())} segments); {int(dup.nunique())} groups in all. "
+                     f"{'The largest ' + str(min(max_groups, len(multi))) + ':' if len(multi) else ''}</p>")
+        rows = []
+        for gid in multi.index[:max_groups]:
+            sel = df[dup == gid]
+            pid = ids.loc[sel.index] if has_id else None
+            rows.append([gid, len(sel), int(sel["clip_id"].nunique()),
+                         "-" if pid is None else int(pid[pid >= 0].nunique()),
+                         ", ".join(sorted(set(sel["group"]))),
+                         ", ".join(sorted(set(sel["split"].dropna()))) if "split" in sel else "-",
+                         ", ".join(sel["segment_id"].astype(str).head(3)) + (" ..." if len(sel) > 3 else "")])
+        if rows:
+            parts.append(_table(["dup_group", "segments", "files", "identities", "subsets", "splits",
+                                 "segments (first 3)"], rows))
+    return "".join(parts)
+
+
 def write_report(manifest_dir, out_dir, examples_per_subset: int = 6, seed: int = 0) -> Path:
-    """Write OUT/index.html (self-contained) and its PNGs for a `filter` manifest folder."""
-    manifest_dir, out = Path(manifest_dir), Path(out_dir)
+    """Write OUT/index.html (self-contained) and its PNGs for a `filter` manifest folder (a
+    local folder or an object-storage URL; OUT is a local folder)."""
+    from . import storage
+
+    manifest_dir = str(manifest_dir).rstrip("/") if storage.is_url(manifest_dir) else Path(manifest_dir)
+    out = Path(out_dir)
     df, summary = _load(manifest_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "tiles").mkdir(exist_ok=True)
@@ -411,7 +488,10 @@ def write_report(manifest_dir, out_dir, examples_per_subset: int = 6, seed: int 
     if summary and any(summary.get(k) != c[k] for k in ("segments", "accepted", "subsets")):
         notes.append("summary.json disagrees with clips.parquet (re-decided with `ifmdm-data decide`?): "
                      "the counts below are from clips.parquet, the run time and config from summary.json")
-    if not summary:
+    if not summary and str(manifest_dir).endswith(".parquet"):
+        notes.append(f"a manifest file ({Path(str(manifest_dir)).name}): counts are computed from its rows, "
+                     "thresholds shown are the shipped defaults")
+    elif not summary:
         notes.append("no summary.json in the manifest folder: counts are computed from clips.parquet, "
                      "thresholds shown are the shipped defaults")
 
@@ -420,7 +500,7 @@ def write_report(manifest_dir, out_dir, examples_per_subset: int = 6, seed: int 
         return data
 
     elapsed = summary.get("elapsed_s")
-    parts = [f"<h1>ifmdm-data filter report</h1><div class='meta'>manifest: {e(str(manifest_dir.resolve()))}"
+    parts = [f"<h1>ifmdm-data filter report</h1><div class='meta'>manifest: {e(str(manifest_dir if isinstance(manifest_dir, str) else manifest_dir.resolve()))}"
              f" · generated {time.strftime('%Y-%m-%d %H:%M:%S')}</div>"]
     parts += [f'<div class="note">{e(n)}</div>' for n in notes]
     pct = f" ({100 * c['accepted'] / c['segments']:.0f} %)" if c["segments"] else ""
@@ -439,6 +519,7 @@ def write_report(manifest_dir, out_dir, examples_per_subset: int = 6, seed: int 
                  "(speech, AV sync) apply to accepted segments only.</p>"
                  + _img(save("distributions.png", distributions(df, thresholds, decide, seed)),
                         "distributions.png", "fig", "distributions of the deciding statistics"))
+    parts.append(identity_section(df))
     parts.append("<h2>Contact sheets</h2><p class='meta'>A frame from the middle of random segments "
                  f"(seed {seed}): face box (subset colour), landmarks (cyan dots), face oval (white), lip region (magenta) "
                  "from the nearest tracked frame.</p>")

@@ -6,20 +6,21 @@ field metadata, so `pyarrow.parquet.read_schema(path)` shows them too.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from .storage import readable_mode  # noqa: F401 - re-exported (manifest.py, curriculum_template.py)
 
 F32, F64, I32, I64, STR, BOOL = pa.float32(), pa.float64(), pa.int32(), pa.int64(), pa.string(), pa.bool_()
 
 _CLIP_COLUMNS = [
     # identity
     ("segment_id", STR, "stable id: <clip_id>_<start in ms, 9 digits>; no dots (WebDataset key)"),
-    ("clip_id", STR, "stable id of the input file: first 16 hex of sha1(absolute path)"),
-    ("path", STR, "absolute path of the input file"),
+    ("clip_id", STR, "stable id of the input file: first 16 hex of sha1(its path relative to the input "
+                     "root, or id:<value> of a list's id column); survives a move (inputs.py)"),
+    ("path", STR, "absolute path or object-storage URL (s3://...) of the input file"),
     ("segment_index", I32, "index of the segment within its file, in time order"),
     ("n_segments", I32, "number of segments of its file"),
     ("start_s", F64, "segment start in seconds (stream time, from 0)"),
@@ -145,41 +146,50 @@ def tracks_table(tracks: dict, meta: dict) -> pa.Table:
     return table.replace_schema_metadata({k.encode(): str(v).encode() for k, v in meta.items()})
 
 
-def readable_mode(path: str) -> None:
-    """mkstemp creates 0600 files: give the final file the usual umask-derived mode, so that
-    other users of a shared cluster file system can read the manifests."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
-
-
 def write_parquet_atomic(table: pa.Table, path: str | Path) -> None:
     """Write to a hidden temporary file in the same folder, then rename: a reader never sees
-    a half-written file under the final name, and a killed writer leaves only a .tmp file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    a half-written file under the final name, and a killed writer leaves only a .tmp file.
+    `path` may be an object-storage URL (`storage.atomic_local`: upload, then commit)."""
+    from . import storage
+
+    with storage.atomic_local(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-        readable_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+
+def _missing_manifest_message(path: Path) -> str:
+    """One line naming what is missing (the folder, or the file in an existing folder) and the
+    command that makes it."""
+    folder = path.parent if path.suffix == ".parquet" else path
+    make = f"run `ifmdm-data filter INPUTS -o {folder}` first"
+    if not folder.is_dir():
+        return f"no manifest folder {folder}: {make}"
+    if path.name == "clips.parquet" and (folder / "train.parquet").is_file():
+        return (f"{folder} holds the split files of `ifmdm-data split`, not a clips.parquet: "
+                f"give one of them, e.g. {folder / 'train.parquet'}")
+    return f"no manifest {path.name} in {folder}: {make}"
 
 
 def read_clips(path: str | Path):
     """Read clips.parquet (or a subset file) as a pandas DataFrame, checking the schema."""
     from .errors import InputError
 
-    path = Path(path)
-    if path.is_dir():
-        path = path / "clips.parquet"
-    if not path.is_file():
-        raise InputError(f"no manifest at {path}: run `ifmdm-data filter INPUTS -o {path.parent}` first")
-    table = pq.read_table(path)
+    from . import storage
+
+    if storage.is_url(path):                 # object storage: s3://bucket/manifests[/x.parquet]
+        path = str(path)
+        if not path.endswith(".parquet"):
+            path = storage.join(path, "clips.parquet")
+        if not storage.isfile(path):
+            raise InputError(f"no manifest at {path}: run `ifmdm-data filter INPUTS -o "
+                             f"{storage.parent(path)}` first")
+        table = storage.read_parquet(path)
+    else:
+        path = Path(path)
+        if path.is_dir():
+            path = path / "clips.parquet"
+        if not path.is_file():
+            raise InputError(_missing_manifest_message(path))
+        table = pq.read_table(path)
     missing = [n for n in CLIP_COLUMNS if n not in table.column_names and n not in ADDED_COLUMNS]
     if missing:
         raise InputError(f"{path} is not a clips manifest of this version (missing: {', '.join(missing[:5])})")
@@ -192,7 +202,9 @@ def read_clips(path: str | Path):
 
 def read_tracks(path: str | Path):
     """Read one segment's tracks: (DataFrame, metadata dict)."""
-    table = pq.read_table(path)
+    from . import storage
+
+    table = storage.read_parquet(path)
     meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
     return table.to_pandas(), meta
 
@@ -209,8 +221,31 @@ _ANNOTATION_COLUMNS = [
     ("dup_group", I64, "near-duplicate group (pHash Hamming distance, union-find)"),
     ("split_group", I64, "connected component of identity_id / dup_group / clip_id: one split each"),
     ("split", STR, "train | val | test"),
+    ("source_manifest", STR, "absolute path or URL of the `filter` manifest folder the row came from: "
+                             "`shard` and `report` read its tracks/<segment_id>.parquet there"),
 ]
 ANNOTATION_COLUMNS = [n for n, _, _ in _ANNOTATION_COLUMNS]
+IDENTITY_COLUMNS = ("identity_id", "dup_group")   # what `report` shows per subset when present
+
+
+def manifest_folder(loc) -> str:
+    """The `filter` manifest folder of a manifest location: the folder itself, or the folder
+    holding a .parquet file (clips.parquet or a split file); absolute (URLs unchanged)."""
+    from . import storage
+
+    s = str(loc).rstrip("/")
+    if s.endswith(".parquet"):
+        s = storage.parent(s)
+    return s if storage.is_url(s) else str(Path(storage.local(s)).resolve())
+
+
+def tracks_folders(df, loc) -> list:
+    """Per row of a manifest read from `loc`: the folder holding its tracks/ (a split file's
+    `source_manifest`, else the manifest folder of `loc`)."""
+    base = manifest_folder(loc)
+    if "source_manifest" not in df:
+        return [base] * len(df)
+    return [v if isinstance(v, str) and v else base for v in df["source_manifest"].tolist()]
 SPLIT_SCHEMA = pa.schema(list(CLIPS_SCHEMA) + [pa.field(n, t, metadata={"description": d})
                                                for n, t, d in _ANNOTATION_COLUMNS])
 

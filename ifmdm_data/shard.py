@@ -368,13 +368,14 @@ def shifted_audio(path: str, a0: float, seconds: float) -> np.ndarray:
     return np.concatenate([np.zeros(lead, np.float32), rest])[:n]
 
 
-def make_sample(row: dict, tracks, cfg: ShardConfig, features) -> dict:
+def make_sample(row: dict, tracks, cfg: ShardConfig, features, source: str | None = None) -> dict:
     """One sample: {member ext: bytes} per `shard_format` (key.mp4, .wav, .speech.npy,
     .landmarks.npy, .json); wav and speech.npy only when the segment's audio decodes.
 
     `row` is a clips-manifest row (dict), `tracks` the segment's tracks DataFrame,
-    `features` a `features.build_features(...)` object. Raises ClipError when the video
-    cannot be decoded (the caller records the sample as failed).
+    `features` a `features.build_features(...)` object; `source`: what the json's `source`
+    names when `row["path"]` is a local copy (`storage.spool`) of an object (its URL).
+    Raises ClipError when the video cannot be decoded (the caller records the sample as failed).
     """
     from .features import align_to_frames
     from .inputs import fs_path, manifest_path
@@ -423,7 +424,7 @@ def make_sample(row: dict, tracks, cfg: ShardConfig, features) -> dict:
     out["landmarks.npy"] = sf.npy_bytes(lm)
     meta = {
         "key": key,
-        "source": manifest_path(os.path.abspath(path)),
+        "source": source or manifest_path(os.path.abspath(path)),
         "start_s": start_s,
         "end_s": start_s + n / fps,
         "fps": fps,

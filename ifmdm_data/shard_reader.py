@@ -56,11 +56,20 @@ class TarShard:
     """
 
     def __init__(self, path: str):
+        from . import storage
+
         self.path = str(path)
+        self._file = None            # an object-storage tar: a ranged-read file object (fsspec)
         try:
-            self._tar = tarfile.open(self.path, "r:")
+            if storage.is_url(self.path):
+                self._file = storage.open_read(self.path)
+                self._tar = tarfile.open(fileobj=self._file, mode="r:")
+            else:
+                self._tar = tarfile.open(self.path, "r:")
             infos = self._tar.getmembers()
-        except (OSError, tarfile.TarError) as e:
+        except (OSError, tarfile.TarError, storage.StorageError) as e:
+            if self._file is not None:
+                self._file.close()
             raise ShardFormatError(f"{self.path}: cannot read tar ({e})") from None
         self._samples: dict[str, dict[str, tarfile.TarInfo]] = {}
         last = None
@@ -80,7 +89,7 @@ class TarShard:
                 members[ext] = info
                 last = key
         except ShardFormatError:
-            self._tar.close()
+            self.close()
             raise
 
     def keys(self) -> list[str]:
@@ -116,6 +125,8 @@ class TarShard:
 
     def close(self):
         self._tar.close()
+        if self._file is not None:
+            self._file.close()
 
     def __enter__(self):
         return self

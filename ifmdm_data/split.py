@@ -1,5 +1,8 @@
 """`ifmdm-data split`: identity- and duplicate-disjoint train / val / test manifests.
 
+Each row keeps `source_manifest`, the `filter` folder it came from, so that `shard` and `report`
+given a split file find its tracks (OUT/tracks/<segment_id>.parquet) there.
+
 1. `annotate` adds `identity_id` (identity.py) and `dup_group` (dedup.py) where a manifest lacks
    them, from a few frames of each segment's source video (path, start_s, end_s). `filter` does
    not compute them yet, so this runs in one process here (about 1-2 s per segment on one CPU
@@ -36,11 +39,16 @@ REJECTED = "rejected"
 def read_manifests(manifests: Sequence[str | Path]) -> pd.DataFrame:
     """One or more manifest folders / clips or split .parquet files -> one DataFrame (rows
     concatenated; a segment_id seen twice keeps its first row)."""
-    from .schema import read_clips
+    from .schema import read_clips, tracks_folders
 
     if not manifests:
         raise InputError("no manifest given")
-    df = pd.concat([read_clips(m) for m in manifests], ignore_index=True)
+    parts = []
+    for m in manifests:      # each row remembers its manifest folder: `shard` finds its tracks there
+        part = read_clips(m)
+        part["source_manifest"] = tracks_folders(part, m)
+        parts.append(part)
+    df = pd.concat(parts, ignore_index=True)
     return df.drop_duplicates("segment_id", keep="first").reset_index(drop=True)
 
 

@@ -4,19 +4,28 @@ A work unit is one input file, or one window of a file longer than `segment.max_
 Its result is a Parquet "part" under `OUT/_work/parts/` holding one row per segment (after
 scene-cut splitting), written atomically after the segment tracks. A unit whose part exists
 is done; re-running `filter` on the same output skips it. Per-clip failures become rows.
+
+OUT is a local folder or an object-storage URL (`storage.py`). Where the results are written:
+with object storage every worker writes its tracks and part there itself (`PartStore`); with a
+local OUT a worker keeps them in memory (`CollectingStore`) and they travel back through Ray to
+the driver, which writes them (`PartStore.commit`): a node that cannot see the driver's folder
+still delivers its results, and nothing lands on a node's private disk.
 """
 from __future__ import annotations
 
 import math
 import os
+import pickle
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import storage
 from .errors import ClipError
 from .reasons import Reason
 from .schema import tracks_table, write_parquet_atomic
@@ -56,37 +65,90 @@ def failure_row(cid: str, path: str, reason, detail: str, record: dict | None = 
     return row
 
 
-class PartStore:
-    """OUT/_work/parts/<unit_id>.parquet and OUT/tracks/<segment_id>.parquet."""
+def part_table(rows: list[dict]) -> pa.Table:
+    """The Parquet table of one unit's rows."""
+    df = pd.DataFrame(rows)
+    for col in ("reasons",):
+        if col in df:
+            df[col] = [list(v) if isinstance(v, (list, tuple)) else [] for v in df[col]]
+    return pa.Table.from_pandas(df, preserve_index=False)
 
-    def __init__(self, out_dir: str | Path):
-        self.out = Path(out_dir)
-        self.parts = self.out / "_work" / "parts"
-        self.tracks = self.out / "tracks"
-        self.parts.mkdir(parents=True, exist_ok=True)
-        self.tracks.mkdir(parents=True, exist_ok=True)
+
+class PartStore:
+    """OUT/_work/parts/<unit_id>.parquet and OUT/tracks/<segment_id>.parquet, OUT a local
+    folder (`parts`/`tracks` are Paths) or an object-storage URL (they are URL strs)."""
+
+    def __init__(self, out_dir):
+        self.remote = storage.is_url(out_dir)
+        if self.remote:
+            self.out = str(out_dir).rstrip("/")
+            self.parts = storage.join(self.out, "_work", "parts")
+            self.tracks = storage.join(self.out, "tracks")
+        else:
+            self.out = Path(out_dir)
+            self.parts = self.out / "_work" / "parts"
+            self.tracks = self.out / "tracks"
+            self.parts.mkdir(parents=True, exist_ok=True)
+            self.tracks.mkdir(parents=True, exist_ok=True)
 
     def done(self) -> set[str]:
-        return {p.name[:-len(".parquet")] for p in self.parts.glob("*.parquet")}
+        return {n[:-len(".parquet")] for n in storage.list_names(self.parts, ".parquet")}
 
     def write(self, uid: str, rows: list[dict]) -> None:
-        df = pd.DataFrame(rows)
-        for col in ("reasons",):
-            if col in df:
-                df[col] = [list(v) if isinstance(v, (list, tuple)) else [] for v in df[col]]
-        write_parquet_atomic(pa.Table.from_pandas(df, preserve_index=False), self.parts / f"{uid}.parquet")
+        write_parquet_atomic(part_table(rows), storage.join(self.parts, f"{uid}.parquet"))
 
     def write_tracks(self, seg_id: str, tracks: dict, meta: dict) -> None:
-        write_parquet_atomic(tracks_table(tracks, meta), self.tracks / f"{seg_id}.parquet")
+        write_parquet_atomic(tracks_table(tracks, meta), storage.join(self.tracks, f"{seg_id}.parquet"))
+
+    def commit(self, payload: bytes) -> str | None:
+        """Write what a `CollectingStore` gathered on a worker: the tracks, then the part (the
+        unit's "done" mark). Returns the unit id (None for an empty payload)."""
+        if not payload:
+            return None
+        got = pickle.loads(payload)
+        for seg_id, table in got["tracks"].items():
+            write_parquet_atomic(table, storage.join(self.tracks, f"{seg_id}.parquet"))
+        write_parquet_atomic(got["part"], storage.join(self.parts, f"{got['uid']}.parquet"))
+        return got["uid"]
 
     def read_all(self) -> pd.DataFrame:
-        frames = [pq.read_table(p).to_pandas() for p in sorted(self.parts.glob("*.parquet"))]
+        names = storage.list_names(self.parts, ".parquet")
+        locs = [storage.join(self.parts, n) for n in names]
+        if self.remote:   # one GET each: overlap them
+            with ThreadPoolExecutor(16) as ex:
+                tables = list(ex.map(storage.read_parquet, locs))
+        else:
+            tables = [pq.read_table(p) for p in locs]
+        frames = [t.to_pandas() for t in tables]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def run_unit(unit: dict, cfg, models, speech, store: PartStore, backend_name: str = "",
+class CollectingStore:
+    """`run_unit`'s store on a worker whose results go back to the driver through Ray: keeps
+    the tracks and the part as Arrow tables; `payload()` is their pickle (a few hundred KB
+    per unit) for `PartStore.commit` on the driver."""
+
+    def __init__(self):
+        self.uid, self.part, self.tracks = None, None, {}
+
+    def write(self, uid: str, rows: list[dict]) -> None:
+        self.uid, self.part = uid, part_table(rows)
+
+    def write_tracks(self, seg_id: str, tracks: dict, meta: dict) -> None:
+        self.tracks[seg_id] = tracks_table(tracks, meta)
+
+    def payload(self) -> bytes:
+        if self.part is None:
+            return b""
+        return pickle.dumps({"uid": self.uid, "part": self.part, "tracks": self.tracks},
+                            protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def run_unit(unit: dict, cfg, models, speech, store, backend_name: str = "",
              syncnet=None) -> list[dict]:
-    """Analyse a unit, write its tracks and part; per-clip failures become rows. Returns rows."""
+    """Analyse a unit, write its tracks and part to `store` (a PartStore or CollectingStore);
+    per-clip failures become rows. Returns the rows. Raises storage.StorageError when the
+    store or the object storage holding the video fails (not a property of the clip)."""
     from .analyse import analyse_unit
 
     cid, path, probe = unit["clip_id"], unit["path"], unit["probe"]
@@ -95,7 +157,17 @@ def run_unit(unit: dict, cfg, models, speech, store: PartStore, backend_name: st
         os._exit(17)
     t0 = time.perf_counter()
     try:
-        results = analyse_unit(unit, cfg, models, speech, syncnet)
+        # a video in object storage is copied to a local temporary file for the decoders
+        # (removed when the block ends); a local path is used as it is
+        with storage.spool(path) as local_path:
+            results = analyse_unit(dict(unit, path=local_path), cfg, models, speech, syncnet)
+    except storage.SpoolLimitError as e:
+        rows = [failure_row(cid, path, Reason.UNREADABLE, str(e), probe, unit["start_s"], unit["end_s"])]
+    except storage.StorageError:
+        raise                          # the store, not the clip: the driver stops the run
+    except FileNotFoundError:
+        rows = [failure_row(cid, path, Reason.UNREADABLE, "file not found", probe,
+                            unit["start_s"], unit["end_s"])]
     except ClipError as e:
         rows = [failure_row(cid, path, e.reason, e.detail, probe, unit["start_s"], unit["end_s"])]
     except Exception as e:  # noqa: BLE001 - our bug on one clip must not stop the run

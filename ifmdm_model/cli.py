@@ -56,6 +56,10 @@ def train_main(argv=None) -> int:
         from .train_stage1 import TrainOptions, train_stage1
         from .train_stage2 import train_stage2
 
+        if args.shards and args.shards.endswith(".parquet"):     # splits/train.parquet, say
+            raise IfmdmError(f"--shards {args.shards} is a manifest, not a shard folder: run `ifmdm-data shard "
+                             f"{args.shards} -o shards/{Path(args.shards).stem}`, then pass --shards "
+                             f"shards/{Path(args.shards).stem}")
         cur = load_curriculum(args.curriculum)
         if args.shards:
             cur.shards = Path(args.shards).resolve()

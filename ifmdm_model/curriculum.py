@@ -150,9 +150,27 @@ def _typed(cls, data, where: str):
     return out
 
 
+def _split_hint(split_file: Path) -> str:
+    """One line for `--curriculum splits/train.parquet` (or splits/): a split reaches training
+    through its shards, with the curriculum of the manifests it was split from."""
+    folder = "manifests/"
+    try:
+        import pyarrow.parquet as pq
+        src = set(pq.read_table(split_file, columns=["source_manifest"]).column(0).to_pylist()) - {None}
+        folder = sorted(src)[0] if len(src) == 1 else folder
+    except Exception:  # noqa: BLE001 - not a split file or no source column: the generic hint
+        pass
+    name = split_file.stem
+    return (f"{split_file} is a manifest, not a curriculum: shard it (`ifmdm-data shard {split_file} "
+            f"-o shards/{name}`), then `ifmdm-train --curriculum {folder} --shards shards/{name} ...`")
+
+
 def load_curriculum(path: str | Path) -> Curriculum:
     """Load `path` (a curriculum.yaml, or a manifests folder holding one)."""
     path = Path(path)
+    split_file = path if path.suffix == ".parquet" else path / "train.parquet"
+    if split_file.is_file() and not (path.is_dir() and (path / "curriculum.yaml").is_file()):
+        raise ConfigError(_split_hint(split_file))
     if path.is_dir():
         path = path / "curriculum.yaml"
     if not path.is_file():

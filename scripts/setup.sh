@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the project needs on a fresh machine of this kind:
 #   - Debian packages: ffmpeg (ffprobe, libx264), espeak-ng (speech for the sample set), sox
-#   - a virtual environment at .venv/ with the pinned Python packages (requirements.txt)
+#   - a virtual environment at .venv/ with the pinned Python packages (requirements.txt; with
+#     the test tools: pytest and moto[server], the S3 API server the object-storage tests start)
 #   - packages that must go in with --no-deps (mediapipe 0.10.21, face-alignment, facexlib)
 #   - this project, editable
 # Idempotent: a second run only checks.

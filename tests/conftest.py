@@ -25,7 +25,8 @@ def media(*parts: str) -> Path:
 def ray_session():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 * 1024,
+    # address="local": never join a `ray start` cluster another process left on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 * 1024,
              log_to_driver=False)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False

@@ -84,7 +84,8 @@ def test_min_audio_coverage_threshold_is_inclusive_and_nan_is_not_judged():
     cfg = FilterConfig()
     m = cfg.decide.min_audio_coverage
     assert m == 0.95 and load_config().decide.min_audio_coverage == 0.95  # dataclass and filter.yaml
-    df = pd.DataFrame([_row(audio_coverage=m), _row(audio_coverage=np.nextafter(m, 0)),
+    below = float(np.nextafter(np.float32(m), np.float32(0)))   # one float32 step: the stored precision
+    df = pd.DataFrame([_row(audio_coverage=m), _row(audio_coverage=below),
                        _row(audio_coverage=float("nan")), _row()])  # last: a manifest without the column
     out, _ = decide(df, cfg)
     assert [list(r) for r in out["stage2_reasons"]] == [[], ["audio_too_short"], [], []]

@@ -1,4 +1,5 @@
 """Decisions from statistics: subsets, reasons, quantile thresholds, stage 2."""
+import numpy as np
 import pandas as pd
 
 from ifmdm_data.config import FilterConfig
@@ -88,7 +89,8 @@ def test_stage1_statistic_just_past_its_threshold_is_rejected():
     eps = 1e-6
     df = pd.DataFrame([
         _row(face_fraction=d.min_face_fraction - eps), _row(multi_face_fraction=d.max_multi_face_fraction + eps),
-        _row(face_px=d.min_face_px - eps), _row(out_of_frame_fraction=d.max_out_of_frame_fraction + eps),
+        # 64 - 1e-6 is 64.0 in float32 (the stored precision, decided alike): one float32 step below
+        _row(face_px=float(np.nextafter(np.float32(d.min_face_px), np.float32(0)))), _row(out_of_frame_fraction=d.max_out_of_frame_fraction + eps),
         _row(sharpness=d.min_sharpness - eps), _row(camera_motion=d.max_camera_motion + eps),
         _row(duration_s=seg.min_duration_s - eps), _row(width=seg.min_short_side - 1),
     ])
@@ -162,3 +164,54 @@ def test_av_out_of_sync_is_not_added_to_rejected_segments():
     out, _ = decide(df, FilterConfig())
     assert out["accepted"].tolist() == [False, False, True]
     assert [list(r) for r in out["stage2_reasons"]] == [["not_in_subset"], ["not_in_subset"], ["av_out_of_sync"]]
+
+
+# --- float32 storage: clips.parquet keeps the statistics as float32 -----------------------
+
+def _stored(df: pd.DataFrame, tmp_path) -> pd.DataFrame:
+    """The rows as `ifmdm-data decide` reads them back: written by the manifest writer, read
+    by read_clips (float32 statistics)."""
+    from ifmdm_data.schema import clips_table, read_clips, write_parquet_atomic
+
+    rows = [dict(r, path=f"/d/{i}.mp4", clip_id=str(i), segment_id=f"{i}_0", start_s=0.0, end_s=5.0)
+            for i, r in enumerate(df.to_dict("records"))]
+    write_parquet_atomic(clips_table(rows), tmp_path / "clips.parquet")
+    return read_clips(tmp_path)
+
+
+def _at_every_threshold():
+    d, seg = FilterConfig().decide, FilterConfig().segment
+    rows = [_row(**{col: float(getattr(d, key))}) for col, key in _AT]
+    rows += [_row(duration_s=seg.min_duration_s),
+             _row(head_motion=d.head_motion_min, mouth_open_std=d.lip_motion_min),
+             _row(speech_ratio=d.min_speech_ratio), _row(av_corr=d.min_av_corr),
+             _row(av_lag_s=d.max_av_lag_s), _row(av_lag_s=-d.max_av_lag_s),
+             _row(audio_coverage=d.min_audio_coverage),
+             _row(sync_conf=d.min_sync_conf, sync_offset_frames=float(d.max_sync_offset_frames))]
+    return pd.DataFrame(rows)
+
+
+def test_stored_float32_statistic_exactly_at_its_threshold_passes_redecide(tmp_path):
+    """float32(0.02) < 0.02 in float64: a stored value exactly at a threshold must still pass."""
+    back = _stored(_at_every_threshold(), tmp_path)
+    assert back["mouth_open_std"].dtype == "float32"
+    assert float(back["mouth_open_std"].iloc[8]) < FilterConfig().decide.lip_motion_min   # the trap
+    out, _ = decide(back, FilterConfig())
+    assert [list(r) for r in out["reasons"]] == [[]] * len(back)
+    assert out["subset"].tolist() == ["hard"] * len(back)
+    assert out["stage2_ok"].all(), out["stage2_reasons"].tolist()
+
+
+def test_filter_and_redecide_agree_next_to_a_threshold(tmp_path):
+    """A float64 statistic just below a threshold whose float32 is the threshold's float32:
+    `filter` (float64 in memory) and `ifmdm-data decide` (float32 from the file) decide alike."""
+    d = FilterConfig().decide
+    below = [np.nextafter(np.float64(getattr(d, k)), -np.inf) for k in ("lip_motion_min", "min_speech_ratio")]
+    assert all(np.float32(b) == np.float32(getattr(d, k)) for b, k in zip(below, ("lip_motion_min", "min_speech_ratio")))
+    df = pd.DataFrame([_row(head_motion=0.0, mouth_open_std=below[0]), _row(speech_ratio=below[1]),
+                       _row(face_px=np.nextafter(np.float64(d.min_face_px), -np.inf))])
+    fresh, _ = decide(df, FilterConfig())
+    again, _ = decide(_stored(df, tmp_path), FilterConfig())
+    for c in ("reasons", "stage2_reasons"):
+        assert [list(r) for r in fresh[c]] == [list(r) for r in again[c]], c
+    assert fresh["subset"].tolist() == again["subset"].tolist() == ["lip", "hard", "hard"]

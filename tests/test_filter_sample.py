@@ -59,3 +59,19 @@ def test_motion_statistics_order(sample_manifests):
     for talking in ("lip_talk.mp4", "hard_talk.mp4"):
         assert by.loc[talking, "mouth_open_std"] > 5 * by.loc["coarse_head.mp4", "mouth_open_std"]
     assert by.loc["lip_talk.mp4", "av_corr"] > by.loc["dubbed_talk.mp4", "av_corr"] + 0.3
+
+
+def test_labels_compare_every_stage2_reason():
+    """Expected `not_in_subset` is only met by a rejected segment; a measured reason shown
+    without `not_in_subset` (an accepted segment with no speech) is a mismatch, not ok."""
+    df = pd.DataFrame({
+        "path": ["/d/rej.mp4", "/d/acc.mp4"], "start_s": [0.0, 0.0], "end_s": [4.0, 4.0],
+        "accepted": [False, True], "subset": [None, "coarse"], "reasons": [["no_face"], []],
+        "stage2_ok": [False, False], "stage2_reasons": [["no_speech", "not_in_subset"], ["no_speech"]],
+    })
+    labels = pd.DataFrame({"file": ["rej.mp4", "acc.mp4", "acc.mp4"], "start_s": [0.0] * 3, "end_s": [4.0] * 3,
+                           "expected": ["no_face", "coarse", "coarse"],
+                           "stage2": ["not_in_subset", "not_in_subset", "no_speech"]})
+    res = match_labels(df, labels)
+    assert res["got_stage2"].tolist() == ["no_speech,not_in_subset", "no_speech", "no_speech"]
+    assert res["ok_stage2"].tolist() == [True, False, True]

@@ -151,6 +151,7 @@ def test_common_audio_and_image_formats(run, image, speech, tmp_path, kind):
     fixture is a JPEG): converted with ffmpeg, then generated from like any wav."""
     import shutil
     import subprocess
+    import sys
     if shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg not installed")
     audio, img = speech, image
@@ -488,3 +489,33 @@ def test_dtype_really_runs_the_models_in_that_dtype(run, image, speech, tmp_path
             assert seen[model] == {torch.float32}, (model, seen[model])
         else:
             assert want in seen[model], (model, seen[model])
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--checkpoint", "{d}/nope"], "checkpoint folder {d}/nope does not exist"),
+    (["--image", "{d}/nope.png"], "image {d}/nope.png does not exist"),
+    (["--audio", "{d}/nope.wav"], "audio {d}/nope.wav does not exist"),
+    (["--cfg-rescale", "2"], "--cfg-rescale must be in [0, 1]"),
+    (["--steps", "0"], "--steps must be an integer >= 1"),
+    (["--fps", "0"], "--fps must be in [1, 240]"),
+    (["--size", "127"], "--size must be an even integer"),
+    (["--motion-std", "-1"], "--motion-std must be >= 0"),
+    (["-o", "{d}/no/out.mp4"], "output folder {d}/no does not exist"),
+])
+def test_bad_arguments_rejected_before_torch_is_imported(tmp_path, extra, needle):
+    """`ifmdm-infer` checks its arguments before importing torch and the models (issue: ~7 s
+    to reject a typo): one error line, exit 2, and torch never imported."""
+    import subprocess
+    import sys
+    (tmp_path / "run").mkdir()
+    (tmp_path / "face.png").write_bytes(b"x")
+    (tmp_path / "speech.wav").write_bytes(b"x")
+    args = {"--checkpoint": "{d}/run", "--image": "{d}/face.png", "--audio": "{d}/speech.wav", "-o": "{d}/o.mp4"}
+    opts = dict(zip(extra[::2], extra[1::2]))
+    argv = [x.format(d=tmp_path) for k, v in {**args, **opts}.items() for x in (k, v)]
+    code = ("import sys; from ifmdm_model.infer_cli import main; rc = main(sys.argv[1:]); "
+            "sys.exit(rc if 'torch' not in sys.modules else 99)")
+    r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60)
+    err = r.stderr.strip()
+    assert r.returncode == 2 and len(err.splitlines()) == 1, (r.returncode, err)
+    assert err.startswith("ifmdm-infer: error:") and needle.format(d=tmp_path) in err, err

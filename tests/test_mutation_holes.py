@@ -195,7 +195,7 @@ def test_a_write_that_fails_midway_leaves_no_part_and_the_unit_is_redone(tmp_pat
     `done()` does not count the unit and a re-run writes it."""
     import os
     import pyarrow.parquet as pq
-    from ifmdm_data import schema
+    from ifmdm_data import schema, storage
     from ifmdm_data.work import PartStore
 
     store = PartStore(tmp_path)
@@ -216,13 +216,13 @@ def test_a_write_that_fails_midway_leaves_no_part_and_the_unit_is_redone(tmp_pat
     if where == "write_table":
         monkeypatch.setattr(schema.pq, "write_table", half_write)
     else:
-        monkeypatch.setattr(schema.os, "replace", no_replace)
+        monkeypatch.setattr(storage.os, "replace", no_replace)   # the atomic write (storage.py)
     with pytest.raises(Killed):
         store.write("b_w0000", [_row_for("b_w0000")])
     with pytest.raises(Killed):
         store.write_tracks("b_0000000", _tracks(), {"fps": 6.25})
     monkeypatch.setattr(schema.pq, "write_table", real_write)
-    monkeypatch.setattr(schema.os, "replace", real_replace)
+    monkeypatch.setattr(storage.os, "replace", real_replace)
 
     assert sorted(p.name for p in store.parts.iterdir()) == ["a_w0000.parquet"]   # no half part
     assert list(store.tracks.iterdir()) == []

@@ -192,7 +192,7 @@ def test_cli_split_real_media(tmp_path, near_copy, capsys):
 
 
 @pytest.mark.parametrize("args, msg", [
-    (["split", "{d}/nope", "-o", "{d}/o"], "no manifest at"),
+    (["split", "{d}/nope", "-o", "{d}/o"], "no manifest folder {d}/nope: run `ifmdm-data filter INPUTS -o {d}/nope`"),
     (["split", "{d}", "-o", "{d}/o", "--test-fraction", "1.5"], "--test-fraction must be in [0, 1)"),
     (["split", "{d}", "-o", "{d}/o", "--test-fraction", "0.6", "--val-fraction", "0.5"], "must be < 1"),
     (["split", "{d}", "-o", "{d}/o", "--dup-bits", "70"], "--dup-bits"),
@@ -203,4 +203,124 @@ def test_cli_split_errors_one_line_exit_2(tmp_path, capsys, args, msg):
     _write_manifest(tmp_path, _rows(["/nonexistent.mp4"]))
     rc = main([a.format(d=tmp_path) for a in args])
     err = capsys.readouterr().err
+    msg = msg.format(d=tmp_path)
     assert rc == 2 and msg in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_missing_manifest_names_the_missing_folder_or_file(tmp_path):
+    from ifmdm_data.errors import InputError
+    from ifmdm_data.schema import read_clips
+
+    with pytest.raises(InputError, match=f"^no manifest folder {tmp_path}/m: run `ifmdm-data filter INPUTS -o {tmp_path}/m` first$"):
+        read_clips(tmp_path / "m")
+    with pytest.raises(InputError, match=f"^no manifest folder {tmp_path}/m: "):
+        read_clips(tmp_path / "m" / "lip.parquet")
+    with pytest.raises(InputError, match=f"^no manifest lip.parquet in {tmp_path}: .* -o {tmp_path}` first$"):
+        read_clips(tmp_path / "lip.parquet")
+    with pytest.raises(InputError, match=f"^no manifest clips.parquet in {tmp_path}: "):
+        read_clips(tmp_path)
+
+
+# --- a split's manifest downstream: shard, report, train --------------------------------------
+
+@pytest.fixture(scope="module")
+def sample_split(sample_manifests, tmp_path_factory):
+    """The sample manifests split 70/30 by file (identity and duplicate groups given, no decoding:
+    the sample set's face clips all show one person)."""
+    import ifmdm_data.split as split_mod
+
+    def given(df, **kw):
+        df = df.copy()
+        df["identity_id"] = pd.factorize(df["clip_id"])[0]
+        df["dup_group"] = np.arange(len(df))
+        df.loc[df.index[:2], "dup_group"] = 0               # one duplicate group of two segments
+        return df
+
+    out = tmp_path_factory.mktemp("splits")
+    orig, split_mod.annotate = split_mod.annotate, given
+    try:
+        run_split([sample_manifests[0]], out, by="clip", test_fraction=0.3, seed=0)
+    finally:
+        split_mod.annotate = orig
+    return out
+
+
+def test_split_records_its_source_manifest(sample_manifests, sample_split):
+    test = read_clips(sample_split / "test.parquet")
+    assert set(test["source_manifest"]) == {str(sample_manifests[0].resolve())}
+
+
+def test_shard_a_split_file_writes_exactly_its_rows(sample_split, tmp_path):
+    from ifmdm_data.shard import ShardConfig
+    from ifmdm_data.shard_pipeline import run_shard
+
+    test = read_clips(sample_split / "test.parquet")
+    train = read_clips(sample_split / "train.parquet")
+    want = set(test.loc[test["accepted"].fillna(False).astype(bool), "segment_id"])
+    assert want and set(train["segment_id"]).isdisjoint(want)
+    s = run_shard(str(sample_split / "test.parquet"), str(tmp_path / "shards"),
+                  cfg=ShardConfig(size=64, preset="veryfast", target_shard_bytes=1), workers=2, progress=False)
+    idx = pd.read_parquet(tmp_path / "shards" / "index.parquet")
+    assert not s["failures"], s["failures"]
+    assert set(idx["key"]) == want and len(idx) == len(want)
+    by_key = test.set_index("segment_id")
+    assert all(by_key.loc[k, "subset"] == sub for k, sub in zip(idx["key"], idx["subset"]))
+
+
+def test_shard_a_split_whose_manifests_moved_is_one_line(sample_split, tmp_path, capsys):
+    from ifmdm_data.cli import main
+    from ifmdm_data.schema import split_table
+
+    df = read_clips(sample_split / "test.parquet")
+    df["source_manifest"] = str(tmp_path / "moved")
+    write_parquet_atomic(split_table(df), tmp_path / "test.parquet")
+    rc = main(["shard", str(tmp_path / "test.parquet"), "-o", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"made from the manifests {tmp_path / 'moved'}, which hold no tracks/" in err
+    df["source_manifest"] = None                          # a split file of an older `split`
+    write_parquet_atomic(split_table(df), tmp_path / "test.parquet")
+    rc = main(["shard", str(tmp_path / "test.parquet"), "-o", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "a split file without source_manifest" in err, err
+    rc = main(["shard", str(sample_split), "-o", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"give one of them, e.g. {sample_split / 'train.parquet'}" in err, err
+
+
+def test_report_of_a_split_shows_identities_and_duplicates(sample_split, sample_manifests, tmp_path):
+    from ifmdm_data.report import identity_section, write_report
+
+    page = write_report(sample_split / "train.parquet", tmp_path / "r", examples_per_subset=1).read_text()
+    assert "Identities per subset" in page and "Duplicate groups" in page
+    train = read_clips(sample_split / "train.parquet")
+    n_ids = train.loc[train["identity_id"] >= 0, "identity_id"].nunique()
+    assert f"<td>train</td><td>all</td><td>{len(train)}</td><td>{n_ids}</td><td>0</td>" in page
+    assert "1 near-duplicate groups of two or more segments (2 segments)" in page
+    assert "no tracks file" not in page and "source missing" not in page, "tracks from source_manifest"
+    # filter manifests have no identity columns yet: no section, no error
+    assert identity_section(read_clips(sample_manifests[0]).assign(group="lip")) == ""
+
+
+def test_train_on_a_split_file_says_shard_it_first(sample_manifests, sample_split):
+    from ifmdm_data.errors import ConfigError
+    from ifmdm_model.curriculum import load_curriculum
+
+    for arg in (sample_split / "train.parquet", sample_split):
+        with pytest.raises(ConfigError, match=(rf"shard {sample_split / 'train.parquet'} -o shards/train`\), then "
+                                               rf"`ifmdm-train --curriculum {sample_manifests[0].resolve()} "
+                                               rf"--shards shards/train")):
+            load_curriculum(arg)
+
+
+def test_train_and_eval_given_a_split_file_as_shards_say_shard_it(sample_manifests, sample_split, tmp_path, capsys):
+    from ifmdm_data.loaders import list_shards
+    from ifmdm_data.shard_format import ShardFormatError
+    from ifmdm_model.cli import train_main
+
+    split_file = sample_split / "test.parquet"
+    rc = train_main(["--curriculum", str(sample_manifests[0]), "--shards", str(split_file), "-o", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"run `ifmdm-data shard {split_file} -o shards/test`, then pass --shards shards/test" in err
+    with pytest.raises(ShardFormatError, match="is a manifest, not a shard folder: run `ifmdm-data shard"):
+        list_shards(split_file)                       # ifmdm-eval --shards splits/test.parquet

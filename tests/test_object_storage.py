@@ -1,0 +1,276 @@
+"""Object storage end to end, against a real S3 API server started here (moto's server mode on
+127.0.0.1, an HTTP endpoint like MinIO's): `filter` -> `shard` -> stage-1 loader from `s3://`
+equals the local run row for row; a run killed half way on object storage re-runs to the same
+manifests; storage failures are one clear line, never `worker_crash`.
+
+Three short clips of the sample set keep it small (the session's Ray is reused)."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from ifmdm_data import storage
+from ifmdm_data.config import load_config
+from ifmdm_data.pipeline import run_filter
+from ifmdm_data.shard import ShardConfig
+from ifmdm_data.shard_pipeline import run_shard
+
+CLI = [sys.executable, "-m", "ifmdm_data.cli"]
+CLIPS = ("lip_talk.mp4", "noaudio_talk.mp4", "short_talk.mp4")   # accepted, accepted (no audio), rejected
+BUCKET = "ifmdm-test"
+# columns that name where a file is, or measure time, not what was found in it
+NOT_COMPARED = {"path", "error", "analysis_s"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server on a free port, with the standard variables pointing at it."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)   # one log line per request otherwise
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+                     "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            mp.setenv(k, v)
+        fs, _ = storage.filesystem(f"s3://{BUCKET}")
+        fs.mkdir(BUCKET)
+        yield f"s3://{BUCKET}"
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def clips_local(sample_dir, tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("clips3") / "videos"
+    d.mkdir()
+    for name in CLIPS:
+        shutil.copy(sample_dir / name, d / name)
+    return d
+
+
+@pytest.fixture(scope="module")
+def clips_s3(s3_server, clips_local) -> str:
+    fs, _ = storage.filesystem(s3_server)
+    for f in sorted(clips_local.iterdir()):
+        fs.put_file(str(f), f"{BUCKET}/raw/videos/{f.name}")
+    return f"{s3_server}/raw/videos"
+
+
+SHARD_CFG = dict(size=64, preset="veryfast", target_shard_bytes=1)   # as conftest's sample_shards
+
+
+@pytest.fixture(scope="module")
+def local_run(sample_manifests, sample_shards):
+    """The session's local run of the whole sample set (its rows for CLIPS do not depend on
+    the other clips: the shipped thresholds are absolute) and its shards (one sample each)."""
+    return sample_manifests[0], sample_shards
+
+
+@pytest.fixture(scope="module")
+def s3_run(ray_session, clips_s3, s3_server):
+    m, s = f"{s3_server}/run/manifests", f"{s3_server}/run/shards"
+    summary = run_filter([clips_s3], m, load_config(), workers=2, progress=False)
+    run_shard(m, s, cfg=ShardConfig(**SHARD_CFG), workers=2, progress=False)
+    return m, s, summary
+
+
+def _ours(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["path"].map(lambda p: Path(p).name).isin(CLIPS)].reset_index(drop=True)
+
+
+def _clips(loc) -> pd.DataFrame:
+    df = storage.read_parquet(storage.join(str(loc), "clips.parquet")).to_pandas()
+    for c in df.columns:   # list columns -> lists, for comparison
+        if df[c].map(lambda v: hasattr(v, "tolist")).any():
+            df[c] = df[c].map(lambda v: v.tolist() if hasattr(v, "tolist") else v)
+    return df.sort_values("segment_id").reset_index(drop=True)
+
+
+def _index(loc, keys=None) -> pd.DataFrame:
+    idx = storage.read_parquet(storage.join(str(loc), "index.parquet")).to_pandas()
+    if keys is not None:
+        idx = idx[idx["key"].isin(keys)]
+    return idx.sort_values("key").reset_index(drop=True)
+
+
+def test_filter_and_shard_from_s3_equal_the_local_run(local_run, s3_run, clips_s3):
+    lm, ls = local_run
+    sm, ss, ssum = s3_run
+    got, ref = _clips(sm), _ours(_clips(lm))
+    assert len(ref) >= 3 and ref["accepted"].sum() >= 2
+    assert got["path"].tolist() == [f"{clips_s3}/{Path(p).name}" for p in ref["path"]]
+    cols = [c for c in ref.columns if c not in NOT_COMPARED]
+    pd.testing.assert_frame_equal(got[cols], ref[cols])     # same ids (relative keys), same numbers
+    for name in ("coarse", "lip", "hard", "rejected"):
+        assert len(storage.read_parquet(f"{sm}/{name}.parquet")) == len(_ours(pd.read_parquet(lm / f"{name}.parquet")))
+    saved = json.loads(storage.read_text(f"{sm}/summary.json"))
+    assert saved["subsets"] == ssum["subsets"] and sum(saved["subsets"].values()) == int(ref["accepted"].sum())
+    assert storage.exists(f"{sm}/curriculum.yaml")
+    # tracks: one object per segment, same content
+    for seg in ref["segment_id"][ref["accepted"]]:
+        a = storage.read_parquet(f"{sm}/tracks/{seg}.parquet")
+        b = pq.read_table(lm / "tracks" / f"{seg}.parquet")
+        assert a.to_pandas().equals(b.to_pandas())
+    # shards: the same samples. `shard` names differ (the local run has more samples per subset);
+    # `bytes` counts the json member, whose `source` names the URL / the local path
+    idx_s, idx_l = _index(ss), _index(ls, set(ref["segment_id"]))
+    assert len(idx_s) == int(ref["accepted"].sum())
+    pd.testing.assert_frame_equal(idx_s.drop(columns=["shard", "bytes"]), idx_l.drop(columns=["shard", "bytes"]))
+    # no temporary object is left under the output prefixes
+    fs, _ = storage.filesystem(sm)
+    left = [p for p in fs.find(f"{BUCKET}/run") if p.rsplit("/", 1)[-1].startswith(".")]
+    assert left == []
+
+
+def test_stage1_loader_streams_s3_shards(local_run, s3_run):
+    from ifmdm_data.loaders import list_shards, stage1_dataset, stage1_loader
+
+    _, ls = local_run
+    _, ss, _ = s3_run
+    remote = list_shards(ss)
+    assert remote and all(s.startswith(ss + "/") for s in remote)
+    # the local tars of the same samples, in the same order (one sample per tar)
+    key_of = dict(zip(_index(ss)["shard"], _index(ss)["key"]))
+    local_of = dict(zip(_index(ls)["key"], _index(ls)["shard"]))
+    here = [str(ls / local_of[key_of[s[len(ss) + 1:]]]) for s in remote]
+    assert list_shards(here) == here
+    take = lambda ds: [(x["key"], tuple(x["frames"]), float(x["motion"].sum())) for x in ds]  # noqa: E731
+    a = take(stage1_dataset(ss, size=32, pairs_per_clip=2, shuffle_buffer=1, seed=3))
+    b = take(stage1_dataset(here, size=32, pairs_per_clip=2, shuffle_buffer=1, seed=3))
+    assert a == b and len(a) > 0
+    # the DataLoader's worker processes (forkserver) open the s3 tars themselves
+    loader = stage1_loader(ss, batch_size=2, num_workers=2, size=32, pairs_per_clip=2, shuffle_buffer=1)
+    assert sorted(k for batch in loader for k in batch["key"]) == sorted(k for k, _, _ in a)
+
+
+def test_killed_run_on_s3_resumes_to_the_same_manifests(ray_session, s3_run, clips_s3, s3_server):
+    out = f"{s3_server}/killed/manifests"
+    fs, _ = storage.filesystem(out)
+    parts = f"{BUCKET}/killed/manifests/_work/parts"
+
+    def n_parts() -> int:
+        try:
+            return len([p for p in fs.ls(parts, detail=False) if p.endswith(".parquet")])
+        except FileNotFoundError:
+            return 0
+
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
+    proc = subprocess.Popen(CLI + ["filter", clips_s3, "-o", out, "--workers", "1", "--no-progress"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and n_parts() < 1:
+        time.sleep(0.3)
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()[-2000:]!r}"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    n_done, quiet_since = -1, time.time()     # Ray ends the dead driver's workers asynchronously
+    while time.time() - quiet_since < 3.0 and time.time() < deadline + 60:
+        n = n_parts()
+        if n != n_done:
+            n_done, quiet_since = n, time.time()
+        time.sleep(0.3)
+    assert 1 <= n_done < len(CLIPS)
+    assert not storage.exists(f"{out}/clips.parquet")          # nothing final from a killed run
+    for p in fs.find(f"{BUCKET}/killed"):                       # every visible parquet is complete
+        if p.endswith(".parquet"):
+            with fs.open(p, "rb") as f:
+                pq.read_metadata(f)
+
+    summary = run_filter([clips_s3], out, load_config(), workers=2, progress=False)
+    assert summary["units_skipped"] == n_done and summary["units_analysed"] == len(CLIPS) - n_done
+    got, ref = _clips(out), _clips(s3_run[0])
+    cols = [c for c in ref.columns if c not in NOT_COMPARED - {"path"}]
+    pd.testing.assert_frame_equal(got[cols], ref[cols])
+
+
+def test_a_bad_bucket_is_one_clear_line(ray_session, clips_s3, s3_server, tmp_path):
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
+    res = subprocess.run(CLI + ["filter", clips_s3, "-o", "s3://no-such-bucket-x/m", "--no-progress"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no-such-bucket-x" in lines[0] and "worker_crash" not in res.stderr, res.stderr
+    res = subprocess.run(CLI + ["filter", "s3://no-such-bucket-x/videos", "-o", str(tmp_path / "m"), "--no-progress"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_storage_writes_are_atomic_and_listings_fresh(s3_server):
+    loc = f"{s3_server}/unit/a/x.bin"
+    with pytest.raises(RuntimeError):
+        with storage.atomic_local(loc) as tmp:
+            Path(tmp).write_bytes(b"half")
+            raise RuntimeError("killed while writing")
+    assert not storage.exists(loc)
+    fs, _ = storage.filesystem(loc)
+    assert fs.find(f"{BUCKET}/unit") == []                       # no temporary left behind
+    storage.write_bytes_atomic(b"whole", loc)
+    assert storage.read_bytes(loc) == b"whole"
+    assert storage.list_names(f"{s3_server}/unit/a", ".bin") == ["x.bin"]
+    fs.pipe_file(f"{BUCKET}/unit/a/y.bin", b"y")                 # written by "another process"
+    assert storage.list_names(f"{s3_server}/unit/a", ".bin") == ["x.bin", "y.bin"]
+    with storage.spool(loc) as p:
+        assert Path(p).read_bytes() == b"whole"
+        spooled = p
+    assert not os.path.exists(spooled) and not os.path.exists(os.path.dirname(spooled))
+
+
+def test_decide_inspect_and_report_read_s3_manifests(s3_run, sample_dir, tmp_path, capsys):
+    from ifmdm_data.inspect import inspect_manifest
+    from ifmdm_data.manifest import redecide
+    from ifmdm_data.report import write_report
+
+    sm, _, ssum = s3_run
+    before = _clips(sm)
+    counts = redecide(sm, load_config())                       # the same thresholds: the same rows
+    assert counts["subsets"] == ssum["subsets"]
+    after = _clips(sm)
+    pd.testing.assert_frame_equal(after, before)
+    labels = pd.read_csv(sample_dir / "labels.csv")
+    labels[labels["file"].isin(CLIPS)].to_csv(tmp_path / "labels.csv", index=False)
+    assert inspect_manifest(sm, str(tmp_path / "labels.csv"))  # every labelled segment as expected
+    assert "lip_talk.mp4" in capsys.readouterr().out
+    page = write_report(sm, tmp_path / "report", examples_per_subset=1)
+    html_text = Path(page).read_text()
+    assert sm in html_text
+    assert not any(bad in html_text for bad in ("source missing", "cannot decode", "no tracks file"))
+
+
+def test_s3_inputs_folders_globs_and_lists(clips_s3, s3_server):
+    from ifmdm_data.errors import InputError
+    from ifmdm_data.inputs import resolve_keyed
+
+    want = [(f"{clips_s3}/{n}", n) for n in sorted(CLIPS)]
+    assert resolve_keyed([clips_s3]) == want                                   # a prefix is a folder
+    assert resolve_keyed([clips_s3 + "/"]) == want
+    assert resolve_keyed([f"{s3_server}/raw/**/*_talk.mp4"]) == [(u, f"videos/{k}") for u, k in want]
+    assert resolve_keyed([f"{clips_s3}/{CLIPS[0]}"]) == [(f"{clips_s3}/{CLIPS[0]}", CLIPS[0])]
+    storage.write_bytes_atomic(f"path,id\nvideos/{CLIPS[0]},a1\nvideos/missing.mp4,a2\n".encode(),
+                               f"{s3_server}/raw/list.csv")
+    assert resolve_keyed([f"{s3_server}/raw/list.csv"]) == [
+        (f"{clips_s3}/{CLIPS[0]}", "id:a1"), (f"{clips_s3}/missing.mp4", "id:a2")]  # relative to the list
+    with pytest.raises(InputError, match="no such file or folder"):
+        resolve_keyed([f"{s3_server}/nothing-here"])
+    with pytest.raises(InputError, match="matches no file"):
+        resolve_keyed([f"{s3_server}/raw/*.webm"])
