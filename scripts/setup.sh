@@ -27,9 +27,11 @@ fi
 # pip prints a warning per package for the machine's local index folders: drop those lines.
 pipq() { .venv/bin/python -m pip install -q "$@" 2>&1 | { grep -v "is ignored" || true; }; }
 stamp=.venv/.ifmdm-installed
-want=$(cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)
+want=$(cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)${IFMDM_JOBS:+-jobs}
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   pipq -r requirements.txt
+  # optional: the Ray jobs CLI / SDK for pipelines/ (requirements-jobs.txt)
+  if [ -n "${IFMDM_JOBS:-}" ]; then pipq -r requirements.txt -r requirements-jobs.txt; fi
   # --no-deps: mediapipe's declared deps pull jax and two more OpenCV builds into cv2/;
   # face-alignment and facexlib would pull opencv-python beside the headless build.
   pipq --no-deps mediapipe==0.10.21 face-alignment==1.5.0 facexlib==0.3.0
