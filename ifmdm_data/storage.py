@@ -122,41 +122,31 @@ def _wrap(loc, e: Exception) -> StorageError:
 # queries
 
 
-def exists(loc) -> bool:
+def _ask(loc, local_test, method: str) -> bool:
+    """A yes/no query: `local_test(path)` for a local path, `fs.<method>(path)` for a URL
+    (a missing object is False; a storage failure is a StorageError)."""
     if not is_url(loc):
-        return os.path.exists(local(loc))
+        return local_test(local(loc))
     fs, p = filesystem(loc)
     try:
-        return fs.exists(p)
+        return getattr(fs, method)(p)
     except FileNotFoundError:
         return False
     except Exception as e:  # noqa: BLE001 - no bucket access, endpoint down
         raise _wrap(loc, e) from None
 
 
+def exists(loc) -> bool:
+    return _ask(loc, os.path.exists, "exists")
+
+
 def isdir(loc) -> bool:
     """A local folder, or an object-storage prefix that holds at least one object."""
-    if not is_url(loc):
-        return os.path.isdir(local(loc))
-    fs, p = filesystem(loc)
-    try:
-        return fs.isdir(p)
-    except FileNotFoundError:
-        return False
-    except Exception as e:  # noqa: BLE001
-        raise _wrap(loc, e) from None
+    return _ask(loc, os.path.isdir, "isdir")
 
 
 def isfile(loc) -> bool:
-    if not is_url(loc):
-        return os.path.isfile(local(loc))
-    fs, p = filesystem(loc)
-    try:
-        return fs.isfile(p)
-    except FileNotFoundError:
-        return False
-    except Exception as e:  # noqa: BLE001
-        raise _wrap(loc, e) from None
+    return _ask(loc, os.path.isfile, "isfile")
 
 
 def size(loc) -> int:
