@@ -42,7 +42,7 @@ MEDIA = ROOT.parent / "shared" / "media"
 
 # steps per stage-1 run (each run: S1-tiny at 64 px, batch 8)
 BUDGET = {"quick": {"synthetic": 200, "real": 300, "dims": 300},
-          "full": {"synthetic": 3000, "real": 6000, "dims": 6000}}
+          "full": {"synthetic": 6000, "real": 10000, "dims": 6000}}
 
 
 def table(title: str, rows: list[dict], cols: list[str]) -> None:
@@ -75,9 +75,9 @@ def prepare_real(work: Path, media: Path, size: int) -> Path:
     return shards
 
 
-def run(name, clips, steps, seed, **overrides):
+def run(name, clips, steps, seed, device="cpu", **overrides):
     cfg = model_config("S1-tiny", **overrides)
-    model, res = train_small(cfg, clips, TrainSettings(steps=steps, seed=seed), name)
+    model, res = train_small(cfg, clips, TrainSettings(steps=steps, seed=seed, device=device), name)
     print(f"  {name}: {res.steps} steps, {res.seconds:.0f} s, held-out PSNR {res.psnr:.2f} dB", flush=True)
     return model, res
 
@@ -91,6 +91,7 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-real", action="store_true", help="synthetic sections only")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="stage-1 training device (cpu, cuda); stage 2 stays on the CPU")
     ap.add_argument("--json", type=Path, help="also write every number here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -116,7 +117,7 @@ def main(argv=None) -> int:
             {"model": "baseline: median (motion-blind)", "PSNR": base["median"], "patch PSNR": base["median_patch"]}]
     res = {}
     for name, ov in variants:
-        _, r = run(name, syn, budget["synthetic"], args.seed, **ov)
+        _, r = run(name, syn, budget["synthetic"], args.seed, args.device, **ov)
         res[name] = r
         rows.append({"model": name, "PSNR": r.psnr, "patch PSNR": r.psnr_patch,
                      "mask compactness": r.compactness, "local flow loss": r.local_flow_loss,
@@ -155,7 +156,7 @@ def main(argv=None) -> int:
                                                              ("mask_norm: paper", {"mask_norm": "paper"})])
         real_res, real_models = {}, {}
         for name, ov in variants:
-            m, r = run(name, real, budget["real"], args.seed, **ov)
+            m, r = run(name, real, budget["real"], args.seed, args.device, **ov)
             real_res[name], real_models[name] = r, m
             rows.append({"model": name, "PSNR": r.psnr, "mask compactness": r.compactness,
                          "local flow loss": r.local_flow_loss, "s": r.seconds})
@@ -172,7 +173,7 @@ def main(argv=None) -> int:
         # both with style_dim 128: the directions decoder needs D <= style_dim (S1-tiny has 64)
         rows, cross = [], {}
         for dim in (20, 100):
-            model, r = run(f"motion_dim {dim}", real, budget["dims"], args.seed, motion_dim=dim,
+            model, r = run(f"motion_dim {dim}", real, budget["dims"], args.seed, args.device, motion_dim=dim,
                            style_dim=128)
             cross[dim] = cross_identity_psnr(model, real)
             rows.append({"motion_dim": dim, "same-identity PSNR": r.psnr, "cross-identity PSNR": cross[dim]})

@@ -222,6 +222,8 @@ class TrainSettings:
     seed: int = 0
     threads: Optional[int] = None
     eval_every: int = 0                       # 0: only at the end
+    device: str = "cpu"                       # any torch device ("cuda", "cuda:1"); evaluation runs there too
+    augment: bool = False                     # the trainer's pair augmentation (same flip + colour jitter on both)
 
 
 @dataclass
@@ -250,14 +252,15 @@ def evaluate(model: MotionAutoencoder, clips: Sequence[Clip], batch: int = 32) -
     from .losses import local_flow_loss
 
     model.eval()
+    dev = next(model.parameters()).device
     preds, targets, boxes, comp, lfl = [], [], [], [], []
     for c in clips:
-        app = to_tensor(c.train[:1])
+        app = to_tensor(c.train[:1]).to(dev)
         tgt = to_tensor(c.heldout)
         for i in range(0, len(tgt), batch):
-            t = tgt[i:i + batch]
+            t = tgt[i:i + batch].to(dev)
             out = model(app.expand(len(t), -1, -1, -1), t)
-            preds.append(out["recon"].float())
+            preds.append(out["recon"].float().cpu())
             comp.append(mask_compactness(out["masks"]))
             lfl.append(float(local_flow_loss(out["masks"])))
         targets.append(tgt)
@@ -271,23 +274,34 @@ def evaluate(model: MotionAutoencoder, clips: Sequence[Clip], batch: int = 32) -
 
 def train_small(cfg: Stage1Config, clips: Sequence[Clip], settings: TrainSettings,
                 name: str = "") -> tuple[MotionAutoencoder, RunResult]:
-    """Train a fresh model of `cfg` on the clips' training frames for `settings.steps` steps
-    (CPU or whatever device the default is; deterministic for a seed on one thread)."""
+    """Train a fresh model of `cfg` on the clips' training frames for `settings.steps` steps on
+    `settings.device` (deterministic for a seed on one CPU thread; on CUDA up to its kernels).
+    The frames live on the device; `augment` draws the trainer's pair augmentation
+    (`ifmdm_data.loaders.jitter_pair`: same flip and colour jitter on both frames) on the CPU."""
     from .losses import Stage1Loss, Stage1LossConfig
 
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
-    model = build_stage1(cfg)
+    dev = torch.device(settings.device)
+    model = build_stage1(cfg).to(dev)
     loss_fn = Stage1Loss(Stage1LossConfig(l1=settings.l1, perceptual=0.0, local_flow=settings.local_flow))
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr, betas=settings.betas)
-    frames = [to_tensor(c.train) for c in clips]
+    frames = [to_tensor(c.train).to(dev) for c in clips]
     history, t0, recent = [], time.perf_counter(), []
     for step in range(1, settings.steps + 1):
-        ci = rng.integers(len(frames), size=settings.batch_size)
-        a = torch.stack([frames[c][rng.integers(len(frames[c]))] for c in ci])
-        m = torch.stack([frames[c][rng.integers(len(frames[c]))] for c in ci])
+        ci = rng.integers(len(clips), size=settings.batch_size)
+        ia = [rng.integers(len(frames[c])) for c in ci]           # (this draw order keeps old seeds' runs)
+        pick = [(c, i, rng.integers(len(frames[c]))) for c, i in zip(ci, ia)]
+        if settings.augment:
+            from ifmdm_data.loaders import jitter_pair
+            pairs = [jitter_pair(clips[c].train[i], clips[c].train[j], rng) for c, i, j in pick]
+            a = to_tensor(np.stack([p[0] for p in pairs])).to(dev)
+            m = to_tensor(np.stack([p[1] for p in pairs])).to(dev)
+        else:
+            a = torch.stack([frames[c][i] for c, i, _ in pick])
+            m = torch.stack([frames[c][j] for c, _, j in pick])
         losses = loss_fn(model(a, m), m)
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
@@ -310,18 +324,19 @@ def cross_identity_psnr(model: MotionAutoencoder, clips: Sequence[Clip], batch: 
     x_AB = D(A(A_0), m(B_j)); then recon = D(A(B_0), m(x_AB)) is compared with B_j (A_0, B_0:
     the clips' first training frames). High only when the motion code transfers across faces."""
     model.eval()
+    dev = next(model.parameters()).device
     preds, targets = [], []
     for k, b in enumerate(clips):
         a = clips[(k + 1) % len(clips)] if len(clips) > 1 else b
-        app_a, _ = model.encode(to_tensor(a.train[:1]))
-        app_b, _ = model.encode(to_tensor(b.train[:1]))
+        app_a, _ = model.encode(to_tensor(a.train[:1]).to(dev))
+        app_b, _ = model.encode(to_tensor(b.train[:1]).to(dev))
         tgt = to_tensor(b.heldout)
         for i in range(0, len(tgt), batch):
-            t = tgt[i:i + batch]
+            t = tgt[i:i + batch].to(dev)
             _, m_bj = model.encode(t)
             x_ab = model.decode(app_a, m_bj).float().clamp(-1, 1)
             _, m_ab = model.encode(x_ab)
-            preds.append(model.decode(app_b, m_ab).float())
+            preds.append(model.decode(app_b, m_ab).float().cpu())
         targets.append(tgt)
     model.train()
     return psnr(torch.cat(preds), torch.cat(targets))

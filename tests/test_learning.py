@@ -76,3 +76,17 @@ def test_baselines_and_psnr_are_right_on_known_inputs():
     b = baselines([clip])
     assert b["median"] > 90 > b["copy"]                            # the median ignores the outlier
     assert to_tensor(frames).shape == (4, 3, 8, 8)
+
+
+def test_train_small_augment_and_device_options():
+    """`TrainSettings.augment` trains on jittered pairs (a different run from the plain one, same
+    seed); `device` is honoured and evaluation follows the model's device."""
+    from ifmdm_model.learning import TrainSettings, model_config, train_small
+    clips = synthetic_local_motion(n_clips=2, n_train=6, n_heldout=2, seed=3)
+    cfg = model_config("S1-tiny")
+    plain_model, plain = train_small(cfg, clips, TrainSettings(steps=3, seed=1, threads=1, device="cpu"))
+    _, again = train_small(cfg, clips, TrainSettings(steps=3, seed=1, threads=1, device="cpu"))
+    _, aug = train_small(cfg, clips, TrainSettings(steps=3, seed=1, threads=1, augment=True))
+    assert next(plain_model.parameters()).device.type == "cpu"
+    assert plain.psnr == again.psnr                       # deterministic on one thread
+    assert aug.psnr != plain.psnr and np.isfinite(aug.psnr)
