@@ -22,6 +22,7 @@ examples:
   ifmdm-data report manifests/ -o report/
   ifmdm-data split manifests/ --by identity --test-fraction 0.05 -o splits/
   ifmdm-data shard splits/train.parquet -o shards/train   # then: ifmdm-train ... --shards shards/train
+  ifmdm-data shard --images afhq/cat/ -o shards/cats --size 256   # stage 1 on still images
 """
 
 
@@ -96,21 +97,35 @@ def build_parser() -> argparse.ArgumentParser:
                                    "speech features aligned to the frames (wav2vec2 from --wav2vec2 DIR, "
                                    "else log-mel), landmarks in crop pixels and a JSON record per sample. "
                                    "Writes shards/{coarse,lip,hard}/*.tar, shards/index.parquet and "
-                                   "shards/summary.json. Re-running resumes: finished tars are skipped.")
-    p.add_argument("manifests", help="manifest folder written by `filter`, or a split file of `split` "
+                                   "shards/summary.json. Re-running resumes: finished tars are skipped. "
+                                   "With --images INPUT instead of a manifest: an image set for stage 1 "
+                                   "(still images, centre square crop resized to --size, stored as PNG (or --format jpg), "
+                                   "no face filter; unreadable, corrupt, too small (--min-side) and "
+                                   "duplicate images are rejected into rejected.parquet; runs in this "
+                                   "process, no Ray): shards/images/*.tar, index.parquet, rejected.parquet, "
+                                   "summary.json.")
+    p.add_argument("manifests", nargs="?", help="manifest folder written by `filter`, or a split file of `split` "
                                      "(splits/train.parquet: exactly its rows; tracks from the folder it was split from)")
+    p.add_argument("--images", metavar="INPUT", help="shard still images instead: a folder (recursive), a glob, "
+                                                     "an image, a .csv/.parquet list with a 'path' column, or an "
+                                                     "object-storage prefix (s3://...)")
+    p.add_argument("--min-side", type=int, help="--images: reject images whose short side is below this (default: --size / 2)")
+    p.add_argument("--dup-bits", type=int,
+                   help="--images: pHash Hamming distance (of 64) at which two images are duplicates (default 6)")
+    p.add_argument("--format", choices=["png", "jpg"],
+                   help="--images: stored picture format (default png, lossless; jpg: quality 95, smaller)")
     p.add_argument("-o", "--out", required=True, help="shard folder")
     p.add_argument("--subsets", default="coarse,lip,hard", help="comma list (default: coarse,lip,hard)")
     p.add_argument("--wav2vec2", metavar="DIR", help="local Wav2Vec2 checkpoint folder (save_pretrained "
                                                       "layout); default: log-mel features")
     p.add_argument("--wav2vec2-layers", default="-1", help="hidden-state indices, comma list, averaged (default -1: last)")
-    p.add_argument("--size", type=int, default=512, help="crop side in pixels (default 512)")
+    p.add_argument("--size", type=int, help="crop side in pixels (default 512; --images: 256)")
     p.add_argument("--fps", type=float, default=25.0, help="output frame rate (default 25)")
     p.add_argument("--shard-size", type=float, default=1.0, help="target shard size in GB (default 1.0)")
     p.add_argument("--fix-av-offset", action="store_true",
                    help="shift each segment's audio to undo the SyncNet AV offset that `filter --syncnet` "
                         "measured (sync_offset_frames), as LatentSync does; no effect without it")
-    p.add_argument("--workers", type=int, help="shard-writing actors (default: all CPUs)")
+    p.add_argument("--workers", type=int, help="shard-writing actors (default: all CPUs; --images: decode threads)")
     p.add_argument("--ray-address", help="Ray cluster address ('auto' inside a cluster)")
     p.add_argument("--overwrite", action="store_true", help="discard earlier shards in the output folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -187,6 +202,16 @@ def print_shard_summary(s: dict, out: str) -> None:
     w(f"shards: {out}/{{coarse,lip,hard}}/*.tar, {out}/index.parquet, {out}/summary.json\n")
 
 
+def print_image_set_summary(s: dict, out: str) -> None:
+    w = sys.stdout.write
+    w(f"\n{s['inputs']} images -> {s['samples_total']} samples in {s['shards']['images']} shards "
+      f"({s['bytes'] / 1e6:.1f} MB) in {s['elapsed_s']:.1f} s; {s['composited']} composited over white\n")
+    w(f"  rejected  {s['rejected']:6d}\n")
+    for reason, n in s["rejected_by_reason"].items():
+        w(f"    {reason:<20s}{n:6d}\n")
+    w(f"shards: {out}/images/*.tar, {out}/index.parquet, {out}/rejected.parquet, {out}/summary.json\n")
+
+
 def print_split_summary(s: dict, out: str) -> None:
     w = sys.stdout.write
     w(f"\n{s['segments']} segments, {s['identities']} identities, {s['groups']} groups "
@@ -257,8 +282,25 @@ def main(argv=None) -> int:
             from .inspect import inspect_manifest
             ok = inspect_manifest(args.manifests, args.labels)
             return 0 if ok else 1
+        elif args.cmd == "shard" and args.images:
+            from .image_set import ImageSetConfig, run_image_set
+            if args.manifests:
+                raise IfmdmError("give a manifest folder or --images INPUT, not both")
+            cfg = ImageSetConfig(size=256 if args.size is None else args.size, min_side=args.min_side,
+                                 dup_bits=6 if args.dup_bits is None else args.dup_bits,
+                                 image_format=args.format or "png", target_shard_bytes=int(args.shard_size * 1e9),
+                                 workers=args.workers)
+            s = run_image_set(args.images, args.out, cfg, overwrite=args.overwrite)
+            print_image_set_summary(s, args.out)
         elif args.cmd == "shard":
             from .shard import ShardConfig
+            if not args.manifests:
+                raise IfmdmError("give a manifest folder (or --images INPUT for an image set)")
+            only = [f for f, v in (("--min-side", args.min_side), ("--dup-bits", args.dup_bits),
+                                   ("--format", args.format)) if v is not None]
+            if only:
+                raise IfmdmError(f"{only[0]} applies to --images only")
+            args.size = 512 if args.size is None else args.size
             from .shard_pipeline import run_shard
             try:
                 layers = tuple(int(x) for x in args.wav2vec2_layers.split(","))

@@ -10,7 +10,8 @@ names of those two modules stay importable from here (`TarShard`, `read_meta`, `
 Both datasets are torch `IterableDataset`s built as a chain of small stages, each a function
 from an iterator to an iterator (the webdataset style):
 
-    stage 1: shards -> samples (checked) -> decoded frame pairs of one clip -> shuffle -> tensors
+    stage 1: shards -> samples (checked) -> decoded frame pairs of one clip (or augmented pairs
+             of one image of an image set: `image_pairs.py`) -> shuffle -> tensors
     stage 2: shards + sidecars -> clips (checked, joined by key) -> windows -> shuffle -> tensors
 
 Shards are local (or shared-filesystem) paths or object-storage URLs (`s3://bucket/shards`:
@@ -56,7 +57,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .motion_sidecar import write_motion_sidecar  # noqa: F401 - re-exported
 from .shard_format import SIDECAR_MEMBERS, ShardFormatError, check_member_name, check_motion
-from .shard_reader import TarShard, decode_frames, load_checked, main_samples, read_meta
+from .shard_reader import TarShard, decode_frames, load_checked, read_meta
+from .shard_reader import main_samples  # noqa: F401 - re-exported
 from .shard_reader import UNREAD, split_member  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
@@ -176,10 +178,49 @@ def sample_pairs(n_frames: int, k: int, rng: np.random.Generator) -> list[tuple[
     return [(int(i), int(j)) for i, j in zip(a, m)]
 
 
+def stage1_samples(shards: Iterable[str], stats: Counter) -> Iterator[dict]:
+    """Stage: shard paths -> checked samples: video samples with the members STAGE1_READ
+    decoded (`main_samples`' checks), image samples (`ifmdm-data shard --images`) with their
+    picture decoded as uint8 RGB under "image"."""
+    from .image_set import IMAGE_MEMBERS, check_image_sample, is_image_sample
+
+    for path in shards:
+        with TarShard(path) as shard:
+            for key, members in shard.samples():
+                meta = read_meta(shard, key)
+                stats["clips_read"] += 1
+                if is_image_sample(members):
+                    s = shard.load(key, set(IMAGE_MEMBERS))
+                    s["json"], s["image"] = meta, check_image_sample(s, path)
+                    yield s
+                else:
+                    yield load_checked(shard, key, meta, STAGE1_READ)
+        stats["shards_read"] += 1
+
+
+def image_pairs(s: dict, size: int, pairs_per_clip: int, rng: np.random.Generator,
+                stats: Counter) -> Iterator[dict]:
+    """`pairs_per_clip` pairs from one image sample: two random warps of the picture each
+    (`image_pairs.image_motion_pair`), resized to size x size first; frames (0, 0)."""
+    from .image_pairs import image_motion_pair
+
+    img = s["image"]
+    if img.shape[0] != size or img.shape[1] != size:
+        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+    stats["images_decoded"] += 1
+    for _ in range(pairs_per_clip):
+        a, m = image_motion_pair(img, rng)
+        yield {"appearance": a, "motion": m, "key": s["__key__"], "frames": (0, 0)}
+
+
 def clip_pairs(samples: Iterable[dict], size: int, pairs_per_clip: int,
                rng: np.random.Generator, stats: Counter, threads: int = 1) -> Iterator[dict]:
-    """Stage: samples -> `pairs_per_clip` pairs of uint8 frames per clip (one decode a clip)."""
+    """Stage: samples -> `pairs_per_clip` pairs of uint8 frames per clip (one decode a clip);
+    an image sample gives `pairs_per_clip` augmented pairs of its picture (`image_pairs`)."""
     for s in samples:
+        if "image" in s:
+            yield from image_pairs(s, size, pairs_per_clip, rng, stats)
+            continue
         key, n = s["__key__"], int(s["json"]["n_frames"])
         if n < 2:
             stats["clips_too_short"] += 1
@@ -317,7 +358,7 @@ class Stage1Dataset(ShardDataset):
         self.decode_threads = int(decode_threads)
 
     def _iterate(self, shards, rng):
-        samples = main_samples(shards, STAGE1_READ, self.stats)
+        samples = stage1_samples(shards, self.stats)
         pairs = clip_pairs(samples, self.size, self.pairs_per_clip, rng, self.stats,
                            self.decode_threads)
         pairs = shuffled(pairs, self.shuffle_buffer, rng)
@@ -333,7 +374,10 @@ def stage1_dataset(shards_root, subsets=SUBSETS, size=256, pairs_per_clip=16,
     random pairs of distinct frames; pairs are shuffled across clips with a buffer of
     `shuffle_buffer` pairs (kept as uint8: ~2 * size^2 * 3 bytes each). `augment`: the same
     random flip and small colour jitter on both frames of a pair. See the module docstring
-    for the rank / worker split.
+    for the rank / worker split. Image shards (`ifmdm-data shard --images`, subset "images")
+    give pairs made by augmentation: two random warps of one picture (a global similarity
+    transform + a local elastic warp each, `image_pairs.image_motion_pair`), `pairs_per_clip`
+    pairs per image; frames is (0, 0) for them.
 
     Cost: decoding the clip dominates (one decode feeds `pairs_per_clip` pairs), so pairs/s
     per worker grows almost linearly with `pairs_per_clip` and falls ~4x from 256 to 512 px

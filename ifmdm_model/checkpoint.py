@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -46,6 +47,16 @@ def save_checkpoint(run_dir: Path, step: int, model, ema, optim_state: dict, sta
     latest_tmp.write_text(name)
     os.replace(latest_tmp, run_dir / "latest")
     return final
+
+
+def weights_sha256(path: Path) -> str:
+    """sha256 (hex) of a weights file's bytes: identifies the exact weights a derived artefact
+    (extracted motion, a LoRA adapter) was made from."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def latest_checkpoint(run_dir: Path) -> Optional[Path]:

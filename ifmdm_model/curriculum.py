@@ -13,7 +13,12 @@ import yaml
 
 from ifmdm_data.curriculum_template import DEFAULT_CURRICULUM
 from ifmdm_data.errors import ConfigError
+from ifmdm_data.image_set import IMAGE_SUBSET
 from ifmdm_data.reasons import SUBSETS
+
+# what a stage-1 level may train on: the video subsets, or the still images of an image set
+# (`ifmdm-data shard --images`; point `shards:` / --shards at that folder)
+LEVEL_SUBSETS = SUBSETS + (IMAGE_SUBSET,)
 
 
 @dataclass
@@ -190,9 +195,9 @@ def load_curriculum(path: str | Path) -> Curriculum:
         if not isinstance(lv, dict) or set(lv) != {"name", "subsets", "steps", "lr"}:
             raise ConfigError(f"{w} needs exactly name, subsets, steps, lr")
         subs = lv["subsets"] if isinstance(lv["subsets"], list) else [lv["subsets"]]
-        bad = [s for s in subs if s not in SUBSETS]
+        bad = [s for s in subs if s not in LEVEL_SUBSETS]
         if bad or not subs:
-            raise ConfigError(f"{w}.subsets: unknown subset {bad[0] if bad else '(empty)'!r} (use {SUBSETS})")
+            raise ConfigError(f"{w}.subsets: unknown subset {bad[0] if bad else '(empty)'!r} (use {LEVEL_SUBSETS})")
         if not isinstance(lv["steps"], int) or lv["steps"] < 1:
             raise ConfigError(f"{w}.steps must be an integer >= 1")
         if not isinstance(lv["lr"], (int, float)) or lv["lr"] <= 0:

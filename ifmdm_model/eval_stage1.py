@@ -150,9 +150,10 @@ def resolve_checkpoint(path) -> Path:
     return resolve_stage1_checkpoint(path)
 
 
-def load_stage1(checkpoint, use_ema: bool = True, device="cpu"):
+def load_stage1(checkpoint, use_ema: bool = True, device="cpu", lora=None):
     """(model in eval mode on `device`, checkpoint folder, state.json dict). Reads state.json
-    and one weights file only (not the optimizer)."""
+    and one weights file only (not the optimizer). `lora`: an `ifmdm-tune` output folder whose
+    adapter (tuned on exactly these weights) is merged in."""
     from safetensors.torch import load_file
 
     from .stage1 import Stage1Config, build_stage1
@@ -177,6 +178,9 @@ def load_stage1(checkpoint, use_ema: bool = True, device="cpu"):
     else:
         raise CheckpointError(f"{ck}/state.json has neither 'model_config' nor 'model'")
     load_weights(model, sd, str(weights))
+    if lora is not None:
+        from .lora import apply_adapter
+        apply_adapter(model, lora, weights)
     return model.to(device).eval().requires_grad_(False), ck, state
 
 
@@ -276,8 +280,9 @@ def _select(appearance, idx: slice):
 
 def evaluate_stage1(checkpoint, shards_root, subsets=SUBSETS, n_clips: int = 50,
                     pairs_per_clip: int = 4, seed: int = 0, use_ema: bool = True,
-                    device: str = "auto", batch_size: int = 8) -> dict:
-    """Same- and cross-identity reconstruction metrics of a stage-1 checkpoint.
+                    device: str = "auto", batch_size: int = 8, lora=None) -> dict:
+    """Same- and cross-identity reconstruction metrics of a stage-1 checkpoint (with `lora`:
+    an `ifmdm-tune` adapter merged in).
 
     checkpoint: a run folder (runs/x, or runs/x/stage1: its `latest` checkpoint) or a
     ckpt-XXXXXXXX folder. The model is rebuilt from state.json's model_config; EMA weights
@@ -297,7 +302,7 @@ def evaluate_stage1(checkpoint, shards_root, subsets=SUBSETS, n_clips: int = 50,
             raise EvalError(f"{name} must be >= 1, got {v}")
     subsets = tuple(subsets)
     dev = _device(device)
-    model, ck, state = load_stage1(checkpoint, use_ema=use_ema, device=dev)
+    model, ck, state = load_stage1(checkpoint, use_ema=use_ema, device=dev, lora=lora)
     size = model.cfg.image_size
     chosen = select_clips(shards_root, subsets, n_clips, seed)
     clips = _load_clips(chosen, size, pairs_per_clip, seed)
@@ -430,6 +435,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--pairs", type=int, default=4, help="frame pairs per clip (default 4)")
     ap.add_argument("--seed", type=int, default=0, help="clip order and pairs (default 0)")
     ap.add_argument("--raw", action="store_true", help="raw weights instead of the EMA weights")
+    ap.add_argument("--lora", help="an `ifmdm-tune -o` folder: evaluate with its adapter merged in")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     ap.add_argument("-o", "--out", help="write the results JSON here (atomically)")
@@ -454,7 +460,7 @@ def main(argv=None) -> int:
                             f"{list(SUBSETS)}")
         res = evaluate_stage1(args.checkpoint, args.shards, subsets=subsets, n_clips=args.clips,
                               pairs_per_clip=args.pairs, seed=args.seed, use_ema=not args.raw,
-                              device=args.device, batch_size=args.batch_size)
+                              device=args.device, batch_size=args.batch_size, lora=args.lora)
         if args.out:
             write_json_atomic(Path(args.out), res)
     except IfmdmError as e:

@@ -476,9 +476,9 @@ def _mean(vals) -> Optional[float]:
 
 def evaluate_videos(run_dir, clips: List[str], out_dir, inception=None, arcface=None, syncnet=None,
                     steps: int = 25, cfg: float = 2.5, seed: int = 0, max_frames: Optional[int] = None,
-                    device="auto") -> dict:
+                    device="auto", lora=None) -> dict:
     """Generate each clip from its first frame and audio and compute the metrics (module
-    docstring). Returns {"clips": [...], "summary": {...}, "skipped": {metric: needed file}}."""
+    docstring); `lora`: an `ifmdm-tune` adapter merged into stage 1. Returns {"clips": [...], "summary": {...}, "skipped": {metric: needed file}}."""
     from .infer import load_models, read_audio, generate
 
     if not clips:
@@ -494,7 +494,7 @@ def evaluate_videos(run_dir, clips: List[str], out_dir, inception=None, arcface=
         raise VideoEvalError("clip file names must be distinct (outputs are out_dir/<name>.mp4)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    models = load_models(run_dir, device)
+    models = load_models(run_dir, device, lora=lora)
     dev = models.device
     size = models.image_size
     # the extractors first: a bad weights file fails before any generation
@@ -635,6 +635,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-frames", type=int, default=None, help="evaluate the first N frames")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--lora", help="an `ifmdm-tune -o` folder: its stage-1 adapter is merged in")
     ap.add_argument("-v", "--verbose", action="store_true")
     return ap
 
@@ -648,7 +649,7 @@ def main(argv=None) -> int:
         res = evaluate_videos(args.checkpoint, args.clips, args.out, inception=args.inception,
                               arcface=args.arcface, syncnet=args.syncnet, steps=args.steps,
                               cfg=args.cfg, seed=args.seed, max_frames=args.max_frames,
-                              device=args.device)
+                              device=args.device, lora=args.lora)
         write_json_atomic(res, Path(args.out) / "results.json")
     except IfmdmError as e:
         print(f"ifmdm-eval: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}",

@@ -48,7 +48,6 @@ ranks (a barrier) before training on the result.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -68,7 +67,7 @@ from ifmdm_data.loaders import (SUBSETS, TarShard, decode_frames, read_meta, sid
                                 write_motion_sidecar)
 from ifmdm_data.shard_format import ShardFormatError, check_member_name
 
-from .checkpoint import CheckpointError, load_weights, resolve_stage1_checkpoint
+from .checkpoint import CheckpointError, load_weights, resolve_stage1_checkpoint, weights_sha256
 
 log = logging.getLogger("ifmdm_model")
 
@@ -101,11 +100,7 @@ def resolve_checkpoint(path) -> Path:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return weights_sha256(path)
 
 
 def _read_state(ck: Path) -> dict:

@@ -152,11 +152,12 @@ def _stage1_of_run(run: Path) -> Path:
     return resolve_stage1_checkpoint(run, error=InferenceError)
 
 
-def load_models(run_dir, device="auto", need_stage2: bool = True) -> Models:
+def load_models(run_dir, device="auto", need_stage2: bool = True, lora=None) -> Models:
     """The EMA models of a run folder (runs/x with stage1/latest and stage2/latest).
 
     Stage 1 is the checkpoint stage 2 was trained on (its recorded `stage1_checkpoint`) when it
-    still exists, else runs/x/stage1/latest."""
+    still exists, else runs/x/stage1/latest. `lora`: an `ifmdm-tune` output folder whose
+    stage-1 adapter is merged into stage 1 (it must have been tuned on exactly these weights)."""
     from .diffusion import DDPMSchedule
     from .stage2 import MotionDiT, Stage2Config
 
@@ -180,6 +181,13 @@ def load_models(run_dir, device="auto", need_stage2: bool = True) -> Models:
     if s1 is None:
         s1 = _stage1_of_run(run)
     stage1 = load_stage1(s1, dev)
+    if lora is not None:
+        from .lora import LoraError, apply_adapter
+        try:
+            apply_adapter(stage1, lora, s1 / "ema.safetensors")
+        except LoraError as e:
+            raise InferenceError(str(e)) from None
+        stage1.requires_grad_(False)
     stage2 = schedule = None
     if need_stage2:
         try:
@@ -355,7 +363,7 @@ def generate(run_dir, image, audio, out_path, fps: float = 25.0, steps: int = 25
              batch_frames: int = 16, progress: bool = True, wav2vec2: Optional[str] = None,
              face_check: bool = True, return_motion: bool = False, models: Optional[Models] = None,
              eta: float = 0.0, first_hint: str = "input", features=None,
-             guidance_rescale: float = 1.0) -> dict:
+             guidance_rescale: float = 1.0, lora=None) -> dict:
     """Image + speech -> talking-head mp4 at `out_path`. Returns stats: frames, seconds (audio),
     fps (frames per second of wall time after the models are loaded), first_frame_latency_s
     (from the start of the request, models loaded, to the first frame handed to the encoder),
@@ -393,7 +401,7 @@ def generate(run_dir, image, audio, out_path, fps: float = 25.0, steps: int = 25
 
     t_load = time.perf_counter()
     if models is None:
-        models = load_models(run_dir, device)
+        models = load_models(run_dir, device, lora=lora)
     load_s = time.perf_counter() - t_load
     dev, s1, s2 = models.device, models.stage1, models.stage2
     _check_common(fps, batch_frames, size, models.image_size)
@@ -513,7 +521,7 @@ def generate(run_dir, image, audio, out_path, fps: float = 25.0, steps: int = 25
 @torch.inference_mode()
 def reenact(run_dir, image, driving_video, out_path, size: Optional[int] = None, device="auto",
             dtype: str = "fp32", compile: bool = False, overwrite: bool = False, batch_frames: int = 16,
-            progress: bool = True, face_check: bool = True, models: Optional[Models] = None) -> dict:
+            progress: bool = True, face_check: bool = True, models: Optional[Models] = None, lora=None) -> dict:
     """Motion transfer through stage 1 alone: the motion m of every driving frame (E_v) decoded
     with the appearance of `image`; the driving video's frame rate and audio (when present)."""
     from ifmdm_data.audio import load_audio
@@ -521,7 +529,7 @@ def reenact(run_dir, image, driving_video, out_path, size: Optional[int] = None,
 
     t_load = time.perf_counter()
     if models is None:
-        models = load_models(run_dir, device, need_stage2=False)
+        models = load_models(run_dir, device, need_stage2=False, lora=lora)
     load_s = time.perf_counter() - t_load
     dev, s1 = models.device, models.stage1
     p = Path(driving_video)

@@ -21,6 +21,7 @@ examples:
   ifmdm-infer --checkpoint runs/x --image face.png --audio speech.wav -o out.mp4 --motion-std 0.05
   ifmdm-infer --checkpoint runs/x --image face.png --audio speech.wav -o out.mp4 --device cuda --dtype bf16 --compile
   ifmdm-infer --checkpoint runs/x --image face.png --driving-video clip.mp4 -o reenact.mp4
+  ifmdm-infer --checkpoint runs/x --lora runs/x-cat --image cat.png --audio speech.wav -o cat.mp4
 
 The image is centre-cropped to a square and resized to the model's size: no face detection or
 alignment is done, so give a frontal portrait framed like the training crops.
@@ -40,6 +41,7 @@ def parser() -> argparse.ArgumentParser:
     src.add_argument("--audio", help="speech: any audio file, or a video whose audio track is used")
     src.add_argument("--driving-video", help="reenactment: transfer this video's motion (stage 1 only)")
     ap.add_argument("-o", "--out", required=True, help="output mp4")
+    ap.add_argument("--lora", help="an `ifmdm-tune -o` folder: its stage-1 adapter (tuned on this run) is merged in")
     ap.add_argument("--steps", type=int, default=25, help="DDIM sampling steps (default 25; 10-100)")
     ap.add_argument("--cfg", type=float, default=2.5, help="classifier-free guidance scale on speech (default 2.5; 1: off)")
     ap.add_argument("--cfg-rescale", type=float, default=1.0,
@@ -84,6 +86,8 @@ def check_paths(args) -> None:
         _need_file(args.audio, "audio")
     if args.driving_video is not None:
         _need_file(args.driving_video, "driving video")
+    if args.lora is not None and not Path(args.lora).is_dir():
+        raise InputError(f"--lora folder {args.lora} does not exist (give the -o folder of `ifmdm-tune`)")
     if args.wav2vec2 is not None and not Path(args.wav2vec2).is_dir():
         raise InputError(f"--wav2vec2 folder {args.wav2vec2} does not exist")
     if args.motion_mean not in ("input", "previous") and not Path(args.motion_mean).is_file():
@@ -129,7 +133,7 @@ def _run(args) -> dict:
 
     common = dict(size=args.size, device=args.device, dtype=args.dtype, compile=args.compile,
                   overwrite=args.overwrite, batch_frames=args.batch_frames, progress=not args.quiet,
-                  face_check=not args.no_face_check)
+                  face_check=not args.no_face_check, lora=args.lora)
     if args.driving_video:
         return reenact(args.checkpoint, args.image, args.driving_video, args.out, **common)
     return generate(args.checkpoint, args.image, args.audio, args.out, fps=args.fps, steps=args.steps,

@@ -96,9 +96,9 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device, world: int) -> torch.
 # ------------------------------------------------------------------------------------------
 
 def subset_samples(shards: Path) -> dict:
-    """Samples per subset under `shards`: the rows of index.parquet, else (no index) the tar
-    files of `{subset}/*.tar`."""
-    from ifmdm_data.reasons import SUBSETS
+    """Samples per subset under `shards` (the video subsets and `images`, an image set's):
+    the rows of index.parquet, else (no index) the tar files of `{subset}/*.tar`."""
+    from .curriculum import LEVEL_SUBSETS as SUBSETS
 
     root = Path(shards)
     index = root / "index.parquet"

@@ -1,0 +1,207 @@
+"""LoRA adapters for the stage-1 motion autoencoder (personalisation, paper Fig. 6).
+
+LoRA (Hu et al. 2021): a frozen weight W (out, in, ...) gets a trainable low-rank update
+W + (alpha / r) * B A, with A (r, fan_in) and B (out, r), B initialised to zero so that the
+adapted model starts equal to the base. Stage 1 is built from equalised-learning-rate layers
+(`EqualConv2d`, `EqualLinear`, StyleGAN2's `ModulatedConv2d`) that read their stored `weight`
+and scale it at run time; `peft` wraps only the standard `nn.Linear` / `nn.Conv2d` family, so
+the update is attached with PyTorch's own `torch.nn.utils.parametrize`: each adapted layer's
+`weight` becomes W + (alpha / r) * (B A).view_as(W) wherever the layer reads it (the
+per-sample modulation and demodulation of `ModulatedConv2d` then apply to the adapted weight,
+as they would to a fine-tuned one). Merging bakes the update into W (`merge_lora`), so an
+adapted model runs at the base model's speed.
+
+Adapter files (a folder, e.g. runs/x-subject/lora/):
+    adapter.safetensors   lora_A / lora_B per adapted weight ("<module>.lora_A", "<module>.lora_B")
+    adapter.json          rank, alpha, targets, the base checkpoint and its weights' sha256,
+                          what it was tuned on and the reconstruction errors before and after
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ifmdm_data.errors import IfmdmError
+
+from .checkpoint import weights_sha256  # noqa: F401 - re-exported (tune, tests)
+
+TARGETS = ("decoder", "encoder", "all")
+ADAPTER_FILE, CONFIG_FILE = "adapter.safetensors", "adapter.json"
+
+
+class LoraError(IfmdmError):
+    """An adapter is missing, corrupt, or does not belong to the base model it is applied to."""
+
+
+@dataclass
+class LoraConfig:
+    """rank r, scale alpha (the update is alpha / r * B A) and which part of stage 1 is adapted:
+    "decoder" (default: the motion space that stage 2 was trained on stays the base's),
+    "encoder" or "all"."""
+    rank: int = 8
+    alpha: float = 8.0
+    targets: str = "decoder"
+
+    def validate(self) -> "LoraConfig":
+        if not isinstance(self.rank, int) or self.rank < 1:
+            raise LoraError(f"LoRA rank must be an integer >= 1, got {self.rank!r}")
+        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):
+            raise LoraError(f"LoRA alpha must be > 0, got {self.alpha!r}")
+        if self.targets not in TARGETS:
+            raise LoraError(f"LoRA targets must be one of {TARGETS}, got {self.targets!r}")
+        return self
+
+
+class LowRankUpdate(nn.Module):
+    """The parametrization W -> W + scaling * (B A).view_as(W); A (r, fan_in), B (out, r).
+    A starts like a Kaiming-uniform layer, B at zero (the adapted layer equals the base)."""
+
+    def __init__(self, weight_shape: torch.Size, rank: int, alpha: float):
+        super().__init__()
+        out, fan_in = weight_shape[0], math.prod(weight_shape[1:])
+        self.lora_A = nn.Parameter(torch.empty(rank, fan_in))
+        self.lora_B = nn.Parameter(torch.zeros(out, rank))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.scaling = alpha / rank
+        self.enabled = True
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return w
+        return w + (self.scaling * (self.lora_B @ self.lora_A)).view_as(w).to(w.dtype)
+
+
+def _adaptable(model: nn.Module, targets: str) -> List[Tuple[str, nn.Module]]:
+    """(name, module) of every layer with a >= 2-D `weight` in the targeted part of the model."""
+    from .stage1 import EqualConv2d, EqualLinear, ModulatedConv2d
+    kinds = (EqualConv2d, EqualLinear, ModulatedConv2d)
+    prefixes = {"decoder": ("decoder.",), "encoder": ("encoder.",), "all": ("decoder.", "encoder.")}[targets]
+    out = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, kinds) and name.startswith(prefixes) and mod.weight.dim() >= 2:
+            out.append((name, mod))
+    if not out:
+        raise LoraError(f"no layer to adapt under {prefixes} (is this a stage-1 MotionAutoencoder?)")
+    return out
+
+
+def add_lora(model: nn.Module, cfg: LoraConfig) -> Dict[str, LowRankUpdate]:
+    """Freeze `model` and attach a LowRankUpdate to every targeted layer's weight. Returns them
+    by module name (their parameters are the only trainable ones)."""
+    cfg.validate()
+    model.requires_grad_(False)
+    updates = {}
+    for name, mod in _adaptable(model, cfg.targets):
+        upd = LowRankUpdate(mod.weight.shape, cfg.rank, cfg.alpha).to(mod.weight.device)
+        parametrize.register_parametrization(mod, "weight", upd)
+        updates[name] = upd
+    return updates
+
+
+def set_lora_enabled(updates: Dict[str, LowRankUpdate], enabled: bool) -> None:
+    """Switch every update on or off (off: the model computes exactly the base)."""
+    for u in updates.values():
+        u.enabled = enabled
+
+
+def lora_state_dict(updates: Dict[str, LowRankUpdate]) -> Dict[str, torch.Tensor]:
+    sd = {}
+    for name, u in updates.items():
+        sd[f"{name}.lora_A"] = u.lora_A.detach().float().contiguous().cpu()
+        sd[f"{name}.lora_B"] = u.lora_B.detach().float().contiguous().cpu()
+    return sd
+
+
+def merge_lora(model: nn.Module) -> None:
+    """Bake every attached update into its weight and remove the parametrizations (the model is
+    then a plain stage-1 model with the adapted weights)."""
+    for mod in model.modules():
+        if parametrize.is_parametrized(mod, "weight"):
+            parametrize.remove_parametrizations(mod, "weight", leave_parametrized=True)
+
+
+def save_adapter(folder: Path, updates: Dict[str, LowRankUpdate], cfg: LoraConfig, record: dict) -> Path:
+    """Write adapter.safetensors + adapter.json into `folder` atomically (a hidden temp folder,
+    then renamed); `record` (base checkpoint, its sha256, data, metrics) goes into the JSON."""
+    import shutil
+
+    from safetensors.torch import save_file
+    folder = Path(folder)
+    tmp = folder.parent / f".{folder.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(lora_state_dict(updates), str(tmp / ADAPTER_FILE))
+    (tmp / CONFIG_FILE).write_text(json.dumps({"lora": asdict(cfg), **record}, indent=2, default=str))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return folder
+
+
+def adapter_folder(path) -> Path:
+    """The adapter folder a user's path names: the folder itself, or a tune run holding lora/."""
+    p = Path(path)
+    for cand in (p, p / "lora"):
+        if (cand / CONFIG_FILE).is_file():
+            return cand
+    if not p.exists():
+        raise LoraError(f"LoRA adapter {p} does not exist (give the -o folder of `ifmdm-tune`)")
+    raise LoraError(f"no LoRA adapter in {p}: expected {p}/lora/{CONFIG_FILE} and {ADAPTER_FILE} "
+                    "(written by `ifmdm-tune -o`)")
+
+
+def read_adapter(path) -> Tuple[dict, Dict[str, torch.Tensor], Path]:
+    """(config record, tensors, folder) of an adapter; LoraError when unreadable."""
+    from safetensors.torch import load_file
+    folder = adapter_folder(path)
+    try:
+        rec = json.loads((folder / CONFIG_FILE).read_text())
+        tensors = load_file(str(folder / ADAPTER_FILE))
+    except FileNotFoundError:
+        raise LoraError(f"LoRA adapter {folder} lacks {ADAPTER_FILE}") from None
+    except Exception as e:  # noqa: BLE001 - any parse failure is a corrupt adapter
+        raise LoraError(f"LoRA adapter {folder} is corrupt ({type(e).__name__}: {e})") from None
+    if not isinstance(rec, dict) or "lora" not in rec or "base_sha256" not in rec:
+        raise LoraError(f"{folder}/{CONFIG_FILE} is not an ifmdm-tune adapter record")
+    return rec, tensors, folder
+
+
+def apply_adapter(model: nn.Module, path, base_weights: Path, merge: bool = True) -> dict:
+    """Load the adapter at `path` onto `model` (a stage-1 model built from `base_weights`, its
+    ema.safetensors) and, by default, merge it. The adapter must have been tuned on exactly
+    these base weights (sha256), else LoraError names both. Returns the adapter's record."""
+    rec, tensors, folder = read_adapter(path)
+    sha = weights_sha256(Path(base_weights))
+    if rec["base_sha256"] != sha:
+        raise LoraError(f"LoRA adapter {folder} was tuned on {rec.get('base_checkpoint')} (weights sha256 "
+                        f"{rec['base_sha256'][:12]}...), not on {base_weights} ({sha[:12]}...): give the "
+                        "run it was tuned from")
+    try:
+        cfg = LoraConfig(**rec["lora"]).validate()
+    except TypeError as e:
+        raise LoraError(f"{folder}/{CONFIG_FILE}: bad 'lora' entry ({e})") from None
+    updates = add_lora(model, cfg)
+    expected = set(lora_state_dict(updates))
+    if set(tensors) != expected:
+        missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+        raise LoraError(f"LoRA adapter {folder} does not fit this model: missing {missing[:3]}, "
+                        f"unexpected {extra[:3]}")
+    with torch.no_grad():
+        for name, u in updates.items():
+            for part in ("lora_A", "lora_B"):
+                t = tensors[f"{name}.{part}"]
+                p = getattr(u, part)
+                if t.shape != p.shape:
+                    raise LoraError(f"LoRA adapter {folder}: {name}.{part} has shape {tuple(t.shape)}, "
+                                    f"the model needs {tuple(p.shape)}")
+                p.copy_(t)
+    if merge:
+        merge_lora(model)
+    return rec
