@@ -61,21 +61,20 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from ifmdm_model.diffusion import DDPMSchedule, cfg_model_fn, ddim_sample, diffusion_loss  # noqa: E402
+from ifmdm_model.motion_windows import (EVAL_T, KEYS, concat_windows, cut_windows,  # noqa: E402,F401
+                                        heldout_loss, window_conditions as _cond)
 from ifmdm_model.stage2 import build_stage2  # noqa: E402
 
 VARIANTS = (("framewise+residual", "framewise", True),
             ("framewise, no residual", "framewise", False),
             ("global+residual", "global", True),
             ("global, no residual", "global", False))
-KEYS = ("motion", "speech", "m_mu", "m_sigma", "hint")
-EVAL_T = tuple(range(50, 1000, 100))           # fixed timesteps of the held-out loss
 W, SAMPLE_STEPS, RESCALE = 2.5, 25, 1.0        # inference's defaults (ifmdm-infer)
 BUDGET = {True: {"steps": 1200, "batch": 32}, False: {"steps": 5000, "batch": 32}}
 
@@ -101,33 +100,6 @@ def _tensors(w: dict, s_mean: np.ndarray, s_std: np.ndarray) -> Dict[str, torch.
     out = {k: torch.as_tensor(np.asarray(w[k], np.float32)) for k in KEYS}
     out["speech"] = (out["speech"] - torch.from_numpy(s_mean)) / torch.from_numpy(s_std)
     return out
-
-
-def cut_windows(motion: np.ndarray, speech: np.ndarray, window: int, stride: int,
-                stats: str = "clip") -> Dict[str, np.ndarray]:
-    """Windows of one clip (part): motion (n, D), speech (n, S) -> dict of (N, window, .) arrays;
-    hint = the frame before the window (the first frame itself for the first window); m_mu /
-    m_sigma over the clip part ("clip") or over each window ("window"), population std."""
-    n = len(motion)
-    starts = list(range(0, n - window + 1, stride))
-    out: Dict[str, list] = {k: [] for k in KEYS}
-    from ifmdm_data.loaders import window_stats        # the loader's own statistics
-
-    part = window_stats(motion) if len(motion) else None
-    for s in starts:
-        mu, sigma = window_stats(motion[s:s + window]) if stats == "window" else part
-        out["motion"].append(motion[s:s + window])
-        out["speech"].append(speech[s:s + window])
-        out["m_mu"].append(mu)
-        out["m_sigma"].append(sigma)
-        out["hint"].append(motion[s - 1] if s > 0 else motion[0])
-    d, sd = motion.shape[1], speech.shape[1]
-    shapes = {"motion": (0, window, d), "speech": (0, window, sd), "m_mu": (0, d), "m_sigma": (0, d), "hint": (0, d)}
-    return {k: (np.asarray(v, np.float32) if v else np.zeros(shapes[k], np.float32)) for k, v in out.items()}
-
-
-def concat_windows(parts: Sequence[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
-    return {k: np.concatenate([p[k] for p in parts]) for k in KEYS}
 
 
 def synthetic_windows(seed: int = 0, n_train_clips: int = 24, n_heldout_clips: int = 12, clip_frames: int = 160,
@@ -249,30 +221,6 @@ def train_variant(train: Dict[str, torch.Tensor], modulation: str, residual: boo
             for pe, pm in zip(ema.parameters(), model.parameters()):
                 pe.lerp_(pm, 1 - decay)
     return ema, float(loss.detach())
-
-
-def _cond(w: Dict[str, torch.Tensor]) -> dict:
-    return {"speech": w["speech"], "m_mu": w["m_mu"], "m_sigma": w["m_sigma"], "hint": w["hint"]}
-
-
-@torch.no_grad()
-def heldout_loss(model, held: Dict[str, torch.Tensor], schedule: DDPMSchedule, seed: int,
-                 chunk: int = 256) -> float:
-    """The eps MSE averaged over the timesteps EVAL_T with fixed noise (no condition dropped)."""
-    x0 = held["motion"]
-    g = torch.Generator().manual_seed(seed + 7919)
-    noise = torch.randn((len(EVAL_T),) + tuple(x0.shape), generator=g)
-    total, count = 0.0, 0
-    for k, tk in enumerate(EVAL_T):
-        for i in range(0, len(x0), chunk):
-            sl = slice(i, i + chunk)
-            cond = {key: v[sl] for key, v in _cond(held).items()}
-            t = torch.full((x0[sl].shape[0],), tk, dtype=torch.long)
-            eps = model(schedule.q_sample(x0[sl], t, noise[k, sl]), t, **cond,
-                        drop_speech=False, drop_stats=False, drop_hint=False)
-            total += F.mse_loss(eps, noise[k, sl], reduction="sum").item()
-            count += eps.numel()
-    return total / count
 
 
 @torch.no_grad()

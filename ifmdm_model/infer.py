@@ -157,7 +157,8 @@ def load_models(run_dir, device="auto", need_stage2: bool = True, lora=None) -> 
 
     Stage 1 is the checkpoint stage 2 was trained on (its recorded `stage1_checkpoint`) when it
     still exists, else runs/x/stage1/latest. `lora`: an `ifmdm-tune` output folder whose
-    stage-1 adapter is merged into stage 1 (it must have been tuned on exactly these weights)."""
+    adapters (stage 1: lora/, stage 2: lora-stage2/) are merged in; each must have been tuned
+    on exactly these weights."""
     from .diffusion import DDPMSchedule
     from .stage2 import MotionDiT, Stage2Config
 
@@ -181,10 +182,13 @@ def load_models(run_dir, device="auto", need_stage2: bool = True, lora=None) -> 
     if s1 is None:
         s1 = _stage1_of_run(run)
     stage1 = load_stage1(s1, dev)
+    adapters = {}
     if lora is not None:
-        from .lora import LoraError, apply_adapter
+        from .lora import LoraError, apply_adapter, find_adapters
         try:
-            apply_adapter(stage1, lora, s1 / "ema.safetensors")
+            adapters = find_adapters(lora)
+            if 1 in adapters:
+                apply_adapter(stage1, adapters[1], s1 / "ema.safetensors")
         except LoraError as e:
             raise InferenceError(str(e)) from None
         stage1.requires_grad_(False)
@@ -203,6 +207,11 @@ def load_models(run_dir, device="auto", need_stage2: bool = True, lora=None) -> 
                                  f"({s1}) has motion_dim {stage1.cfg.motion_dim}")
         stage2 = MotionDiT(cfg)
         _load_into(stage2, _load_ema(s2), f"{s2}/ema.safetensors")
+        if 2 in adapters:
+            try:
+                apply_adapter(stage2, adapters[2], s2 / "ema.safetensors", stage=2)
+            except LoraError as e:
+                raise InferenceError(str(e)) from None
         stage2 = stage2.to(dev).eval().requires_grad_(False)
     return Models(stage1, stage2, schedule, state2.get("speech_feature") or {},
                   stage1.cfg.image_size, stage1.cfg.motion_dim, dev, s1, s2)

@@ -1,4 +1,5 @@
-"""LoRA adapters for the stage-1 motion autoencoder (personalisation, paper Fig. 6).
+"""LoRA adapters for the stage-1 motion autoencoder and the stage-2 motion DiT (personalisation,
+paper Fig. 6).
 
 LoRA (Hu et al. 2021): a frozen weight W (out, in, ...) gets a trainable low-rank update
 W + (alpha / r) * B A, with A (r, fan_in) and B (out, r), B initialised to zero so that the
@@ -9,7 +10,8 @@ the update is attached with PyTorch's own `torch.nn.utils.parametrize`: each ada
 `weight` becomes W + (alpha / r) * (B A).view_as(W) wherever the layer reads it (the
 per-sample modulation and demodulation of `ModulatedConv2d` then apply to the adapted weight,
 as they would to a fine-tuned one). Merging bakes the update into W (`merge_lora`), so an
-adapted model runs at the base model's speed.
+adapted model runs at the base model's speed. Stage 2's `nn.Linear` layers get the same
+mechanism (one adapter format for both stages; peft's extra LoRA variants are not used).
 
 Adapter files (a folder, e.g. runs/x-subject/lora/):
     adapter.safetensors   lora_A / lora_B per adapted weight ("<module>.lora_A", "<module>.lora_B")
@@ -33,7 +35,7 @@ from ifmdm_data.errors import IfmdmError
 
 from .checkpoint import weights_sha256  # noqa: F401 - re-exported (tune, tests)
 
-TARGETS = ("decoder", "encoder", "all")
+TARGETS = ("decoder", "encoder", "all", "dit")
 ADAPTER_FILE, CONFIG_FILE = "adapter.safetensors", "adapter.json"
 
 
@@ -43,9 +45,10 @@ class LoraError(IfmdmError):
 
 @dataclass
 class LoraConfig:
-    """rank r, scale alpha (the update is alpha / r * B A) and which part of stage 1 is adapted:
+    """rank r, scale alpha (the update is alpha / r * B A) and which part is adapted: of stage 1
     "decoder" (default: the motion space that stage 2 was trained on stays the base's),
-    "encoder" or "all"."""
+    "encoder" or "all"; of stage 2 "dit" (every linear layer of the transformer blocks and the
+    final layer; the condition embedders stay the base's)."""
     rank: int = 8
     alpha: float = 8.0
     targets: str = "decoder"
@@ -82,14 +85,16 @@ class LowRankUpdate(nn.Module):
 def _adaptable(model: nn.Module, targets: str) -> List[Tuple[str, nn.Module]]:
     """(name, module) of every layer with a >= 2-D `weight` in the targeted part of the model."""
     from .stage1 import EqualConv2d, EqualLinear, ModulatedConv2d
-    kinds = (EqualConv2d, EqualLinear, ModulatedConv2d)
-    prefixes = {"decoder": ("decoder.",), "encoder": ("encoder.",), "all": ("decoder.", "encoder.")}[targets]
+    kinds = (nn.Linear,) if targets == "dit" else (EqualConv2d, EqualLinear, ModulatedConv2d)
+    prefixes = {"decoder": ("decoder.",), "encoder": ("encoder.",), "all": ("decoder.", "encoder."),
+                "dit": ("blocks.", "final.")}[targets]
     out = []
     for name, mod in model.named_modules():
         if isinstance(mod, kinds) and name.startswith(prefixes) and mod.weight.dim() >= 2:
             out.append((name, mod))
     if not out:
-        raise LoraError(f"no layer to adapt under {prefixes} (is this a stage-1 MotionAutoencoder?)")
+        raise LoraError(f"no layer to adapt under {prefixes} (targets {targets!r} fit "
+                        f"{'a stage-2 MotionDiT' if targets == 'dit' else 'a stage-1 MotionAutoencoder'})")
     return out
 
 
@@ -145,22 +150,41 @@ def save_adapter(folder: Path, updates: Dict[str, LowRankUpdate], cfg: LoraConfi
     return folder
 
 
-def adapter_folder(path) -> Path:
-    """The adapter folder a user's path names: the folder itself, or a tune run holding lora/."""
+STAGE_FOLDERS = {1: "lora", 2: "lora-stage2"}
+
+
+def find_adapters(path) -> Dict[int, Path]:
+    """The adapters a user's path names, by stage: an `ifmdm-tune -o` folder (its lora/ for
+    stage 1, lora-stage2/ for stage 2) or one adapter folder itself (its record says the
+    stage). LoraError when there is none."""
     p = Path(path)
-    for cand in (p, p / "lora"):
-        if (cand / CONFIG_FILE).is_file():
-            return cand
     if not p.exists():
         raise LoraError(f"LoRA adapter {p} does not exist (give the -o folder of `ifmdm-tune`)")
-    raise LoraError(f"no LoRA adapter in {p}: expected {p}/lora/{CONFIG_FILE} and {ADAPTER_FILE} "
-                    "(written by `ifmdm-tune -o`)")
+    if (p / CONFIG_FILE).is_file():
+        try:
+            stage = int(json.loads((p / CONFIG_FILE).read_text()).get("stage", 1))
+        except (ValueError, AttributeError, TypeError) as e:
+            raise LoraError(f"{p}/{CONFIG_FILE} is corrupt ({e})") from None
+        return {stage: p}
+    found = {st: p / sub for st, sub in STAGE_FOLDERS.items() if (p / sub / CONFIG_FILE).is_file()}
+    if not found:
+        raise LoraError(f"no LoRA adapter in {p}: expected {p}/lora/{CONFIG_FILE} (stage 1) or "
+                        f"{p}/lora-stage2/{CONFIG_FILE} (stage 2), written by `ifmdm-tune -o`")
+    return found
 
 
-def read_adapter(path) -> Tuple[dict, Dict[str, torch.Tensor], Path]:
-    """(config record, tensors, folder) of an adapter; LoraError when unreadable."""
+def adapter_folder(path, stage: int = 1) -> Path:
+    """The stage's adapter folder a user's path names (`find_adapters`)."""
+    found = find_adapters(path)
+    if stage not in found:
+        raise LoraError(f"{path} holds no stage-{stage} adapter (it has stage {sorted(found)})")
+    return found[stage]
+
+
+def read_adapter(path, stage: int = 1) -> Tuple[dict, Dict[str, torch.Tensor], Path]:
+    """(config record, tensors, folder) of a stage's adapter; LoraError when unreadable."""
     from safetensors.torch import load_file
-    folder = adapter_folder(path)
+    folder = adapter_folder(path, stage)
     try:
         rec = json.loads((folder / CONFIG_FILE).read_text())
         tensors = load_file(str(folder / ADAPTER_FILE))
@@ -173,11 +197,11 @@ def read_adapter(path) -> Tuple[dict, Dict[str, torch.Tensor], Path]:
     return rec, tensors, folder
 
 
-def apply_adapter(model: nn.Module, path, base_weights: Path, merge: bool = True) -> dict:
-    """Load the adapter at `path` onto `model` (a stage-1 model built from `base_weights`, its
+def apply_adapter(model: nn.Module, path, base_weights: Path, merge: bool = True, stage: int = 1) -> dict:
+    """Load the stage's adapter at `path` onto `model` (built from `base_weights`, its
     ema.safetensors) and, by default, merge it. The adapter must have been tuned on exactly
     these base weights (sha256), else LoraError names both. Returns the adapter's record."""
-    rec, tensors, folder = read_adapter(path)
+    rec, tensors, folder = read_adapter(path, stage)
     sha = weights_sha256(Path(base_weights))
     if rec["base_sha256"] != sha:
         raise LoraError(f"LoRA adapter {folder} was tuned on {rec.get('base_checkpoint')} (weights sha256 "

@@ -34,7 +34,11 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--base", required=True, help="run folder of `ifmdm-train -o` (or its stage1/ or a ckpt-* folder)")
     ap.add_argument("--data", required=True, nargs="+", help="the subject's videos, images or folders of them")
     ap.add_argument("-o", "--out", required=True, help="output folder (the adapter goes to OUT/lora/)")
-    ap.add_argument("--stage", choices=["1"], default="1", help="what to adapt (only 1: stage-2 adapters are not built yet)")
+    ap.add_argument("--stage", choices=["1", "2", "all"], default="1",
+                    help="1 (default): stage-1 adapters from videos and images -> OUT/lora; 2: stage-2 (motion DiT) "
+                         "adapters from videos with speech -> OUT/lora-stage2; all: 1, then 2 on the tuned stage 1's codes")
+    ap.add_argument("--wav2vec2", help="stage 2: the wav2vec2 folder of a run trained on wav2vec2 features "
+                                       "(default: the one the run records)")
     ap.add_argument("--targets", choices=["decoder", "encoder", "all"], default="decoder",
                     help="which part of stage 1 gets adapters (default decoder: the motion codes stay the base's)")
     ap.add_argument("--rank", type=int, default=8, help="LoRA rank r (default 8)")
@@ -66,8 +70,31 @@ def check(args) -> None:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} exists and is not a folder")
-    if (out / "lora").exists() and not args.overwrite:
-        raise InputError(f"{out}/lora exists: pass --overwrite to replace it")
+    for st, sub in (("1", "lora"), ("2", "lora-stage2")):
+        if args.stage in (st, "all") and (out / sub).exists() and not args.overwrite:
+            raise InputError(f"{out}/{sub} exists: pass --overwrite to replace it")
+
+
+def _share(rec: dict) -> str:
+    return f"{100 * rec['adapter_parameters'] / max(rec['base_parameters'], 1):.1f}% of the base"
+
+
+def _report1(rec: dict, args) -> None:
+    b, t = rec["base"], rec["tuned"]
+    print(f"stage 1: tuned on {rec['train_frames']} frames of {len(rec['train_sources'])} input(s), "
+          f"{rec['steps']} steps, {rec['adapter_parameters']:,} adapter parameters ({_share(rec)}), {rec['seconds']:.0f} s")
+    print(f"  reconstruction on {rec['eval_pairs']} {rec['evaluated_on']} pairs: L1 {b['l1']:.4f} -> {t['l1']:.4f}, "
+          f"PSNR {b['psnr']:.2f} -> {t['psnr']:.2f} dB")
+    if rec["evaluated_on"] == "train":
+        print("  note: too few frames to hold any out; the errors above are on training pairs")
+    print(f"  adapter: {Path(args.out) / 'lora'}")
+
+
+def _report2(rec: dict) -> None:
+    print(f"stage 2: tuned on {rec['train_windows']} windows of {len(rec['videos'])} video(s), {rec['steps']} steps, "
+          f"{rec['adapter_parameters']:,} adapter parameters ({_share(rec)}), {rec['seconds']:.0f} s")
+    print(f"  held-out denoising loss on {rec['heldout_windows']} windows: {rec['base']['heldout_loss']:.4f} -> "
+          f"{rec['tuned']['heldout_loss']:.4f}")
 
 
 def main(argv=None) -> int:
@@ -77,24 +104,25 @@ def main(argv=None) -> int:
     try:
         check(args)
         from .tune import tune_stage1
-        rec = tune_stage1(args.base, args.data, args.out, rank=args.rank, alpha=args.alpha, targets=args.targets,
-                          steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                          device=args.device, overwrite=args.overwrite)
+        rec1 = None
+        if args.stage in ("1", "all"):
+            rec1 = tune_stage1(args.base, args.data, args.out, rank=args.rank, alpha=args.alpha,
+                               targets=args.targets, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                               seed=args.seed, device=args.device, overwrite=args.overwrite)
+            _report1(rec1, args)
+        if args.stage in ("2", "all"):
+            from .tune_stage2 import tune_stage2
+            rec = tune_stage2(args.base, args.data, args.out, rank=args.rank, alpha=args.alpha, steps=args.steps,
+                               batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, overwrite=args.overwrite,
+                               wav2vec2=args.wav2vec2, stage1_lora=args.out if rec1 else None)
+            _report2(rec)
     except IfmdmError as e:
         print(f"ifmdm-tune: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("ifmdm-tune: interrupted; no adapter written", file=sys.stderr)
+        print("ifmdm-tune: interrupted; no adapter written for the stage in progress", file=sys.stderr)
         return 130
-    b, t = rec["base"], rec["tuned"]
-    print(f"tuned stage 1 on {rec['train_frames']} frames of {len(rec['train_sources'])} input(s), "
-          f"{rec['steps']} steps, {rec['adapter_parameters']:,} adapter parameters "
-          f"({100 * rec['adapter_parameters'] / max(rec['base_parameters'], 1):.1f}% of the base), {rec['seconds']:.0f} s")
-    print(f"reconstruction on {rec['eval_pairs']} {rec['evaluated_on']} pairs: L1 {b['l1']:.4f} -> {t['l1']:.4f}, "
-          f"PSNR {b['psnr']:.2f} -> {t['psnr']:.2f} dB")
-    print(f"adapter: {Path(args.out) / 'lora'} (use: ifmdm-infer --checkpoint {args.base} --lora {args.out} ...)")
-    if rec["evaluated_on"] == "train":
-        print("note: too few frames to hold any out; the errors above are on training pairs")
+    print(f"use: ifmdm-infer --checkpoint {args.base} --lora {args.out} ...")
     return 0
 
 

@@ -155,3 +155,35 @@ def test_images_are_subjects_with_augmented_pairs(tmp_path):
     four = load_subject([str(folder)], 64)
     assert (len(four.train), len(four.heldout), four.heldout_kind) == (3, 1, "held-out")
     assert four.heldout[0].name == "c3.png"
+
+
+def test_stage2_adapter_lowers_heldout_denoising_loss_and_is_applied(tmp_path):
+    from ifmdm_model.lora import find_adapters
+    from ifmdm_model.motion_windows import heldout_loss
+    from ifmdm_model.tune_stage2 import fit_stage2_adapter, subject_windows, tune_stage2
+    base = save_random_run(tmp_path / "base", n_frames=16)
+    talk = media("video", "aoc_talking.mp4")
+    rec = tune_stage2(base, [str(talk), str(media("image", "cat_face.png"))], tmp_path / "s", steps=60,
+                      batch_size=16, lr=3e-3, device="cpu")
+    assert rec["videos"] == ["aoc_talking.mp4"] and rec["heldout_windows"] >= 2
+    assert rec["tuned"]["heldout_loss"] < 0.95 * rec["base"]["heldout_loss"], rec
+    assert set(find_adapters(tmp_path / "s")) == {2}
+    # the adapter switched off is exactly the base; loaded through infer it changes stage 2 only
+    models = load_models(base, "cpu")
+    train, held, _ = subject_windows(models, [str(talk)])
+    he = {k: torch.from_numpy(v) for k, v in held.items()}
+    fit = fit_stage2_adapter(models, train, held, LoraConfig(4, 4.0, "dit"), steps=1, seed=0)
+    set_lora_enabled(fit["updates"], False)
+    assert heldout_loss(models.stage2, he, models.schedule, 0) == pytest.approx(fit["base"]["heldout_loss"], rel=1e-6)
+    plain, adapted = load_models(base, "cpu"), load_models(base, "cpu", lora=tmp_path / "s")
+    x, t = torch.randn(1, 16, 20), torch.tensor([300])
+    cond = dict(speech=torch.randn(1, 16, 80), m_mu=torch.zeros(1, 20), m_sigma=torch.full((1, 20), 0.1),
+                hint=torch.zeros(1, 20))
+    with torch.no_grad():
+        assert (plain.stage2(x, t, **cond) - adapted.stage2(x, t, **cond)).abs().max() > 1e-4
+        probe = torch.rand(1, 3, 64, 64) * 2 - 1
+        assert torch.equal(plain.stage1(probe, probe)["recon"], adapted.stage1(probe, probe)["recon"])
+    with pytest.raises(InferenceError, match="was tuned on"):
+        load_models(save_random_run(tmp_path / "other", n_frames=16, seed=3), "cpu", lora=tmp_path / "s")
+    with pytest.raises(TuneError, match="needs videos of the subject with speech"):
+        tune_stage2(base, [str(media("image", "cat_face.png"))], tmp_path / "t", steps=1, device="cpu")
