@@ -286,6 +286,13 @@ def main(argv=None) -> int:
             from .image_set import ImageSetConfig, run_image_set
             if args.manifests:
                 raise IfmdmError("give a manifest folder or --images INPUT, not both")
+            video_only = [f for f, given in (("--subsets", args.subsets != "coarse,lip,hard"),
+                                             ("--wav2vec2", args.wav2vec2 is not None),
+                                             ("--wav2vec2-layers", args.wav2vec2_layers != "-1"),
+                                             ("--fps", args.fps != 25.0), ("--fix-av-offset", args.fix_av_offset),
+                                             ("--ray-address", args.ray_address is not None)) if given]
+            if video_only:
+                raise IfmdmError(f"{video_only[0]} applies to video shards only, not to --images")
             cfg = ImageSetConfig(size=256 if args.size is None else args.size, min_side=args.min_side,
                                  dup_bits=6 if args.dup_bits is None else args.dup_bits,
                                  image_format=args.format or "png", target_shard_bytes=int(args.shard_size * 1e9),

@@ -31,14 +31,23 @@ def _state_dict(module: torch.nn.Module) -> dict:
     return {k: v.detach().contiguous().cpu() for k, v in m.state_dict().items()}
 
 
+def save_weights(tensors: dict, path: Path) -> None:
+    """safetensors' save_file, then the permissions any new file gets here (0666 minus the
+    umask): save_file creates its file 0600, unreadable for a run folder shared with others."""
+    save_file(tensors, str(path))
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def save_checkpoint(run_dir: Path, step: int, model, ema, optim_state: dict, state: dict) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     name = f"ckpt-{step:08d}"
     final, tmp = run_dir / name, run_dir / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(_state_dict(model), str(tmp / "model.safetensors"))
-    save_file(_state_dict(ema), str(tmp / "ema.safetensors"))
+    save_weights(_state_dict(model), tmp / "model.safetensors")
+    save_weights(_state_dict(ema), tmp / "ema.safetensors")
     torch.save(optim_state, tmp / "optim.pt")
     (tmp / "state.json").write_text(json.dumps(state, indent=2, default=str))
     shutil.rmtree(final, ignore_errors=True)

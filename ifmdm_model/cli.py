@@ -45,6 +45,18 @@ def train_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _image_set_only(shards: Path) -> bool:
+    """True when the shard folder's index lists still images only (`ifmdm-data shard --images`)."""
+    import pandas as pd
+
+    from ifmdm_data.image_set import IMAGE_SUBSET
+    try:
+        subsets = set(pd.read_parquet(shards / "index.parquet", columns=["subset"])["subset"])
+    except Exception:  # noqa: BLE001 - unreadable: the trainer reports it with its own message
+        return False
+    return subsets == {IMAGE_SUBSET}
+
+
 def train_main(argv=None) -> int:
     args = train_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -73,11 +85,19 @@ def train_main(argv=None) -> int:
                             resume=not args.restart, max_steps=args.max_steps, device=args.device,
                             num_workers=args.workers, batch_size=args.batch_size)
         out = {}
-        if args.stage in ("1", "all"):
+        stage = args.stage
+        if stage in ("2", "all") and _image_set_only(cur.shards):
+            if stage == "2":
+                raise IfmdmError(f"{cur.shards} is an image set (`ifmdm-data shard --images`): no audio, so no "
+                                 "stage 2; train stage 2 on video shards with speech (--shards)")
+            logging.getLogger("ifmdm_model").warning("%s is an image set (no audio): training stage 1 only (stage 2 needs video shards "
+                        "with speech: ifmdm-train --stage 2 --shards ...)", cur.shards)
+            stage = "1"
+        if stage in ("1", "all"):
             res = train_stage1(cur, opts)
             out["stage1"] = {"steps": res["steps"], "run": res["run_dir"],
                              "last": res["history"][-1] if res["history"] else None}
-        if args.stage in ("2", "all"):
+        if stage in ("2", "all"):
             res = train_stage2(cur, opts)
             out["stage2"] = {"steps": res["steps"], "run": res["run_dir"], "encoder": res["encoder"],
                              "last": res["history"][-1] if res["history"] else None}

@@ -27,6 +27,15 @@ class Level:
     subsets: List[str]
     steps: int
     lr: float
+    shards: Optional[Path] = None      # this level's shard folder (default: the curriculum's `shards`)
+
+    def record(self) -> dict:
+        """The level as checkpoints store it (no `shards` key when it has none, so runs saved
+        before levels could name a folder resume unchanged)."""
+        d = {"name": self.name, "subsets": list(self.subsets), "steps": self.steps, "lr": self.lr}
+        if self.shards is not None:
+            d["shards"] = str(self.shards)
+        return d
 
 
 @dataclass
@@ -192,8 +201,9 @@ def load_curriculum(path: str | Path) -> Curriculum:
     levels = []
     for i, lv in enumerate(s1.pop("levels", []) or []):
         w = f"{where}: stage1.levels[{i}]"
-        if not isinstance(lv, dict) or set(lv) != {"name", "subsets", "steps", "lr"}:
-            raise ConfigError(f"{w} needs exactly name, subsets, steps, lr")
+        if not isinstance(lv, dict) or not {"name", "subsets", "steps", "lr"} <= set(lv) <= {
+                "name", "subsets", "steps", "lr", "shards"}:
+            raise ConfigError(f"{w} needs name, subsets, steps, lr (and optionally shards)")
         subs = lv["subsets"] if isinstance(lv["subsets"], list) else [lv["subsets"]]
         bad = [s for s in subs if s not in LEVEL_SUBSETS]
         if bad or not subs:
@@ -202,7 +212,14 @@ def load_curriculum(path: str | Path) -> Curriculum:
             raise ConfigError(f"{w}.steps must be an integer >= 1")
         if not isinstance(lv["lr"], (int, float)) or lv["lr"] <= 0:
             raise ConfigError(f"{w}.lr must be > 0")
-        levels.append(Level(str(lv["name"]), subs, int(lv["steps"]), float(lv["lr"])))
+        lv_shards = None
+        if "shards" in lv:
+            if not isinstance(lv["shards"], str) or not lv["shards"].strip():
+                raise ConfigError(f"{w}.shards must be a folder path (relative to {path.parent}), got {lv['shards']!r}")
+            lv_shards = Path(lv["shards"])
+            if not lv_shards.is_absolute():
+                lv_shards = (path.parent / lv_shards).resolve()
+        levels.append(Level(str(lv["name"]), subs, int(lv["steps"]), float(lv["lr"]), lv_shards))
     if not levels:
         raise ConfigError(f"{where}: stage1.levels is empty")
     plan = Stage1Plan(**s1, loss=loss, levels=levels)

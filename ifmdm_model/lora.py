@@ -138,12 +138,12 @@ def save_adapter(folder: Path, updates: Dict[str, LowRankUpdate], cfg: LoraConfi
     then renamed); `record` (base checkpoint, its sha256, data, metrics) goes into the JSON."""
     import shutil
 
-    from safetensors.torch import save_file
+    from .checkpoint import save_weights
     folder = Path(folder)
     tmp = folder.parent / f".{folder.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(lora_state_dict(updates), str(tmp / ADAPTER_FILE))
+    save_weights(lora_state_dict(updates), tmp / ADAPTER_FILE)
     (tmp / CONFIG_FILE).write_text(json.dumps({"lora": asdict(cfg), **record}, indent=2, default=str))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)

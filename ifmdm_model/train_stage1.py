@@ -113,9 +113,24 @@ def subset_samples(shards: Path) -> dict:
     return {s: len(list((root / s).glob("*.tar"))) for s in SUBSETS}
 
 
-def empty_levels(plan, counts: dict) -> list:
-    """Indices of the levels none of whose subsets has a sample."""
-    return [i for i, lv in enumerate(plan.levels) if not any(counts.get(s, 0) > 0 for s in lv.subsets)]
+def level_counts(cur) -> list:
+    """Samples per subset of each stage-1 level's shard folder (its own `shards:`, else the
+    curriculum's), each folder counted once."""
+    by_root: dict = {}
+    out = []
+    for lv in cur.stage1.levels:
+        root = Path(lv.shards or cur.shards)
+        if root not in by_root:
+            by_root[root] = subset_samples(root)
+        out.append(by_root[root])
+    return out
+
+
+def empty_levels(plan, counts) -> list:
+    """Indices of the levels none of whose subsets has a sample (`counts`: one dict for all
+    levels, or one per level as `level_counts` gives)."""
+    per = counts if isinstance(counts, list) else [counts] * len(plan.levels)
+    return [i for i, lv in enumerate(plan.levels) if not any(per[i].get(s, 0) > 0 for s in lv.subsets)]
 
 
 def level_start(plan, li: int) -> int:
@@ -223,8 +238,10 @@ def train_stage1(cur: Curriculum, opts: TrainOptions) -> dict:
                                           gan=wl.gan, vgg_weights=opts.vgg_weights)).to(device)
     disc = build_discriminator(model_config).to(device) if wl.gan > 0 else None
     torch.manual_seed(opts.seed + rank)     # per-rank randomness from here on
-    counts = subset_samples(cur.shards)
-    skipped = empty_levels(plan, counts)
+    per_level = level_counts(cur)
+    counts = per_level[0] if all(not lv.shards for lv in plan.levels) else \
+        {f"{lv.name}:{s}": per_level[i].get(s, 0) for i, lv in enumerate(plan.levels) for s in lv.subsets}
+    skipped = empty_levels(plan, per_level)
     if len(skipped) == len(plan.levels):
         raise TrainingError(
             f"no curriculum level has training samples under {cur.shards}: the levels name "
@@ -236,7 +253,7 @@ def train_stage1(cur: Curriculum, opts: TrainOptions) -> dict:
     opt_d = torch.optim.Adam(disc.parameters(), lr=plan.levels[0].lr, betas=(0.0, 0.99)) if disc else None
 
     step, epoch = 0, 0
-    levels_json = [asdict(lv) for lv in plan.levels]
+    levels_json = [lv.record() for lv in plan.levels]
     ck = latest_checkpoint(run) if opts.resume else None
     if ck is not None:
         data = load_checkpoint(ck)
@@ -288,7 +305,7 @@ def train_stage1(cur: Curriculum, opts: TrainOptions) -> dict:
                 optim.update(disc=disc.state_dict(), opt_d=opt_d.state_dict())
             save_checkpoint(run, step, model, ema, optim, state_json(level_idx))
 
-    last_level, it, t_last, n_last = -1, None, time.perf_counter(), 0
+    last_level, it, t_last, n_last, k_last = -1, None, time.perf_counter(), 0, 0
     history = []
     while step < total:
         li, s_in = plan.position(step)
@@ -297,8 +314,8 @@ def train_stage1(cur: Curriculum, opts: TrainOptions) -> dict:
             step = level_start(plan, li + 1)
             continue
         if li != last_level:
-            subsets = [s for s in level.subsets if counts.get(s, 0) > 0]
-            it = _batches(cur.shards, subsets, plan, size, batch_size, workers, opts.seed,
+            subsets = [s for s in level.subsets if per_level[li].get(s, 0) > 0]
+            it = _batches(level.shards or cur.shards, subsets, plan, size, batch_size, workers, opts.seed,
                           epoch, rank, world)
             last_level = li
             if rank == 0:
@@ -334,6 +351,7 @@ def train_stage1(cur: Curriculum, opts: TrainOptions) -> dict:
         ema_update(ema, ddp, plan.ema)
         step += 1
         n_last += app.shape[0] * world
+        k_last += 1
         if rank == 0 and (step % plan.log_every == 0 or step == total):
             dt = time.perf_counter() - t_last
             vals = {k: float(v.detach()) for k, v in losses.items()}
@@ -344,8 +362,8 @@ def train_stage1(cur: Curriculum, opts: TrainOptions) -> dict:
             writer.add_scalar("stage1/samples_per_s", n_last / dt, step)
             log.info("step %d/%d [%s] loss %.4f l1 %.4f | %.3f s/step, %.1f samples/s", step, total,
                      level.name, vals["loss"], vals.get("l1", float("nan")),
-                     dt / max(1, plan.log_every), n_last / dt)
-            t_last, n_last = time.perf_counter(), 0
+                     dt / max(1, k_last), n_last / dt)
+            t_last, n_last, k_last = time.perf_counter(), 0, 0
         if rank == 0 and (step % plan.image_every == 0 or step == 1):
             img, masks = _grid(out, batch)
             writer.add_image("stage1/appearance_motion_recon", img, step)

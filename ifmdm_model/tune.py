@@ -29,7 +29,9 @@ from ifmdm_data.errors import IfmdmError
 
 log = logging.getLogger("ifmdm_model")
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+from ifmdm_data.image_set import IMAGE_EXTENSIONS  # noqa: E402 - the image set's own list
+
+IMAGE_EXTS = set(IMAGE_EXTENSIONS)
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".ts", ".mts", ".flv", ".mpg", ".mpeg"}
 
 
@@ -70,10 +72,14 @@ def _files(paths: Sequence[str]) -> List[Path]:
 def load_subject(paths: Sequence[str], size: int, max_frames: int = 400) -> SubjectData:
     """Read the subject's videos and images at `size` px and split off held-out frames."""
     from .media_io import InferenceError, load_image, square_resize, video_frames
-    videos, images = [], []
+    videos, images, skipped = [], [], []
     for f in _files(paths):
+        kind = f.suffix.lower()
+        if kind not in VIDEO_EXTS | IMAGE_EXTS:
+            skipped.append(f"{f} (not an image or video: {', '.join(sorted(IMAGE_EXTS | VIDEO_EXTS))})")
+            continue
         try:
-            if f.suffix.lower() in VIDEO_EXTS:
+            if kind in VIDEO_EXTS:
                 frames = np.concatenate(list(video_frames(f, size, 64)))
                 if len(frames) > max_frames:
                     frames = frames[np.linspace(0, len(frames) - 1, max_frames).round().astype(int)]
@@ -81,7 +87,12 @@ def load_subject(paths: Sequence[str], size: int, max_frames: int = 400) -> Subj
             else:
                 images.append(Source(f.name, square_resize(load_image(f), size)[None], False))
         except (InferenceError, ValueError) as e:
-            raise TuneError(f"cannot read {f}: {e}") from None
+            skipped.append(f"{f} ({str(e).split('; give a png')[0]})")
+    if skipped:
+        if not videos and not images:
+            raise TuneError("no usable image or video in --data: " + "; ".join(skipped[:5])
+                            + (f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""))
+        log.warning("skipped %d file(s): %s", len(skipped), "; ".join(skipped[:5]))
     data = SubjectData()
     for v in videos:
         if len(v.frames) < 2:
@@ -97,6 +108,19 @@ def load_subject(paths: Sequence[str], size: int, max_frames: int = 400) -> Subj
     if not data.heldout:
         data.heldout = list(data.train)
     return data
+
+
+def run_root(stage1_ckpt: Path) -> Path:
+    """The run folder of a stage-1 checkpoint (runs/x for runs/x/stage1/ckpt-XXXXXXXX)."""
+    ck = Path(stage1_ckpt).resolve()
+    return ck.parent.parent if ck.parent.name == "stage1" else ck.parent
+
+
+def check_out_not_in_base(out: Path, base: Path) -> None:
+    """The base run is never written: an output folder that is it or lies inside it is refused."""
+    o, b = Path(out).resolve(), Path(base).resolve()
+    if o == b or b in o.parents:
+        raise TuneError(f"-o {out} is inside the base run {b}: give another folder (the base is never written)")
 
 
 def _pair(src: Source, rng: np.random.Generator):
@@ -203,6 +227,7 @@ def tune_stage1(base_run, data_paths: Sequence[str], out, rank: int = 8, alpha: 
     if steps < 1 or batch_size < 1 or not lr > 0:
         raise TuneError(f"--steps and --batch-size must be >= 1 and --lr > 0 (got {steps}, {batch_size}, {lr})")
     ck = resolve_stage1_checkpoint(base_run, error=TuneError)
+    check_out_not_in_base(out, run_root(ck))
     model = load_stage1(ck, _device(device))
     cfg = LoraConfig(rank=rank, alpha=float(alpha if alpha is not None else rank), targets=targets).validate()
     data = load_subject(data_paths, model.cfg.image_size)

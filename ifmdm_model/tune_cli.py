@@ -15,7 +15,7 @@ examples:
   ifmdm-tune --base runs/x --data photos/ clip1.mp4 clip2.mp4 -o runs/x-subject --rank 16 --steps 2000
   ifmdm-infer --checkpoint runs/x --lora runs/x-subject --image subject.png --audio speech.wav -o out.mp4
 
-Data: videos (every frame) and images or folders of them, centre-cropped square and resized
+Data: videos (every frame, at most 400 evenly spaced) and images or folders of them, centre-cropped square and resized
 like ifmdm-infer's portrait: frame the subject as the training crops are. A still image is
 paired with augmented copies of itself (affine + local elastic motion). The last 25% of each
 video (and of the images, from 4 up) are held out; the base and tuned reconstruction errors on
@@ -44,9 +44,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--rank", type=int, default=8, help="LoRA rank r (default 8)")
     ap.add_argument("--alpha", type=float, help="LoRA alpha (the update is alpha/r * B A; default: = rank)")
     ap.add_argument("--steps", type=int, default=500, help="optimizer steps (default 500)")
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=8, help="pairs (stage 1) or windows (stage 2) per step (default 8)")
     ap.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the adapters (default 1e-3)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="pairs, noise and adapter init (default 0)")
     ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing OUT/lora")
     ap.add_argument("-v", "--verbose", action="store_true", help="log the loss every 50 steps")
@@ -122,7 +122,13 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("ifmdm-tune: interrupted; no adapter written for the stage in progress", file=sys.stderr)
         return 130
-    print(f"use: ifmdm-infer --checkpoint {args.base} --lora {args.out} ...")
+    from .checkpoint import resolve_stage1_checkpoint
+    from .tune import run_root
+    try:
+        base = run_root(resolve_stage1_checkpoint(args.base))
+    except IfmdmError:
+        base = Path(args.base)
+    print(f"use: ifmdm-infer --checkpoint {base} --lora {args.out} ...")
     return 0
 
 

@@ -139,6 +139,9 @@ def tune_stage2(base_run, data_paths: Sequence[str], out, rank: int = 8, alpha=N
     if (out / "lora-stage2").exists() and not overwrite:
         raise TuneError(f"{out}/lora-stage2 exists: pass --overwrite to replace it")
     models = load_models(base_run, device, need_stage2=True)
+    from .tune import check_out_not_in_base, run_root
+    check_out_not_in_base(out, run_root(models.stage1_ckpt))
+    check_out_not_in_base(out, Path(models.stage2_ckpt).resolve().parent.parent)
     if stage1_lora is not None:                    # stage 1 only: never the stage-2 adapter being replaced
         apply_adapter(models.stage1, stage1_lora, Path(models.stage1_ckpt) / "ema.safetensors")
         models.stage1.requires_grad_(False)

@@ -257,9 +257,12 @@ stage1:
 """
     (d / "curriculum.yaml").write_text(text)
     assert load_curriculum(d).stage1.levels[0].subsets == ["images"]
-    assert train_main(["--curriculum", str(d), "-o", str(tmp_path / "run"), "--stage", "1"]) == 0
+    assert train_main(["--curriculum", str(d), "-o", str(tmp_path / "run")]) == 0     # default --stage all
     out = json.loads(capsys.readouterr().out)
     assert out["stage1"]["steps"] == 2 and np.isfinite(out["stage1"]["last"]["loss"])
+    assert "stage2" not in out                                # an image set has no audio: stage 1 only
+    assert train_main(["--curriculum", str(d), "-o", str(tmp_path / "run"), "--stage", "2"]) == 2
+    assert "is an image set" in capsys.readouterr().err
     latest = (tmp_path / "run" / "stage1" / "latest").read_text().strip()
     st = json.loads((tmp_path / "run" / "stage1" / latest / "state.json").read_text())
     assert st["subset_samples"]["images"] == len(_index(image_shards)["key"])
@@ -267,6 +270,48 @@ stage1:
     (d / "curriculum.yaml").write_text(text.replace("[images]", "[imagez]"))
     assert train_main(["--curriculum", str(d), "-o", str(tmp_path / "run2"), "--stage", "1"]) == 2
     assert "unknown subset 'imagez'" in capsys.readouterr().err
+
+
+def test_levels_mix_video_and_image_shard_folders(image_shards, sample_shards, tmp_path, capsys):
+    """A level's own `shards:` folder: video levels from the curriculum's shards, then an image
+    level from an image set; checkpoints record the folder only for levels that name one."""
+    from ifmdm_model.cli import train_main
+
+    d = tmp_path / "manifests"
+    d.mkdir()
+    text = f"""\
+shards: {sample_shards}
+stage1:
+  model: S1-tiny
+  batch_size: 2
+  pairs_per_clip: 2
+  num_workers: 0
+  warmup_steps: 1
+  log_every: 1
+  image_every: 100
+  checkpoint_every: 100
+  levels:
+    - {{name: talk, subsets: [lip, hard], steps: 2, lr: 1.0e-3}}
+    - {{name: cats, subsets: [images], steps: 2, lr: 1.0e-3, shards: {image_shards}}}
+"""
+    (d / "curriculum.yaml").write_text(text)
+    assert train_main(["--curriculum", str(d), "-o", str(tmp_path / "run"), "--stage", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["stage1"]["steps"] == 4
+    latest = (tmp_path / "run" / "stage1" / "latest").read_text().strip()
+    st = json.loads((tmp_path / "run" / "stage1" / latest / "state.json").read_text())
+    assert "shards" not in st["levels"][0] and st["levels"][1]["shards"] == str(image_shards)
+    assert st["subset_samples"]["cats:images"] == len(_index(image_shards)["key"])
+    assert st["subset_samples"]["talk:hard"] > 0 and st["skipped_levels"] == []
+    # without its own folder the image level finds no images in the video shards: skipped, named
+    (d / "curriculum.yaml").write_text(text.replace(f", shards: {image_shards}", ""))
+    assert train_main(["--curriculum", str(d), "-o", str(tmp_path / "run2"), "--stage", "1"]) == 0
+    latest = (tmp_path / "run2" / "stage1" / "latest").read_text().strip()
+    assert json.loads((tmp_path / "run2" / "stage1" / latest / "state.json").read_text())["skipped_levels"] == ["cats"]
+    capsys.readouterr()
+    (d / "curriculum.yaml").write_text(text.replace(f"shards: {image_shards}", "shards: 5"))
+    assert train_main(["--curriculum", str(d), "-o", str(tmp_path / "run3"), "--stage", "1"]) == 2
+    assert "levels[1].shards must be a folder path" in capsys.readouterr().err
 
 
 def test_images_from_and_to_object_storage(image_folder, tmp_path, monkeypatch):

@@ -187,3 +187,36 @@ def test_stage2_adapter_lowers_heldout_denoising_loss_and_is_applied(tmp_path):
         load_models(save_random_run(tmp_path / "other", n_frames=16, seed=3), "cpu", lora=tmp_path / "s")
     with pytest.raises(TuneError, match="needs videos of the subject with speech"):
         tune_stage2(base, [str(media("image", "cat_face.png"))], tmp_path / "t", steps=1, device="cpu")
+
+
+def test_bad_files_skipped_output_outside_base_and_readable_files(base_run, tmp_path, capsys):
+    import os
+    import stat
+
+    from ifmdm_model.tune_cli import main
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(media("image", "cat_face.png"), data / "cat.png")
+    (data / "broken.png").write_bytes(b"\x89PNG not really")
+    (data / "notes.wav").write_bytes(b"RIFF")
+    subject = load_subject([str(data)], 64)
+    assert [s.name for s in subject.train] == ["cat.png"]                # the two bad files skipped
+    only_bad = tmp_path / "bad"
+    only_bad.mkdir()
+    (only_bad / "broken.png").write_bytes(b"")
+    with pytest.raises(TuneError, match="no usable image or video"):
+        load_subject([str(only_bad)], 64)
+    ck = base_run / "stage1" / (base_run / "stage1" / "latest").read_text().strip()
+    assert main(["--base", str(ck), "--data", str(data), "-o", str(base_run / "mine"), "--steps", "1"]) == 2
+    assert "inside the base run" in capsys.readouterr().err
+    assert main(["--base", str(ck), "--data", str(data), "-o", str(tmp_path / "o"), "--steps", "1"]) == 0
+    assert f"--checkpoint {base_run.resolve()} --lora" in capsys.readouterr().out   # the run, not the ckpt
+    mode = stat.S_IMODE(os.stat(tmp_path / "o" / "lora" / "adapter.safetensors").st_mode)
+    assert mode & 0o044 == 0o044 & ~_umask(), oct(mode)
+
+
+def _umask() -> int:
+    import os
+    m = os.umask(0)
+    os.umask(m)
+    return m
