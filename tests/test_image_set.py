@@ -235,15 +235,9 @@ def test_stage1_loader_yields_image_pairs(image_shards):
     assert loader.dataset.stats["images_decoded"] == len(_index(image_shards)["key"])
 
 
-def test_curriculum_level_on_images_and_train_two_steps(image_shards, tmp_path, capsys):
-    from ifmdm_model.cli import train_main
-    from ifmdm_model.curriculum import load_curriculum
-
-    d = tmp_path / "manifests"
-    d.mkdir()
-    text = f"""\
-shards: {image_shards}
-stage1:
+def _tiny_curriculum(shards, levels) -> str:
+    """curriculum.yaml text: S1-tiny, 2-sample batches, no loader workers, the given levels."""
+    return (f"shards: {shards}\n" + """stage1:
   model: S1-tiny
   batch_size: 2
   pairs_per_clip: 2
@@ -253,8 +247,16 @@ stage1:
   image_every: 100
   checkpoint_every: 100
   levels:
-    - {{name: cats, subsets: [images], steps: 2, lr: 1.0e-3}}
-"""
+""" + "".join(f"    - {lv}\n" for lv in levels))
+
+
+def test_curriculum_level_on_images_and_train_two_steps(image_shards, tmp_path, capsys):
+    from ifmdm_model.cli import train_main
+    from ifmdm_model.curriculum import load_curriculum
+
+    d = tmp_path / "manifests"
+    d.mkdir()
+    text = _tiny_curriculum(image_shards, ["{name: cats, subsets: [images], steps: 2, lr: 1.0e-3}"])
     (d / "curriculum.yaml").write_text(text)
     assert load_curriculum(d).stage1.levels[0].subsets == ["images"]
     assert train_main(["--curriculum", str(d), "-o", str(tmp_path / "run")]) == 0     # default --stage all
@@ -279,21 +281,8 @@ def test_levels_mix_video_and_image_shard_folders(image_shards, sample_shards, t
 
     d = tmp_path / "manifests"
     d.mkdir()
-    text = f"""\
-shards: {sample_shards}
-stage1:
-  model: S1-tiny
-  batch_size: 2
-  pairs_per_clip: 2
-  num_workers: 0
-  warmup_steps: 1
-  log_every: 1
-  image_every: 100
-  checkpoint_every: 100
-  levels:
-    - {{name: talk, subsets: [lip, hard], steps: 2, lr: 1.0e-3}}
-    - {{name: cats, subsets: [images], steps: 2, lr: 1.0e-3, shards: {image_shards}}}
-"""
+    text = _tiny_curriculum(sample_shards, ["{name: talk, subsets: [lip, hard], steps: 2, lr: 1.0e-3}",
+                                            f"{{name: cats, subsets: [images], steps: 2, lr: 1.0e-3, shards: {image_shards}}}"])
     (d / "curriculum.yaml").write_text(text)
     assert train_main(["--curriculum", str(d), "-o", str(tmp_path / "run"), "--stage", "1"]) == 0
     out = json.loads(capsys.readouterr().out)
