@@ -430,3 +430,13 @@ def is_image_sample(members) -> bool:
     """True when a sample's members (names) are an image sample's (a picture, no mp4)."""
     return "mp4" not in members and any(e in members for e in IMAGE_MEMBERS)
 
+
+def is_image_set_folder(root) -> bool:
+    """True when a local shard folder's index.parquet lists still images only (this module's
+    output), so commands that need clips can say so instead of "no shards"."""
+    import pandas as pd
+    try:
+        subsets = set(pd.read_parquet(os.path.join(str(root), "index.parquet"), columns=["subset"])["subset"])
+    except Exception:  # noqa: BLE001 - unreadable or absent: the caller reports it its own way
+        return False
+    return subsets == {IMAGE_SUBSET}

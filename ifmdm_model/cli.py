@@ -45,18 +45,6 @@ def train_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _image_set_only(shards: Path) -> bool:
-    """True when the shard folder's index lists still images only (`ifmdm-data shard --images`)."""
-    import pandas as pd
-
-    from ifmdm_data.image_set import IMAGE_SUBSET
-    try:
-        subsets = set(pd.read_parquet(shards / "index.parquet", columns=["subset"])["subset"])
-    except Exception:  # noqa: BLE001 - unreadable: the trainer reports it with its own message
-        return False
-    return subsets == {IMAGE_SUBSET}
-
-
 def train_main(argv=None) -> int:
     args = train_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -64,6 +52,8 @@ def train_main(argv=None) -> int:
     if not args.verbose:
         logging.getLogger("ifmdm_model").setLevel(logging.INFO)
     try:
+        from ifmdm_data.image_set import is_image_set_folder
+
         from .curriculum import load_curriculum
         from .train_stage1 import TrainOptions, train_stage1
         from .train_stage2 import train_stage2
@@ -86,7 +76,7 @@ def train_main(argv=None) -> int:
                             num_workers=args.workers, batch_size=args.batch_size)
         out = {}
         stage = args.stage
-        if stage in ("2", "all") and _image_set_only(cur.shards):
+        if stage in ("2", "all") and is_image_set_folder(cur.shards):
             if stage == "2":
                 raise IfmdmError(f"{cur.shards} is an image set (`ifmdm-data shard --images`): no audio, so no "
                                  "stage 2; train stage 2 on video shards with speech (--shards)")

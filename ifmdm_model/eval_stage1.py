@@ -213,7 +213,11 @@ def _candidates(shards_root, subsets) -> List[tuple]:
 
 def select_clips(shards_root, subsets=SUBSETS, n_clips: int = 50, seed: int = 0) -> List[tuple]:
     """The evaluated clips: [(shard, key, n_frames)], the first `n_clips` of a seeded order."""
+    from ifmdm_data.image_set import is_image_set_folder
     subsets = tuple(subsets)
+    if not isinstance(shards_root, (list, tuple)) and is_image_set_folder(shards_root):
+        raise EvalError(f"{shards_root} is an image set (`ifmdm-data shard --images`): still images, no clips; "
+                        "ifmdm-eval measures reconstruction on held-out video shards")
     rows = [r for r in _candidates(shards_root, subsets) if r[2] >= 2]
     if not rows:
         raise EvalError(f"no clips with at least 2 frames in subsets {list(subsets)} under "
