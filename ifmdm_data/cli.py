@@ -343,7 +343,11 @@ def main(argv=None) -> int:
         print(f"ifmdm-data {args.cmd}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"ifmdm-data {args.cmd}: interrupted; re-run the same command to resume", file=sys.stderr)
+        if getattr(args, "images", None):
+            print(f"ifmdm-data {args.cmd}: interrupted; finished tars are kept but the set has no index: "
+                  "re-run with --overwrite", file=sys.stderr)
+        else:
+            print(f"ifmdm-data {args.cmd}: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
     return 0
 

@@ -76,6 +76,10 @@ def warp_maps(size: tuple[int, int], rng: np.random.Generator, *,
     """(map_x, map_y), float32 (H, W) each: the source pixel that output pixel (x, y) shows,
     the affine of `affine_matrix` plus the displacement of `elastic_field` (both drawn from
     `rng`, in that order)."""
+    for name, v, hi in (("max_rotation_deg", max_rotation_deg, 180.0), ("max_scale", max_scale, 4.0),
+                        ("max_translation", max_translation, 1.0), ("elastic_amplitude", elastic_amplitude, 1.0)):
+        if not (np.isfinite(v) and 0 <= v <= hi):
+            raise ValueError(f"{name} must be a finite number in [0, {hi:g}], got {v!r}")
     h, w = size
     m = affine_matrix(size, rng, max_rotation_deg, max_scale, max_translation)
     d = elastic_field(size, rng, elastic_amplitude, elastic_grid)

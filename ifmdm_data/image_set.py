@@ -85,8 +85,8 @@ class ImageSetConfig:
     workers: int | None = None       # decode threads (None: all cores)
 
     def validate(self) -> "ImageSetConfig":
-        if self.size < 16 or self.size % 2:
-            raise InputError("--size must be an even number >= 16")
+        if self.size < 16 or self.size % 2 or self.size > 4096:
+            raise InputError(f"--size must be an even number in [16, 4096], got {self.size}")
         if self.min_side is not None and self.min_side < 1:
             raise InputError("--min-side must be >= 1")
         if not 0 <= self.dup_bits < 64:
@@ -147,6 +147,12 @@ def resolve_images(arg: str) -> list[tuple[str, str]]:
     for loc, key in found:
         loc = loc if storage.is_url(loc) else manifest_path(os.path.abspath(loc))
         out.setdefault(loc, manifest_path(key))
+    by_key: dict = {}
+    for loc, key in out.items():
+        if key in by_key:
+            raise InputError(f"{arg}: {by_key[key]} and {loc} get the same sample id ({key!r}): give the list "
+                             "an `id` column, or paths that differ relative to the input")
+        by_key[key] = loc
     return sorted(out.items())
 
 
@@ -174,6 +180,9 @@ def decode_image(data: bytes) -> tuple[np.ndarray, bool]:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
             im = ImageOps.exif_transpose(im)
+            if im.mode == "F" or im.mode.startswith("I;32") or im.mode.startswith("F;"):
+                raise ImageReject(Reason.DECODE_ERROR, f"floating-point / 32-bit samples (PIL mode {im.mode}): "
+                                  "no defined range to map to 8 bits; convert to 8 or 16 bits")
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 im = Image.fromarray((np.asarray(im, np.float64) / 257.0).clip(0, 255).astype(np.uint8))
             alpha = im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info

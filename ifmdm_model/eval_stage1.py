@@ -346,6 +346,7 @@ def evaluate_stage1(checkpoint, shards_root, subsets=SUBSETS, n_clips: int = 50,
 
     return {
         "checkpoint": str(ck),
+        "lora": str(Path(lora).resolve()) if lora is not None else None,
         "step": state.get("global_step"),
         "model": state.get("model"),
         "weights": "ema" if use_ema else "raw",

@@ -589,7 +589,8 @@ def evaluate_videos(run_dir, clips: List[str], out_dir, inception=None, arcface=
                         "arcface": str(arcface) if arcface else None,
                         "syncnet": str(syncnet) if syncnet else None},
             "syncnet_layout": syn.layout if syn is not None else None,
-            "clips": per_clip, "summary": summary, "skipped": skipped}
+            "clips": per_clip, "summary": summary, "skipped": skipped,
+            "lora": {f"stage{k}": v for k, v in models.adapters.items()}}
 
 
 # ------------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
@@ -77,6 +77,7 @@ class Models:
     device: torch.device
     stage1_ckpt: Path
     stage2_ckpt: Optional[Path]
+    adapters: dict = field(default_factory=dict)   # {stage: adapter folder} merged in (`--lora`)
 
 
 def _device(device) -> torch.device:
@@ -213,8 +214,9 @@ def load_models(run_dir, device="auto", need_stage2: bool = True, lora=None) -> 
             except LoraError as e:
                 raise InferenceError(str(e)) from None
         stage2 = stage2.to(dev).eval().requires_grad_(False)
+    used = {st: str(f) for st, f in adapters.items() if st == 1 or stage2 is not None}
     return Models(stage1, stage2, schedule, state2.get("speech_feature") or {},
-                  stage1.cfg.image_size, stage1.cfg.motion_dim, dev, s1, s2)
+                  stage1.cfg.image_size, stage1.cfg.motion_dim, dev, s1, s2, used)
 
 
 # ------------------------------------------------------------------------------------------
@@ -521,7 +523,8 @@ def generate(run_dir, image, audio, out_path, fps: float = 25.0, steps: int = 25
              "steps": steps, "cfg": float(cfg), "cfg_rescale": float(guidance_rescale),
              "motion_std": float(motion_std), "seed": int(seed),
              "chunk_frames": n_f, "device": str(dev), "dtype": dtype,
-             "stage1_checkpoint": str(models.stage1_ckpt), "stage2_checkpoint": str(models.stage2_ckpt)}
+             "stage1_checkpoint": str(models.stage1_ckpt), "stage2_checkpoint": str(models.stage2_ckpt),
+             "lora": {f"stage{k}": v for k, v in models.adapters.items()}}
     if return_motion:
         stats["motion"] = np.concatenate(motions) if motions else np.zeros((0, D), np.float32)
     return stats
@@ -593,7 +596,8 @@ def reenact(run_dir, image, driving_video, out_path, size: Optional[int] = None,
             "fps": done / total if total > 0 else float("inf"), "first_frame_latency_s": first_frame,
             "load_s": load_s,
             "stages_s": {k: timer.t.get(k, 0.0) for k in ("encode", "features", "motion", "decode", "write")},
-            "device": str(dev), "dtype": dtype, "stage1_checkpoint": str(models.stage1_ckpt)}
+            "device": str(dev), "dtype": dtype, "stage1_checkpoint": str(models.stage1_ckpt),
+            "lora": {f"stage{k}": v for k, v in models.adapters.items()}}
 
 
 # ------------------------------------------------------------------------------------------

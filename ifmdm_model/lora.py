@@ -102,9 +102,14 @@ def add_lora(model: nn.Module, cfg: LoraConfig) -> Dict[str, LowRankUpdate]:
     """Freeze `model` and attach a LowRankUpdate to every targeted layer's weight. Returns them
     by module name (their parameters are the only trainable ones)."""
     cfg.validate()
+    layers = _adaptable(model, cfg.targets)
+    limit = max(min(m.weight.shape[0], math.prod(m.weight.shape[1:])) for _, m in layers)
+    if cfg.rank > limit:
+        raise LoraError(f"LoRA rank {cfg.rank} is larger than every adapted layer allows (at most {limit}: "
+                        "the smaller side of the largest weight); use a smaller --rank")
     model.requires_grad_(False)
     updates = {}
-    for name, mod in _adaptable(model, cfg.targets):
+    for name, mod in layers:
         upd = LowRankUpdate(mod.weight.shape, cfg.rank, cfg.alpha).to(mod.weight.device)
         parametrize.register_parametrization(mod, "weight", upd)
         updates[name] = upd
@@ -139,15 +144,26 @@ def save_adapter(folder: Path, updates: Dict[str, LowRankUpdate], cfg: LoraConfi
     import shutil
 
     from .checkpoint import save_weights
+    import tempfile
+
     folder = Path(folder)
-    tmp = folder.parent / f".{folder.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
     save_weights(lora_state_dict(updates), tmp / ADAPTER_FILE)
     (tmp / CONFIG_FILE).write_text(json.dumps({"lora": asdict(cfg), **record}, indent=2, default=str))
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise LoraError(f"{folder} exists and is not a folder: remove it or choose another -o")
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
     return folder
+
+
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
 
 
 STAGE_FOLDERS = {1: "lora", 2: "lora-stage2"}
@@ -192,8 +208,11 @@ def read_adapter(path, stage: int = 1) -> Tuple[dict, Dict[str, torch.Tensor], P
         raise LoraError(f"LoRA adapter {folder} lacks {ADAPTER_FILE}") from None
     except Exception as e:  # noqa: BLE001 - any parse failure is a corrupt adapter
         raise LoraError(f"LoRA adapter {folder} is corrupt ({type(e).__name__}: {e})") from None
-    if not isinstance(rec, dict) or "lora" not in rec or "base_sha256" not in rec:
-        raise LoraError(f"{folder}/{CONFIG_FILE} is not an ifmdm-tune adapter record")
+    if not isinstance(rec, dict) or not isinstance(rec.get("lora"), dict) or not isinstance(rec.get("base_sha256"), str):
+        raise LoraError(f"{folder}/{CONFIG_FILE} is not an ifmdm-tune adapter record (needs 'lora' and 'base_sha256')")
+    bad = [k for k, t in tensors.items() if not torch.isfinite(t).all()]
+    if bad:
+        raise LoraError(f"LoRA adapter {folder} holds non-finite values (e.g. {bad[0]}): tune it again")
     return rec, tensors, folder
 
 

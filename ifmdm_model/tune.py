@@ -110,6 +110,14 @@ def load_subject(paths: Sequence[str], size: int, max_frames: int = 400) -> Subj
     return data
 
 
+def _check_finite(fit: dict) -> None:
+    """Refuse to save an adapter whose weights or tuned error are not finite (a diverged run)."""
+    params_ok = all(bool(torch.isfinite(p).all()) for u in fit["updates"].values() for p in u.parameters())
+    err_ok = all(np.isfinite(v) for v in fit["tuned"].values())
+    if not (params_ok and err_ok):
+        raise TuneError("tuning diverged (non-finite adapter weights or error): nothing saved; lower --lr")
+
+
 def run_root(stage1_ckpt: Path) -> Path:
     """The run folder of a stage-1 checkpoint (runs/x for runs/x/stage1/ckpt-XXXXXXXX)."""
     ck = Path(stage1_ckpt).resolve()
@@ -248,5 +256,6 @@ def tune_stage1(base_run, data_paths: Sequence[str], out, rank: int = 8, alpha: 
         "base": fit["base"], "tuned": fit["tuned"],
         "seconds": fit["seconds"],
     }
+    _check_finite(fit)
     save_adapter(out / "lora", fit["updates"], cfg, record)
     return record

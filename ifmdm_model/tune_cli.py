@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -65,14 +66,20 @@ def check(args) -> None:
         raise InputError(f"--alpha must be > 0, got {args.alpha}")
     if args.steps < 1 or args.batch_size < 1:
         raise InputError("--steps and --batch-size must be >= 1")
-    if not args.lr > 0:
-        raise InputError(f"--lr must be > 0, got {args.lr}")
+    if not (math.isfinite(args.lr) and 0 < args.lr <= 1):
+        raise InputError(f"--lr must be in (0, 1], got {args.lr}")
+    if args.seed < 0:
+        raise InputError(f"--seed must be >= 0, got {args.seed}")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} exists and is not a folder")
     for st, sub in (("1", "lora"), ("2", "lora-stage2")):
-        if args.stage in (st, "all") and (out / sub).exists() and not args.overwrite:
-            raise InputError(f"{out}/{sub} exists: pass --overwrite to replace it")
+        target = out / sub
+        if args.stage in (st, "all") and (target.exists() or target.is_symlink()):
+            if target.is_symlink() or not target.is_dir():
+                raise InputError(f"{target} exists and is not a folder: remove it or choose another -o")
+            if not args.overwrite:
+                raise InputError(f"{target} exists: pass --overwrite to replace it")
 
 
 def _share(rec: dict) -> str:

@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .tune import VIDEO_EXTS, TuneError, _files
+from .tune import VIDEO_EXTS, TuneError, _check_finite, _files
 
 log = logging.getLogger("ifmdm_model")
 
@@ -162,5 +162,6 @@ def tune_stage2(base_run, data_paths: Sequence[str], out, rank: int = 8, alpha=N
         "base_parameters": int(sum(p.numel() for n_, p in models.stage2.named_parameters() if "lora_" not in n_)),
         "base": fit["base"], "tuned": fit["tuned"], "seconds": fit["seconds"],
     }
+    _check_finite(fit)
     save_adapter(out / "lora-stage2", fit["updates"], cfg, record)
     return record

@@ -341,3 +341,21 @@ def test_images_from_and_to_object_storage(image_folder, tmp_path, monkeypatch):
         assert not [n for n in fs.find("imgs/shards") if n.endswith(".tmp")]
     finally:
         server.stop()
+
+
+def test_float_images_rejected_and_size_bounded(tmp_path, capsys):
+    from PIL import Image
+
+    from ifmdm_data.cli import main
+    from ifmdm_data.image_pairs import warp_maps
+    d = tmp_path / "in"
+    d.mkdir()
+    Image.fromarray(np.full((64, 64), 0.5, np.float32), mode="F").save(d / "float.tif")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(d / "ok.png")
+    assert main(["shard", "--images", str(d), "-o", str(tmp_path / "o"), "--size", "32", "--no-progress"]) == 0
+    rej = pq.read_table(tmp_path / "o" / "rejected.parquet").to_pandas()
+    assert list(rej["reasons"].map(list)) == [["decode_error"]] and "floating-point" in rej["detail"][0]
+    assert main(["shard", "--images", str(d), "-o", str(tmp_path / "o3"), "--size", "60000"]) == 2
+    assert "--size must be an even number in [16, 4096]" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="elastic_amplitude"):
+        warp_maps((8, 8), np.random.default_rng(0), elastic_amplitude=float("nan"))

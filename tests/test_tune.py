@@ -220,3 +220,42 @@ def _umask() -> int:
     m = os.umask(0)
     os.umask(m)
     return m
+
+
+def test_odd_arguments_and_broken_adapters_are_one_line_errors(tuned, base_run, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    from ifmdm_model.tune_cli import main
+    out = tuned[0]
+    common = ["--base", str(base_run), "--data", str(CLIP), "--steps", "1"]
+    assert main(common + ["-o", str(tmp_path / "a"), "--lr", "inf"]) == 2
+    assert main(common + ["-o", str(tmp_path / "a"), "--seed", "-1"]) == 2
+    assert main(common + ["-o", str(tmp_path / "a"), "--rank", "100000"]) == 2
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "lora").write_text("x")
+    assert main(common + ["-o", str(tmp_path / "f"), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("ifmdm-tune: error:") == 4 and "Traceback" not in err
+    assert "larger than every adapted layer allows" in err and "is not a folder" in err
+    ck = base_run / "stage1" / (base_run / "stage1" / "latest").read_text().strip()
+    model = load_stage1(ck, torch.device("cpu"))
+    bad = tmp_path / "nan"
+    shutil.copytree(out, bad)
+    t = load_file(str(bad / "lora" / "adapter.safetensors"))
+    t[next(iter(t))][0] = float("nan")
+    save_file(t, str(bad / "lora" / "adapter.safetensors"))
+    with pytest.raises(LoraError, match="non-finite"):
+        apply_adapter(model, bad, ck / "ema.safetensors")
+    rec = json.loads((out / "lora" / "adapter.json").read_text())
+    nul = tmp_path / "nul"
+    shutil.copytree(out, nul)
+    (nul / "lora" / "adapter.json").write_text(json.dumps({**rec, "base_sha256": None}))
+    with pytest.raises(LoraError, match="not an ifmdm-tune adapter record"):
+        apply_adapter(model, nul, ck / "ema.safetensors")
+
+
+def test_infer_records_the_adapter(tuned, base_run, tmp_path):
+    from ifmdm_model.infer import reenact
+    st = reenact(base_run, media("image", "cat_face.png"), CLIP, tmp_path / "r.mp4", device="cpu", progress=False,
+                 face_check=False, lora=tuned[0])
+    assert st["lora"] == {"stage1": str(tuned[0] / "lora")}
