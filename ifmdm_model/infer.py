@@ -316,17 +316,28 @@ def _maybe_compile(fn, compile: bool):
 
 
 class _Progress:
+    """One progress line on stderr: redrawn in a terminal; in a log (not a TTY) one line per
+    10% of the total, so piped output has no carriage returns."""
+
     def __init__(self, total: int, enabled: bool, what: str = "frames"):
         self.total, self.enabled, self.what = total, enabled and total > 0, what
         self.t0 = time.perf_counter()
+        self.tty = sys.stderr.isatty()
+        self.next_tenth = 1
 
     def update(self, n: int):
-        if self.enabled:
-            dt = max(time.perf_counter() - self.t0, 1e-9)
-            print(f"\r{n}/{self.total} {self.what} ({n / dt:.1f} fps)", end="", file=sys.stderr, flush=True)
+        if not self.enabled:
+            return
+        dt = max(time.perf_counter() - self.t0, 1e-9)
+        line = f"{n}/{self.total} {self.what} ({n / dt:.1f} fps)"
+        if self.tty:
+            print(f"\r{line}", end="", file=sys.stderr, flush=True)
+        elif n * 10 >= self.next_tenth * self.total:
+            print(line, file=sys.stderr, flush=True)
+            self.next_tenth = n * 10 // self.total + 1
 
     def close(self):
-        if self.enabled:
+        if self.enabled and self.tty:
             print(file=sys.stderr, flush=True)
 
 
@@ -578,7 +589,7 @@ def reenact(run_dir, image, driving_video, out_path, size: Optional[int] = None,
             done += len(frames)
             if first_frame is None:
                 first_frame = time.perf_counter() - t0
-            if progress:
+            if progress and sys.stderr.isatty():
                 print(f"\r{done} frames", end="", file=sys.stderr, flush=True)
         if done == 0:
             raise InferenceError(f"driving video {p} has no decodable frames")
@@ -589,7 +600,7 @@ def reenact(run_dir, image, driving_video, out_path, size: Optional[int] = None,
         raise
     finally:
         if progress and done:
-            print(file=sys.stderr)
+            print(("" if sys.stderr.isatty() else f"{done} frames"), file=sys.stderr)
         bar.close()
     total = time.perf_counter() - t0
     return {"output": str(out), "frames": done, "seconds": done / fps, "fps_video": fps, "wall_s": total,

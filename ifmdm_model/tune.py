@@ -26,13 +26,13 @@ import numpy as np
 import torch
 
 from ifmdm_data.errors import IfmdmError
+from ifmdm_data.image_set import IMAGE_EXTENSIONS
+from ifmdm_data.inputs import VIDEO_EXTENSIONS
 
 log = logging.getLogger("ifmdm_model")
 
-from ifmdm_data.image_set import IMAGE_EXTENSIONS  # noqa: E402 - the image set's own list
-
-IMAGE_EXTS = set(IMAGE_EXTENSIONS)
-VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".ts", ".mts", ".flv", ".mpg", ".mpeg"}
+IMAGE_EXTS = set(IMAGE_EXTENSIONS)          # what `ifmdm-data shard --images` reads
+VIDEO_EXTS = set(VIDEO_EXTENSIONS)          # what `ifmdm-data filter` reads
 
 
 class TuneError(IfmdmError):
