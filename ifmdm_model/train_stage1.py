@@ -182,8 +182,12 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 def _batches(shards: Path, subsets, plan, size, batch_size, num_workers, seed, first_epoch,
              rank, world) -> Iterator[dict]:
-    from ifmdm_data.loaders import stage1_loader
+    from ifmdm_data.loaders import list_shards, stage1_loader
 
+    # a worker gets whole shards: more workers than this rank's shards would sit idle (and warn),
+    # e.g. an image set of one tar
+    per_rank = -(-len(list_shards(str(shards), tuple(subsets))) // max(1, world))
+    num_workers = min(num_workers, max(1, per_rank)) if num_workers else num_workers
     loader = stage1_loader(str(shards), batch_size, num_workers, subsets=tuple(subsets), size=size,
                            pairs_per_clip=plan.pairs_per_clip, augment=plan.augment, seed=seed,
                            rank=rank, world_size=world, drop_last=True)
