@@ -136,3 +136,18 @@ def landmarks_to_crop(landmarks, box, size: int) -> np.ndarray:
     out[..., 0] = (lm[..., 0] - x0) * s
     out[..., 1] = (lm[..., 1] - y0) * s
     return out
+
+
+def square_resize(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Centre square crop (side = the short side) of an RGB uint8 image, resized to size x size
+    (area when shrinking, bicubic when growing): uint8 (size, size, 3). The portrait of
+    `ifmdm-infer`, the frames of `ifmdm-tune` and the pictures of `shard --images`."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    s = min(h, w)
+    y0, x0 = (h - s) // 2, (w - s) // 2
+    sq = rgb[y0:y0 + s, x0:x0 + s]
+    if s != size:
+        sq = cv2.resize(sq, (size, size), interpolation=cv2.INTER_AREA if s > size else cv2.INTER_CUBIC)
+    return np.ascontiguousarray(sq)

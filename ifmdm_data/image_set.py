@@ -39,6 +39,7 @@ import pyarrow as pa
 
 from . import shard_format as sf
 from . import storage
+from .crop import square_resize
 from .errors import InputError
 from .reasons import SUBSETS, Reason
 
@@ -197,20 +198,6 @@ def decode_image(data: bytes) -> tuple[np.ndarray, bool]:
         raise ImageReject(Reason.DECODE_ERROR, "not an image format PIL knows") from None
     except Exception as e:  # noqa: BLE001 - any decoder failure is this file's decode error
         raise ImageReject(Reason.DECODE_ERROR, f"{type(e).__name__}: {e}"[:300]) from None
-
-
-def square_resize(rgb: np.ndarray, size: int) -> np.ndarray:
-    """Centre square crop (side = the short side), resized to size x size (area when shrinking,
-    bicubic when growing): uint8 (size, size, 3)."""
-    import cv2
-
-    h, w = rgb.shape[:2]
-    s = min(h, w)
-    y0, x0 = (h - s) // 2, (w - s) // 2
-    sq = rgb[y0:y0 + s, x0:x0 + s]
-    if s != size:
-        sq = cv2.resize(sq, (size, size), interpolation=cv2.INTER_AREA if s > size else cv2.INTER_CUBIC)
-    return np.ascontiguousarray(sq)
 
 
 def encode_image(rgb: np.ndarray, fmt: str) -> bytes:

@@ -41,17 +41,7 @@ class InferenceError(IfmdmError):
 # images
 # ------------------------------------------------------------------------------------------
 
-def square_resize(rgb: np.ndarray, size: int) -> np.ndarray:
-    """Centre-crop to a square, resize to size x size (area when shrinking), uint8 RGB."""
-    import cv2
-    h, w = rgb.shape[:2]
-    s = min(h, w)
-    y0, x0 = (h - s) // 2, (w - s) // 2
-    sq = rgb[y0:y0 + s, x0:x0 + s]
-    if s != size:
-        sq = cv2.resize(sq, (size, size), interpolation=cv2.INTER_AREA if s > size else cv2.INTER_CUBIC)
-    return np.ascontiguousarray(sq)
-
+from ifmdm_data.crop import square_resize  # noqa: E402,F401 - one definition (re-exported)
 
 ALPHA_BACKGROUND = (255, 255, 255)
 
@@ -80,6 +70,9 @@ def load_image(path) -> np.ndarray:
     if not p.is_file():
         raise InferenceError(f"image {p} does not exist")
     raw = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+    if raw is not None and raw.dtype.kind == "f" or raw is not None and raw.dtype.itemsize > 2:
+        raise InferenceError(f"image {p} has floating-point / 32-bit samples ({raw.dtype}): no defined range "
+                             "to map to 8 bits; convert it to an 8- or 16-bit png or jpg")
     if raw is not None and raw.ndim == 3 and raw.shape[2] == 4:            # BGRA (8 or 16 bit)
         return composite_alpha(cv2.cvtColor(raw, cv2.COLOR_BGRA2RGBA), p)
     img = cv2.imread(str(p), cv2.IMREAD_COLOR)

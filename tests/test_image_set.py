@@ -355,6 +355,9 @@ def test_float_images_rejected_and_size_bounded(tmp_path, capsys):
     assert main(["shard", "--images", str(d), "-o", str(tmp_path / "o"), "--size", "32", "--no-progress"]) == 0
     rej = pq.read_table(tmp_path / "o" / "rejected.parquet").to_pandas()
     assert list(rej["reasons"].map(list)) == [["decode_error"]] and "floating-point" in rej["detail"][0]
+    from ifmdm_model.media_io import InferenceError, load_image      # the portrait / tune reader: same rule
+    with pytest.raises(InferenceError, match="floating-point"):
+        load_image(d / "float.tif")
     assert main(["shard", "--images", str(d), "-o", str(tmp_path / "o3"), "--size", "60000"]) == 2
     assert "--size must be an even number in [16, 4096]" in capsys.readouterr().err
     with pytest.raises(ValueError, match="elastic_amplitude"):
