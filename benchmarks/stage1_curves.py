@@ -20,6 +20,7 @@ import argparse
 import multiprocessing as mp
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +46,11 @@ def _data(kind: str, shards: Path):
     return shard_clips(shards, 64, train_fraction=0.75, max_frames=200)
 
 
+def _progress(variant: str, row: dict) -> None:
+    print(f"[{variant}] step {row['step']}: held-out PSNR {row['psnr']:.2f} dB, train L1 {row['train_l1']:.4f}, "
+          f"{row['seconds']:.0f} s", file=sys.stderr, flush=True)
+
+
 def _one(job: dict) -> dict:
     import torch
 
@@ -52,7 +58,8 @@ def _one(job: dict) -> dict:
     torch.set_num_threads(job["threads"])
     clips = _data(job["data"], Path(job["shards"]))
     cfg = model_config("S1-tiny", **VARIANTS[job["name"]])
-    settings = TrainSettings(steps=job["steps"], seed=job["seed"], device=job["device"], eval_every=job["every"])
+    settings = TrainSettings(steps=job["steps"], seed=job["seed"], device=job["device"], eval_every=job["every"],
+                             log=partial(_progress, f"{job['data']}:{job['name']}"))
     _, res = train_small(cfg, clips, settings, job["name"])
     return {"variant": f"{job['data']}:{job['name']}", "base": baselines(clips), "seconds": res.seconds,
             "curve": {h["step"]: h["psnr"] for h in res.history}, "final": res.psnr,

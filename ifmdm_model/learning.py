@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, replace
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -222,6 +222,7 @@ class TrainSettings:
     seed: int = 0
     threads: Optional[int] = None
     eval_every: int = 0                       # 0: only at the end
+    log: Optional[Callable[[dict], None]] = None  # called with each evaluation's row (step, train_l1, psnr, ...)
     device: str = "cpu"                       # any torch device ("cuda", "cuda:1"); evaluation runs there too
     augment: bool = False                     # the trainer's pair augmentation (same flip + colour jitter on both)
 
@@ -309,6 +310,8 @@ def train_small(cfg: Stage1Config, clips: Sequence[Clip], settings: TrainSetting
         recent.append(float(losses["l1"]))
         if settings.eval_every and step % settings.eval_every == 0:
             history.append({"step": step, "train_l1": float(np.mean(recent[-50:])), **evaluate(model, clips)})
+            if settings.log is not None:
+                settings.log({**history[-1], "seconds": time.perf_counter() - t0})
     ev = evaluate(model, clips)
     res = RunResult(name=name, config=cfg.to_dict(), steps=settings.steps,
                     seconds=time.perf_counter() - t0, train_loss=float(np.mean(recent[-50:])),
