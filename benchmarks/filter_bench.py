@@ -21,6 +21,9 @@ Targets (DESIGN.md): filter <= 3x decode time, and >= 3x faster than naive, per 
 --limit-s S caps the analysed duration of each clip for all three methods alike (quick runs).
 --ray also times the real end-to-end `pipeline.run_filter` on the media folder with 2 workers
 (Ray start included; affinity restored to all cores first).
+The identify step (face descriptors, pHashes, audio fingerprint per segment: `identity:` in the
+config; off with a --config that sets `identity: {enabled: false}`) is timed as its own stage,
+with its cost per segment.
 --syncnet FILE adds the SyncNet sync check (`filter --syncnet`) to `filter` (syncnet_python
 layout; a random-init one has the same cost: `--syncnet random` makes one in a temp dir) and
 its own line in the breakdown ("syncnet": the network and MFCC; the crops count under
@@ -53,7 +56,7 @@ from ifmdm_data.probe import probe_file  # noqa: E402
 from ifmdm_data.video import decode_only  # noqa: E402
 from ifmdm_data.work import plan_units  # noqa: E402
 
-STAGES = ("decode+resize", "detector", "mesh", "mesh reset", "segmenter", "audio load", "vad", "syncnet")
+STAGES = ("decode+resize", "detector", "mesh", "mesh reset", "segmenter", "audio load", "vad", "syncnet", "identify")
 
 
 def best_of(n, fn):
@@ -137,7 +140,7 @@ def clip_units(path, cfg, limit_s):
     return probe, units
 
 
-def bench_set(name, files, cfg, models, speech, timer, naive, args, syncnet=None):
+def bench_set(name, files, cfg, models, speech, timer, naive, args, syncnet=None, identify=None):
     rows, stages = [], defaultdict(float)
     for path in files:
         try:
@@ -153,9 +156,16 @@ def bench_set(name, files, cfg, models, speech, timer, naive, args, syncnet=None
             t0 = time.perf_counter()
             for u in units:
                 try:
-                    analyse.analyse_unit(u, cfg, models, speech, syncnet)
+                    res = analyse.analyse_unit(u, cfg, models, speech, syncnet)
                 except ClipError as e:
                     print(f"  [{name}] {Path(path).name}: {e.reason}", flush=True)
+                    continue
+                for r in res if identify else ():      # filter's identify step (work.run_unit)
+                    t1, a1 = time.perf_counter(), timer.t["audio load"]
+                    identify(path, r["row"]["start_s"], r["row"]["end_s"], probe.get("rotation") or 0)
+                    timer.t["audio load"] = a1           # its audio decode counts under identify
+                    timer.t["identify"] += time.perf_counter() - t1
+                    timer.t["identify segments"] += 1
             dt = time.perf_counter() - t0
             if dt < best_filt:
                 best_filt, best_st = dt, dict(timer.t)
@@ -196,9 +206,13 @@ def print_table(name, rows, stages):
     print(f"target filter <= 3x decode:   {r1:5.2f}x  {'MET' if r1 <= 3 else 'NOT MET'}")
     print(f"target >= 3x faster than naive: {r2:5.2f}x  {'MET' if r2 >= 3 else 'n/a' if math.isnan(r2) else 'NOT MET'}")
     tot = stages.get("total", 0.0)
-    parts = [(k, stages.get(k, 0.0)) for k in STAGES if k != "syncnet" or stages.get(k)]
+    parts = [(k, stages.get(k, 0.0)) for k in STAGES if k not in ("syncnet", "identify") or stages.get(k)]
     parts.append(("other (cuts, signals, stats)", tot - sum(v for _, v in parts)))
     print("filter stages: " + ", ".join(f"{k} {v:.2f}s ({100 * ratio(v, tot):.0f}%)" for k, v in parts))
+    if stages.get("identify segments"):
+        n_seg = stages["identify segments"]
+        print(f"identify (pHashes, dlib descriptors, Chromaprint; included in filter): {stages['identify']:.2f}s "
+              f"for {n_seg:.0f} segments = {stages['identify'] / n_seg:.2f} s per segment")
 
 
 def load_bench_syncnet(path):
@@ -263,6 +277,10 @@ def main():
         naive = None if args.no_naive else Naive()
         timer = StageTimer(models, speech)
         syncnet = load_bench_syncnet(args.syncnet) if args.syncnet else None
+        identify = None
+        if cfg.identity.enabled:
+            from ifmdm_data.identify import identifier
+            identify = identifier(cfg.identity, cfg.audio.sample_rate)
         if sets and sets[0][1]:  # warm-up: first graph runs, first VAD call
             p = sets[0][1][0]
             _, us = clip_units(p, cfg, 1.0)
@@ -272,7 +290,8 @@ def main():
     results = []
     for name, files in sets:
         with quiet_stderr():
-            results.append((name, *bench_set(name, files, cfg, models, speech, timer, naive, args, syncnet)))
+            results.append((name, *bench_set(name, files, cfg, models, speech, timer, naive, args, syncnet,
+                                              identify)))
     lim = "" if math.isinf(args.limit_s) else f", each clip capped at {args.limit_s:g} s"
     print(f"\nfilter_bench: best of {args.repeat}{lim}; default config "
           f"(analysis {cfg.analysis.fps} fps, long side {cfg.analysis.max_side}, "

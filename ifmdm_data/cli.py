@@ -178,6 +178,10 @@ def print_summary(s: dict, out: str) -> None:
     w(f"  stage 2 ok {s['stage2_ok']:5d} of the accepted\n")
     for reason, n in s["stage2_by_reason"].items():
         w(f"    {reason:<20s}{n:6d}\n")
+    if s.get("identities") is not None:
+        w(f"  identities {s['identities']:5d} (accepted: {s['identities_accepted']}), "
+          f"{s['segments_without_face']} segments without a face; "
+          f"{s['dup_groups_multi']} near-duplicate groups of 2+ segments ({s['dup_segments']} segments)\n")
     w(f"manifests: {out}/clips.parquet, coarse/lip/hard/rejected.parquet, tracks/, summary.json\n")
 
 

@@ -71,11 +71,23 @@ class DecideConfig:
 
 
 @dataclass
+class IdentityConfig:
+    enabled: bool = True              # filter's identify stage (identity_id, dup_group per segment)
+    frames: int = 8                   # frames sampled per segment: a pHash of each
+    face_every: int = 2               # a dlib face descriptor on every this-many-th sampled frame
+    max_side: int = 640               # sampled frames are downscaled so their long side is at most this
+    threshold: float = 0.6            # dlib descriptor distance: the same person below this
+    max_phash_distance: int = 10      # bits of 64: frames this close are the same picture
+    audio_fingerprint: bool = True    # Chromaprint fingerprints: the same audio joins a dup group
+
+
+@dataclass
 class FilterConfig:
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     decide: DecideConfig = field(default_factory=DecideConfig)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -146,6 +158,12 @@ def config_from_dict(data: Any, source: str = "<dict>") -> FilterConfig:
         raise ConfigError(f"{source}: analysis rates (fps, detect_fps, segmentation_fps) must be > 0")
     if cfg.audio.sync_every_s <= 0:
         raise ConfigError(f"{source}: 'audio.sync_every_s' must be > 0")
+    if cfg.identity.frames < 1 or cfg.identity.face_every < 1 or cfg.identity.max_side < 64:
+        raise ConfigError(f"{source}: 'identity.frames' and 'identity.face_every' must be >= 1 and "
+                          f"'identity.max_side' >= 64")
+    if not 0 < cfg.identity.threshold < 2 or cfg.identity.max_phash_distance > 64:
+        raise ConfigError(f"{source}: 'identity.threshold' must be in (0, 2) (dlib distance) and "
+                          f"'identity.max_phash_distance' at most 64 bits")
     if cfg.segment.max_duration_s <= cfg.segment.min_duration_s:
         raise ConfigError(f"{source}: 'segment.max_duration_s' must be larger than 'segment.min_duration_s'")
     return cfg

@@ -17,8 +17,9 @@ relation (union-find), so a chain of overlapping trims is one group.
 Consecutive segments of one static shot usually match too (same framing), so a dup group can
 hold more than re-encodes; for splitting that is what is wanted.
 
-No audio fingerprint is computed (none of the pinned packages ships one); groups come from the
-pictures only.
+`identify.collection_ids` adds the pairs whose audio is the same (Chromaprint fingerprints,
+fingerprint.py) through `extra_pairs`: a re-upload with other pictures but the same soundtrack
+joins the group too.
 """
 from __future__ import annotations
 
@@ -132,12 +133,14 @@ def _matches(ha: Sequence[int], hb: Sequence[int], max_distance: int) -> int:
 
 
 def dup_groups(hashes: Sequence[Sequence[int]], max_distance: int = MAX_DISTANCE,
-               min_matches: int = MIN_MATCHES, bands: int = BANDS) -> np.ndarray:
+               min_matches: int = MIN_MATCHES, bands: int = BANDS,
+               extra_pairs: Iterable[tuple[int, int]] = ()) -> np.ndarray:
     """Per-segment frame hashes (list of lists of 64-bit ints) -> (N,) int64 `dup_group`.
 
     Segments in one group are connected by near-duplicate pairs (see the module docstring);
     a segment without hashes (no decodable, non-flat frame) is a group of its own. Group ids
     are 0..G-1 in order of first appearance, so a re-run on the same input gives the same ids.
+    `extra_pairs`: more duplicate pairs (i, j) found otherwise (the same audio: fingerprint.py).
     """
     n = len(hashes)
     width = HASH_BITS // bands
@@ -163,6 +166,8 @@ def dup_groups(hashes: Sequence[Sequence[int]], max_distance: int = MAX_DISTANCE
         need = min(min_matches, len(hashes[i]), len(hashes[j]))
         if need and _matches(hashes[i], hashes[j], max_distance) >= need:
             uf.union(i, j)
+    for i, j in extra_pairs:
+        uf.union(int(i), int(j))
     return uf.labels()
 
 

@@ -29,6 +29,11 @@ class MissingWeightsError(IfmdmError):
         super().__init__(msg)
 
 
+class MissingDependencyError(IfmdmError):
+    """A library the requested feature needs is not installed (the message says how to install
+    it, or which setting turns the feature off)."""
+
+
 class WeightsFileError(IfmdmError):
     """A given weights file is missing, unreadable or does not fit its network (the message
     names the file)."""

@@ -25,7 +25,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .errors import MissingWeightsError
+from .errors import MissingDependencyError, MissingWeightsError
 
 THRESHOLD = 0.6          # dlib: same person below this Euclidean distance
 DIM = 128
@@ -52,8 +52,8 @@ class DlibFaceEncoder:
         try:
             import dlib
         except ImportError as e:
-            raise MissingWeightsError("dlib", "the Python environment", "face identity",
-                                      "pip install dlib-bin==19.24.6") from e
+            raise MissingDependencyError("face identity needs dlib: pip install dlib-bin==19.24.6, or set "
+                                         "identity.enabled: false in the filter config") from e
         d = models_dir()
         for f in ("shape_predictor_5_face_landmarks.dat", "dlib_face_recognition_resnet_model_v1.dat"):
             if not (d / f).is_file():

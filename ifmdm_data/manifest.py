@@ -43,6 +43,21 @@ def _records(df: pd.DataFrame) -> list[dict]:
     return recs
 
 
+def _identities(df: pd.DataFrame, cfg: FilterConfig) -> pd.DataFrame:
+    """identity_id and dup_group over all segments from the stored per-segment signals
+    (`identify.collection_ids`, at identity.threshold / max_phash_distance); left null when no
+    segment has signals (identity.enabled: false, manifests of older versions)."""
+    if not any(c in df and df[c].notna().any() for c in ("face_descriptor", "phash")):
+        return df
+    from .identify import collection_ids
+
+    c = cfg.identity
+    df = df.copy()
+    df["identity_id"], df["dup_group"] = collection_ids(df, c.threshold, c.max_phash_distance,
+                                                        audio=c.audio_fingerprint)
+    return df
+
+
 def write_manifests(df: pd.DataFrame, out_dir: str | Path, cfg: FilterConfig) -> dict:
     """Decide and write clips / coarse / lip / hard / rejected .parquet into `out_dir` (a
     folder or an object-storage URL). Returns counts."""
@@ -51,6 +66,7 @@ def write_manifests(df: pd.DataFrame, out_dir: str | Path, cfg: FilterConfig) ->
     out = str(out_dir)   # a local folder or an object-storage URL
     df = _index_segments(df)
     df, thresholds = decide(df, cfg)
+    df = _identities(df, cfg)
     table = clips_table(_records(df))
     write_parquet_atomic(table, join(out, "clips.parquet"))
     for name in SUBSETS:
@@ -69,7 +85,20 @@ def write_manifests(df: pd.DataFrame, out_dir: str | Path, cfg: FilterConfig) ->
         "stage2_by_reason": dict(sorted(s2.items(), key=lambda kv: -kv[1])),
         "thresholds": thresholds,
         "hours_accepted": float(df.loc[df["accepted"], "duration_s"].sum() / 3600.0),
+        **_identity_counts(df),
     }
+
+
+def _identity_counts(df: pd.DataFrame) -> dict:
+    """Identities and near-duplicate groups of the run (None when not computed)."""
+    if "identity_id" not in df or not df["identity_id"].notna().any():
+        return {"identities": None}
+    ids = pd.to_numeric(df["identity_id"], errors="coerce").fillna(-1)
+    size = df["dup_group"].value_counts()
+    return {"identities": int(ids[ids >= 0].nunique()),
+            "identities_accepted": int(ids[(ids >= 0) & df["accepted"].astype(bool)].nunique()),
+            "segments_without_face": int((ids < 0).sum()),
+            "dup_groups_multi": int((size > 1).sum()), "dup_segments": int(size[size > 1].sum())}
 
 
 def redecide(manifest_dir: str | Path, cfg: FilterConfig) -> dict:

@@ -70,6 +70,10 @@ class AnalyseActor:
         # object storage: write there; a local folder: send the results to the driver
         self.store = PartStore(out_dir) if storage.is_url(out_dir) else None
         self.models, self.speech = load_models(self.cfg, weights_dir)
+        self.identify = None
+        if self.cfg.identity.enabled:     # face descriptors, pHashes, audio fingerprints per segment
+            from .identify import identifier
+            self.identify = identifier(self.cfg.identity, self.cfg.audio.sample_rate)
         self.backend = "/".join(self.models.names.values())
         self.syncnet = None
         if syncnet:
@@ -84,7 +88,7 @@ class AnalyseActor:
             store = self.store or CollectingStore()
             try:
                 rows = run_unit(unit, self.cfg, self.models, self.speech, store, self.backend,
-                                self.syncnet)
+                                self.syncnet, self.identify)
                 err = ""
             except storage.StorageError as e:   # reported by the driver, never a worker_crash
                 rows, err = [], str(e)
@@ -121,12 +125,14 @@ def init_ray(address: str | None, workers: int | None, verbose: bool = False) ->
 
 def _fingerprint(cfg: FilterConfig, backend_weights: str | None, syncnet: str | None = None) -> dict:
     """What the analysis results depend on (a re-run with another fingerprint must not mix in
-    old parts). The SyncNet window spacing only matters with --syncnet."""
+    old parts). The SyncNet window spacing only matters with --syncnet; the identity threshold
+    and pHash distance only act when the manifests are written (`decide` re-clusters)."""
     d = cfg.to_dict()
     audio = dict(d["audio"])
     if not syncnet:
         audio.pop("sync_every_s", None)
-    fp = {"segment": d["segment"], "analysis": d["analysis"], "audio": audio,
+    ident = {k: v for k, v in d["identity"].items() if k not in ("threshold", "max_phash_distance")}
+    fp = {"segment": d["segment"], "analysis": d["analysis"], "audio": audio, "identity": ident,
           "weights_dir": os.path.abspath(backend_weights) if backend_weights else None}
     if syncnet:
         fp["syncnet"] = os.path.abspath(syncnet)
@@ -232,6 +238,9 @@ def run_filter(inputs: list[str], out_dir: str, cfg: FilterConfig, workers: int 
         load_filter_syncnet(syncnet)
     out = storage.prepare_output(out_dir)
     _check_resume(out, _fingerprint(cfg, weights_dir, syncnet), overwrite)
+    if cfg.identity.enabled:                 # dlib's weights and Chromaprint, before any work
+        from .identify import check_available
+        check_available(cfg.identity)
     if cfg.analysis.backend != "mediapipe":  # fail before starting Ray when weights are missing
         from .backends.base import check_weights
         check_weights(cfg.analysis.backend, weights_dir)
@@ -308,7 +317,7 @@ def run_filter(inputs: list[str], out_dir: str, cfg: FilterConfig, workers: int 
                                                        "the worker process died on this unit twice",
                                                        u["probe"], u["start_s"], u["end_s"])])
 
-    # 4. finalise
+    # 4. finalise (identity_id and dup_group are clustered there, from the units' signals)
     df = store.read_all()
     df = df[df["clip_id"] == df["path"].map(ids)]   # this run's inputs, under this run's ids
     counts = write_manifests(df, out, cfg)

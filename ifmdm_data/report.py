@@ -425,14 +425,17 @@ def _table(head: list, rows: list) -> str:
 
 def identity_section(df: pd.DataFrame, max_groups: int = 10) -> str:
     """HTML: identities per subset (and split) and the largest near-duplicate groups, from the
-    `split` annotations (identity_id, dup_group); '' when the manifest has neither (`filter`
-    manifests do not have them yet)."""
-    has_id, has_dup = "identity_id" in df, "dup_group" in df
+    identify stage of `filter` or from `ifmdm-data split` (identity_id, dup_group); '' when the
+    manifest has neither (older manifests, `identity.enabled: false`)."""
+    def known(c):
+        return c in df and df[c].notna().any()
+    has_id, has_dup = known("identity_id"), known("dup_group")
     if not (has_id or has_dup):
         return ""
-    parts = ["<h2>Identities and duplicates</h2><p class='meta'>From `ifmdm-data split` (dlib face "
-             "descriptors clustered into identity_id; pHash near-duplicate groups dup_group). No identity "
-             "or duplicate group is in two splits.</p>"]
+    parts = ["<h2>Identities and duplicates</h2><p class='meta'>dlib face descriptors clustered into "
+             "identity_id; near-duplicate groups dup_group (pHash of sampled frames, Chromaprint audio "
+             "fingerprints)." + (" No identity or duplicate group is in two splits." if "split" in df else "")
+             + "</p>"]
     ids = pd.to_numeric(df["identity_id"], errors="coerce").fillna(-1).astype(int) if has_id else None
     splits = [s for s in ("train", "val", "test") if "split" in df and (df["split"] == s).any()]
     if has_id:

@@ -93,13 +93,31 @@ _CLIP_COLUMNS = [
     ("error", STR, "detail of a decode / analysis failure"),
     ("backend", STR, "face models used: detector/landmarks/segmenter"),
     ("analysis_s", F32, "seconds spent analysing this segment's work unit"),
+    # identity and near-duplicates (filter's identify stage: identify.py, identity.py, dedup.py,
+    # fingerprint.py); null where not computed (identity.enabled: false, manifests of older versions)
+    ("face_descriptor", pa.list_(F32), "mean dlib 128-d face descriptor of the sampled frames; empty: no face"),
+    ("identity_spread", F32, "mean distance of the frame descriptors to their mean (dlib units); NaN: no face"),
+    ("identity_mixed", BOOL, "two sampled frames' descriptors more than the identity threshold apart "
+                             "(two people alternating, or a wrong detection)"),
+    ("identity_faces", I32, "sampled frames with a face"),
+    ("identity_id", I64, "face identity across the run's segments (leader clustering of face_descriptor "
+                         "at identity.threshold); -1: no face"),
+    ("phash", pa.list_(STR), "64-bit pHash (16 hex digits) of each sampled non-flat frame"),
+    ("audio_fingerprint", pa.list_(pa.uint32()), "Chromaprint sub-fingerprints of the segment's audio "
+                                                 "(~8.1 per second); empty: no audio or under ~2 s"),
+    ("dup_group", I64, "near-duplicate group: segments joined by pHash (frames within identity.max_phash_distance "
+                       "bits) or by the same audio (fingerprint BER <= 0.35), union-find"),
 ]
 
 CLIPS_SCHEMA = pa.schema([pa.field(n, t, metadata={"description": d}) for n, t, d in _CLIP_COLUMNS])
 CLIP_COLUMNS = [n for n, _, _ in _CLIP_COLUMNS]
 # columns added after the first manifests: older manifests read with these values
 ADDED_COLUMNS = {"audio_coverage": float("nan"), "sync_conf": float("nan"), "sync_dist": float("nan"), "sync_offset_frames": float("nan"),
-                 "sync_windows": 0}
+                 "sync_windows": 0, "face_descriptor": None, "identity_spread": float("nan"),
+                 "identity_mixed": None, "identity_faces": None, "identity_id": None, "phash": None,
+                 "audio_fingerprint": None, "dup_group": None}
+IDENTITY_SIGNALS = ("face_descriptor", "identity_spread", "identity_mixed", "identity_faces", "phash",
+                    "audio_fingerprint")   # per segment (identify.segment_signals)
 DECISION_COLUMNS = ["head_moves", "lip_moves", "subset", "accepted", "reasons", "stage2_ok",
                     "stage2_reasons"]
 
@@ -209,16 +227,9 @@ def read_tracks(path: str | Path):
     return table.to_pandas(), meta
 
 
-# `ifmdm-data split` annotations (ifmdm_data/identity.py, dedup.py): appended to the clips
-# columns in the split manifests (train/val/test.parquet); `filter` does not compute them yet.
+# `ifmdm-data split` columns: appended to the clips columns in the split manifests
+# (train/val/test.parquet).
 _ANNOTATION_COLUMNS = [
-    ("identity_id", I64, "face identity cluster (dlib descriptors, leader clustering); -1: no face"),
-    ("identity_spread", F32, "mean distance of the frame descriptors to their mean (dlib units); NaN: no face"),
-    ("identity_mixed", BOOL, "two sampled frames' descriptors more than the identity threshold apart"),
-    ("identity_faces", I32, "sampled frames with a face"),
-    ("face_descriptor", pa.list_(F32), "mean dlib 128-d face descriptor; empty: no face"),
-    ("phash", pa.list_(STR), "64-bit pHash (16 hex digits) of each sampled non-flat frame"),
-    ("dup_group", I64, "near-duplicate group (pHash Hamming distance, union-find)"),
     ("split_group", I64, "connected component of identity_id / dup_group / clip_id: one split each"),
     ("split", STR, "train | val | test"),
     ("source_manifest", STR, "absolute path or URL of the `filter` manifest folder the row came from: "

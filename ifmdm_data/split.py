@@ -3,10 +3,10 @@
 Each row keeps `source_manifest`, the `filter` folder it came from, so that `shard` and `report`
 given a split file find its tracks (OUT/tracks/<segment_id>.parquet) there.
 
-1. `annotate` adds `identity_id` (identity.py) and `dup_group` (dedup.py) where a manifest lacks
-   them, from a few frames of each segment's source video (path, start_s, end_s). `filter` does
-   not compute them yet, so this runs in one process here (about 1-2 s per segment on one CPU
-   core: decode + 4 dlib descriptors + 8 pHashes).
+1. `annotate` clusters `identity_id` and `dup_group` over all rows of the manifests given
+   (identify.collection_ids) from the per-segment signals `filter` stored (face descriptor,
+   pHashes, audio fingerprint); rows without them (older manifests) get them computed here,
+   in one process (identify.segment_signals: about 1 s per segment on one CPU core).
 2. `assign_splits` joins segments that share an identity, a duplicate group or a source file
    (union-find) into components; each component goes to one split. Components are assigned
    largest first (ties in a seeded random order) to the split whose per-subset quota (fraction x
@@ -26,9 +26,9 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from .dedup import N_FRAMES, UnionFind, dup_groups, frame_hashes, hash_to_hex, hex_to_hash, sample_frames
+from .dedup import N_FRAMES, UnionFind
 from .errors import InputError
-from .identity import THRESHOLD, cluster_identities, describe_segment
+from .identity import THRESHOLD
 
 log = logging.getLogger(__name__)
 
@@ -55,69 +55,76 @@ def read_manifests(manifests: Sequence[str | Path]) -> pd.DataFrame:
 def annotate(manifest_dir_or_df, identity: bool = True, dup: bool = True, force: bool = False,
              encoder: Optional[Callable] = None, threshold: float = THRESHOLD,
              max_distance: int = 10, n_frames: int = N_FRAMES, max_side: int = 1280,
-             progress: bool = False) -> pd.DataFrame:
-    """Return a copy of the manifest with identity_id / identity_spread / identity_mixed /
-    identity_faces / face_descriptor and phash / dup_group, computed where absent (or `force`).
+             audio: bool = True, progress: bool = False) -> pd.DataFrame:
+    """Return a copy of the manifest with identity_id / dup_group (and the per-segment signals
+    behind them: face_descriptor, identity_spread / _mixed / _faces, phash, audio_fingerprint).
 
-    Per segment: `n_frames` frames spread over [start_s, end_s) of `path` (longer side at most
-    `max_side` px); pHash of each, the dlib descriptor of every second one. A segment whose file
-    cannot be decoded gets no face (identity_id -1) and no hashes (a dup group of its own).
-    Descriptors already in the manifest (face_descriptor) are re-clustered without decoding;
-    so are stored phash lists. `encoder`: frame -> (128,) or None (default: DlibFaceEncoder).
-    Returns also per-segment cost in df.attrs["annotate_s_per_segment"].
+    `filter` stores the signals (its identify stage); here they are computed only for rows that
+    lack them (manifests of older versions, `identity.enabled: false`), or for every row with
+    `force`: `identify.segment_signals` on `n_frames` frames of [start_s, end_s) of `path`
+    (longer side at most `max_side` px). A segment whose file cannot be decoded gets no face
+    (identity_id -1) and no hashes (a dup group of its own). identity_id and dup_group are then
+    clustered over all rows (`identify.collection_ids`), so segments of several manifests share
+    ids. `encoder`: frame -> (128,) or None (default: DlibFaceEncoder).
+    Also returns the per-segment cost in df.attrs["annotate_s_per_segment"].
     """
+    from .identify import collection_ids, empty_signals, segment_signals
+    from .schema import IDENTITY_SIGNALS
+
     df = manifest_dir_or_df.copy() if isinstance(manifest_dir_or_df, pd.DataFrame) else read_manifests([manifest_dir_or_df])
-    need_id = identity and (force or "identity_id" not in df)
-    need_dup = dup and (force or "dup_group" not in df)
-    have_desc = not force and "face_descriptor" in df
-    have_hash = not force and "phash" in df
-    decode_id = need_id and not have_desc
-    decode_dup = need_dup and not have_hash
-    if decode_id and encoder is None:
-        from .identity import DlibFaceEncoder
-        encoder = DlibFaceEncoder()
-    n = len(df)
-    if decode_id or decode_dup:
-        descs, spreads, mixed, faces, hashes = [None] * n, [np.nan] * n, [False] * n, [0] * n, [[] for _ in range(n)]
+    for c in IDENTITY_SIGNALS:
+        if c not in df:
+            df[c] = None
+    wanted = (["identity_id"] if identity else []) + (["dup_group"] if dup else [])
+    if (not force and all(c in df and df[c].notna().all() for c in wanted)
+            and not df["phash"].notna().any() and not df["face_descriptor"].notna().any()):
+        return df          # ids given with the manifest, no signals (e.g. a dataset's own speaker labels): kept
+    lacking = [i for i in range(len(df)) if force or not _has_signals(df.iloc[i], identity, dup)]
+    if lacking:
+        if identity and encoder is None:
+            from .identity import DlibFaceEncoder
+            encoder = DlibFaceEncoder()
         t0, failed = time.time(), 0
-        it = range(n)
+        it = lacking
         if progress:
             from tqdm import tqdm
             it = tqdm(it, desc="annotate", unit="seg")
+        rows = {}
         for i in it:
             r = df.iloc[i]
             rot = r.get("rotation")
             rot = int(rot) if rot is not None and rot == rot else 0      # null (NaN) -> 0
             try:
-                frames = sample_frames(str(r["path"]), float(r["start_s"]), float(r["end_s"]), n=n_frames,
-                                       rotation=rot, max_side=max_side)
+                rows[i] = segment_signals(str(r["path"]), float(r["start_s"]), float(r["end_s"]), rot,
+                                          encoder if identity else None, n_frames=n_frames, max_side=max_side,
+                                          threshold=threshold, audio=audio and dup)
             except Exception as e:  # noqa: BLE001 - a bad file is a segment without signals
                 failed += 1
                 log.info("annotate: %s: %s", r["segment_id"], e)
-                continue
-            if decode_dup:
-                hashes[i] = [hash_to_hex(h) for h in frame_hashes(frames)]
-            if decode_id:
-                s = describe_segment(frames[::2], encoder, threshold)
-                descs[i], spreads[i], mixed[i], faces[i] = s["descriptor"], s["spread"], s["mixed"], s["n_faces"]
-        df.attrs["annotate_s_per_segment"] = (time.time() - t0) / max(n, 1)
+                rows[i] = empty_signals()
+        for c in IDENTITY_SIGNALS:
+            col = df[c].astype(object).tolist()
+            for i, sig in rows.items():
+                col[i] = sig[c]
+            df[c] = col
+        df.attrs["annotate_s_per_segment"] = (time.time() - t0) / len(lacking)
         df.attrs["annotate_failed"] = failed
         if failed:
-            log.warning("annotate: %d of %d segments could not be decoded (no identity, own dup group)", failed, n)
-        if decode_dup:
-            df["phash"] = hashes
-        if decode_id:
-            df["face_descriptor"] = [d if d is not None else np.zeros(0, np.float32) for d in descs]
-            df["identity_spread"] = np.asarray(spreads, np.float32)
-            df["identity_mixed"] = mixed
-            df["identity_faces"] = np.asarray(faces, np.int32)
-    if need_id:
-        descs = [np.asarray(d, np.float32) if d is not None and len(d) else None for d in df["face_descriptor"]]
-        df["identity_id"] = cluster_identities(descs, threshold)
-    if need_dup:
-        df["dup_group"] = dup_groups([[hex_to_hash(h) for h in (hs if hs is not None else [])] for hs in df["phash"]],
-                                     max_distance=max_distance)
+            log.warning("annotate: %d of %d segments could not be decoded (no identity, own dup group)",
+                        failed, len(lacking))
+    ids, groups = collection_ids(df, threshold, max_distance, audio=audio)
+    if identity:
+        df["identity_id"] = ids
+    if dup:
+        df["dup_group"] = groups
     return df
+
+
+def _has_signals(row, identity: bool, dup: bool) -> bool:
+    """The row holds what `annotate` needs (a list, possibly empty, is a computed value)."""
+    def ok(v):
+        return v is not None and not (isinstance(v, float) and v != v)
+    return (not identity or ok(row.get("face_descriptor"))) and (not dup or ok(row.get("phash")))
 
 
 def components(df: pd.DataFrame, by: str = "identity") -> np.ndarray:
@@ -194,8 +201,14 @@ def run_split(manifests: Sequence[str | Path], out: str | Path, by: str = "ident
         raise InputError(f"the manifests {', '.join(map(str, manifests))} have no segments")
     df = annotate(df, identity=(by == "identity"), dup=True, threshold=threshold,
                   max_distance=max_distance, encoder=encoder, progress=progress)
-    if "identity_id" not in df:
-        df["identity_id"] = -1
+    # by clip: identities only where the manifest has them (-1 elsewhere); a row without a
+    # dup_group is a group of its own
+    ident = pd.to_numeric(df["identity_id"], errors="coerce") if "identity_id" in df else pd.Series(np.nan, index=df.index)
+    df["identity_id"] = ident.fillna(-1).astype("int64")
+    dup = pd.to_numeric(df["dup_group"], errors="coerce") if "dup_group" in df else pd.Series(np.nan, index=df.index)
+    free = dup.isna().to_numpy()
+    dup[free] = (dup.max() if dup.notna().any() else -1) + 1 + np.arange(int(free.sum()))
+    df["dup_group"] = dup.astype("int64")
     split, comp, _ = assign_splits(df, {"test": test_fraction, "val": val_fraction}, seed=seed, by=by)
     df["split"] = split
     df["split_group"] = comp

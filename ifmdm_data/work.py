@@ -13,6 +13,7 @@ still delivers its results, and nothing lands on a node's private disk.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import pickle
@@ -28,6 +29,8 @@ import pyarrow.parquet as pq
 from . import storage
 from .errors import ClipError
 from .reasons import Reason
+
+log = logging.getLogger(__name__)
 from .schema import tracks_table, write_parquet_atomic
 
 PROBE_FIELDS = ("file_size", "container_duration_s", "fps", "vfr", "width", "height", "rotation",
@@ -144,11 +147,25 @@ class CollectingStore:
                             protocol=pickle.HIGHEST_PROTOCOL)
 
 
+def _signals(identify, local_path: str, row: dict, probe: dict) -> dict:
+    from .identify import empty_signals
+
+    rot = probe.get("rotation") or 0
+    try:
+        return identify(local_path, float(row["start_s"]), float(row["end_s"]), int(rot))
+    except Exception as e:  # noqa: BLE001 - no signals for this segment: identity -1, a dup group of its own
+        log.info("identify %s [%s, %s): %s", local_path, row.get("start_s"), row.get("end_s"), e)
+        return empty_signals()
+
+
 def run_unit(unit: dict, cfg, models, speech, store, backend_name: str = "",
-             syncnet=None) -> list[dict]:
+             syncnet=None, identify=None) -> list[dict]:
     """Analyse a unit, write its tracks and part to `store` (a PartStore or CollectingStore);
     per-clip failures become rows. Returns the rows. Raises storage.StorageError when the
-    store or the object storage holding the video fails (not a property of the clip)."""
+    store or the object storage holding the video fails (not a property of the clip).
+    `identify(local_path, start_s, end_s, rotation) -> dict` (identify.identifier): each
+    segment's identity / near-duplicate signals, added to its row (an error there leaves the
+    segment without signals, never fails it)."""
     from .analyse import analyse_unit
 
     cid, path, probe = unit["clip_id"], unit["path"], unit["probe"]
@@ -161,6 +178,7 @@ def run_unit(unit: dict, cfg, models, speech, store, backend_name: str = "",
         # (removed when the block ends); a local path is used as it is
         with storage.spool(path) as local_path:
             results = analyse_unit(dict(unit, path=local_path), cfg, models, speech, syncnet)
+            signals = [_signals(identify, local_path, r["row"], probe) for r in results] if identify else [{}] * len(results)
     except storage.SpoolLimitError as e:
         rows = [failure_row(cid, path, Reason.UNREADABLE, str(e), probe, unit["start_s"], unit["end_s"])]
     except storage.StorageError:
@@ -175,9 +193,10 @@ def run_unit(unit: dict, cfg, models, speech, store, backend_name: str = "",
         rows = [failure_row(cid, path, Reason.ANALYSIS_ERROR, detail, probe, unit["start_s"], unit["end_s"])]
     else:
         rows = []
-        for res in results:
+        for res, sig in zip(results, signals):
             row = {k: probe.get(k) for k in PROBE_FIELDS}
             row.update(res["row"])
+            row.update(sig)
             seg = segment_id(cid, row["start_s"])
             row.update(segment_id=seg, clip_id=cid, path=path, reasons=[], error="",
                        backend=backend_name)

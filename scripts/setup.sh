@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the project needs on a fresh machine of this kind:
-#   - Debian packages: ffmpeg (ffprobe, libx264), espeak-ng (speech for the sample set), sox
+#   - Debian packages: ffmpeg (ffprobe, libx264), espeak-ng (speech for the sample set), sox,
+#     libchromaprint1 (audio fingerprints)
 #   - a virtual environment at .venv/ with the pinned Python packages (requirements.txt; with
 #     the test tools: pytest and moto[server], the S3 API server the object-storage tests start)
 #   - packages that must go in with --no-deps (mediapipe 0.10.21, face-alignment, facexlib)
@@ -13,6 +14,8 @@ need_apt=()
 command -v ffmpeg >/dev/null || need_apt+=(ffmpeg)
 command -v espeak-ng >/dev/null || need_apt+=(espeak-ng)
 command -v sox >/dev/null || need_apt+=(sox)
+# Chromaprint (audio fingerprints; a dependency of Debian's ffmpeg, named here for other setups)
+ldconfig -p 2>/dev/null | grep -q libchromaprint.so.1 || need_apt+=(libchromaprint1)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq

@@ -80,3 +80,36 @@ def test_dlib_identity_real_media(near_copy):
     assert min(d(0, 1), d(0, 2), d(1, 2)) > 0.6, "different people"
     ids = cluster_identities([r["descriptor"] for r in res])
     assert ids[0] == ids[3] and len({ids[0], ids[1], ids[2]}) == 3
+
+
+def test_filter_finds_one_person_in_the_sample_set(sample_manifests):
+    """The sample set's face clips all show one person: filter's identify step gives every
+    segment with a face the same identity_id; the clip without a face gets -1."""
+    import pandas as pd
+
+    df = pd.read_parquet(sample_manifests[0] / "clips.parquet")
+    face = df[df["identity_faces"] > 0]
+    assert len(face) >= 8 and face["identity_id"].nunique() == 1 and (face["identity_id"] >= 0).all()
+    noface = df[df["path"].str.endswith("noface_texture.mp4")]
+    assert (noface["identity_id"] == -1).all() and (noface["identity_faces"] == 0).all()
+    assert all(len(h) > 0 for h in df["phash"])
+
+
+def test_split_of_a_filter_manifest_uses_the_stored_signals(sample_manifests, tmp_path):
+    """`split` on filter's manifests clusters the stored descriptors: no decoding, no encoder."""
+    from ifmdm_data.split import run_split
+
+    def boom(frame):
+        raise AssertionError("split decoded a segment although the manifest has its signals")
+
+    s = run_split([sample_manifests[0]], tmp_path / "sp", test_fraction=0.2, encoder=boom)
+    assert s["identities"] == 1 and s["annotate_s_per_segment"] is None
+
+
+def test_identity_config_is_validated():
+    from ifmdm_data.config import config_from_dict
+    from ifmdm_data.errors import ConfigError
+
+    for bad in ({"threshold": 0}, {"threshold": 3.0}, {"frames": 0}, {"max_phash_distance": 70}, {"enabled": 1}):
+        with pytest.raises(ConfigError, match="identity"):
+            config_from_dict({"identity": bad})

@@ -93,3 +93,103 @@ def test_sintel_scene_cuts_and_no_talking_face(media_run):
         assert (abs(cuts - t) < 0.25).any(), (t, cuts)
     assert not r["accepted"].any()
     assert all("no_audio" in list(x) for x in r["stage2_reasons"])
+
+
+# --- identity and near-duplicates (issue 15: filter's identify step) -------------------------
+
+PEOPLE = ["aoc_talking.mp4", "man_halfbody_talking_hevc.mp4", "woman_quiet_talking.mp4",
+          "woman_fullbody_smallface_hevc.mp4", "woman_faces_music_34s.mp4", "man_talking_2s.mp4"]
+
+
+def test_each_talking_person_gets_an_identity_of_their_own(media_run):
+    """Six people (dlib distances 0.62-0.97 between them): six identity_ids; the two segments of
+    one file (same person) share theirs. Every face segment has a 128-d mean descriptor of 4
+    sampled frames, a small spread and no 'mixed' flag."""
+    df = media_run[0]
+    ids = {f: set(rows(df, f)["identity_id"]) for f in PEOPLE}
+    assert all(len(v) == 1 and min(v) >= 0 for v in ids.values()), ids
+    assert len({min(v) for v in ids.values()}) == len(PEOPLE), ids
+    faces = df[df["file"].isin(PEOPLE)]
+    assert all(len(d) == 128 for d in faces["face_descriptor"])
+    assert (faces["identity_faces"] == 4).all() and (faces["identity_spread"] < 0.3).all()
+    assert not faces["identity_mixed"].any()
+    # different footage: no two of these files share a near-duplicate group
+    groups = {f: set(rows(df, f)["dup_group"]) for f in PEOPLE}
+    assert len(set().union(*groups.values())) == sum(len(g) for g in groups.values())
+
+
+def test_sintel_without_people_has_no_identity_but_hashes(media_run):
+    """Segments where dlib finds no face: identity -1, yet pHashes (dup groups) are there (flat
+    frames of fades carry none); no audio stream: no fingerprint."""
+    s = rows(media_run[0], "sintel_cuts_noaudio.mp4")
+    assert (s["identity_faces"] == 0).any() and (s.loc[s["identity_faces"] == 0, "identity_id"] == -1).all()
+    assert (s["phash"].map(len) > 0).sum() >= len(s) // 2
+    assert all(len(a) == 0 for a in s["audio_fingerprint"])
+
+
+@pytest.fixture(scope="module")
+def copies(tmp_path_factory):
+    """A re-encoded, 0.5x rescaled copy of aoc_talking.mp4 trimmed by 1.3 s (same pictures,
+    same audio), and woman_static_ambient.mp4's pictures with aoc_talking.mp4's audio (other
+    pictures, same audio: a re-upload with another video track)."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("ffmpeg"):
+        pytest.skip("ffmpeg not installed")
+    d = tmp_path_factory.mktemp("copies")
+    aoc, amb = MEDIA / "video" / "aoc_talking.mp4", MEDIA / "video" / "woman_static_ambient.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-ss", "1.3", "-i", str(aoc), "-vf", "scale=iw/2:ih/2",
+                    "-c:v", "libx264", "-crf", "30", "-c:a", "libmp3lame", "-b:a", "64k", str(d / "copy.mp4")],
+                   check=True)
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(amb), "-i", str(aoc), "-map", "0:v", "-map", "1:a",
+                    "-t", "8", "-c:v", "libx264", "-crf", "30", "-c:a", "aac", str(d / "dubbed.mp4")], check=True)
+    return d / "copy.mp4", d / "dubbed.mp4"
+
+
+def _with(df, path, sig):
+    row = {"segment_id": f"zz_{Path(path).stem}", "path": str(path), "file": Path(path).name, **sig}
+    return pd.concat([df, pd.DataFrame([row])], ignore_index=True)
+
+
+def test_a_copy_and_a_redub_join_the_original_s_duplicate_group(media_run, copies):
+    """The per-segment signals of filter (identify.segment_signals) for the two copies, clustered
+    with the media run's segments (identify.collection_ids): the rescaled, re-encoded, trimmed
+    copy is aoc's person and duplicate group (pictures and audio); the redub has the ambient
+    clip's person but joins aoc's duplicate group through its audio fingerprint alone, and only
+    with audio fingerprints on."""
+    pytest.importorskip("dlib")
+    from ifmdm_data.identify import collection_ids, identifier
+    from ifmdm_data.config import IdentityConfig
+
+    ident = identifier(IdentityConfig())
+    df = media_run[0]
+    copy, dubbed = copies
+    df = _with(df, copy, ident(str(copy), 0.0, 6.0))
+    df = _with(df, dubbed, ident(str(dubbed), 0.0, 8.0))
+    ids, groups = collection_ids(df)
+    at = {f: i for i, f in enumerate(df["file"])}
+    a, c, b, amb = at["aoc_talking.mp4"], at["copy.mp4"], at["dubbed.mp4"], at["woman_static_ambient.mp4"]
+    assert ids[c] == ids[a] >= 0 and groups[c] == groups[a]
+    assert ids[b] == ids[amb] != ids[a]
+    assert groups[b] == groups[a]
+    _, no_audio = collection_ids(df, audio=False)
+    assert no_audio[c] == no_audio[a] and no_audio[b] != no_audio[a]
+
+
+def test_decide_reclusters_identities_at_a_new_threshold(media_run, tmp_path):
+    """`ifmdm-data decide` with another identity.threshold re-clusters from the stored
+    descriptors (no decoding): at 0.25 the two segments of one file still share a person
+    (0.21 apart), at 0.1 they do not."""
+    import shutil
+
+    from ifmdm_data.config import config_from_dict
+    from ifmdm_data.manifest import redecide
+
+    shutil.copy(media_run[2] / "clips.parquet", tmp_path / "clips.parquet")
+    got = {}
+    for t in (0.25, 0.1):
+        redecide(tmp_path, config_from_dict({"identity": {"threshold": t}}))
+        d = pd.read_parquet(tmp_path / "clips.parquet")
+        got[t] = d.loc[d["path"].str.endswith("man_halfbody_talking_hevc.mp4"), "identity_id"].nunique()
+    assert got == {0.25: 1, 0.1: 2}
