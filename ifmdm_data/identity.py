@@ -110,26 +110,28 @@ def cluster_identities(descriptors: Sequence[Optional[np.ndarray]], threshold: f
     """
     ids = np.full(len(descriptors), -1, np.int64)
     cap = 64
-    sums = np.zeros((cap, DIM), np.float64)
+    cent = np.zeros((cap, DIM), np.float32)       # running means; |c|^2 kept for the distance
+    sq = np.zeros(cap, np.float32)
     counts = np.zeros(cap, np.int64)
     k = 0
     for i, d in enumerate(descriptors):
         if d is None:
             continue
-        d = np.asarray(d, np.float64)
+        d = np.asarray(d, np.float32).reshape(DIM)
         if k:
-            cent = sums[:k] / counts[:k, None]
-            dist = np.linalg.norm(cent - d, axis=1)
-            j = int(dist.argmin())
-            if dist[j] < threshold:
+            d2 = sq[:k] - 2.0 * (cent[:k] @ d) + float(d @ d)   # (K,) squared distances: one BLAS matvec
+            j = int(d2.argmin())
+            if np.sqrt(max(float(d2[j]), 0.0)) < threshold:
                 ids[i] = j
-                sums[j] += d
                 counts[j] += 1
+                cent[j] += (d - cent[j]) / counts[j]
+                sq[j] = float(cent[j] @ cent[j])
                 continue
         if k == cap:
             cap *= 2
-            sums = np.resize(sums, (cap, DIM))
-            counts = np.resize(counts, cap)
-        sums[k], counts[k], ids[i] = d, 1, k
+            cent = np.concatenate([cent, np.zeros_like(cent)])
+            sq = np.concatenate([sq, np.zeros_like(sq)])
+            counts = np.concatenate([counts, np.zeros_like(counts)])
+        cent[k], sq[k], counts[k], ids[i] = d, float(d @ d), 1, k
         k += 1
     return ids
