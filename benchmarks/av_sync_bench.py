@@ -1,20 +1,23 @@
-"""ROC of the built-in (landmark) AV-sync score of `ifmdm-data filter` (run by hand, not a test).
+"""ROC of the built-in AV-sync score of `ifmdm-data filter` (run by hand, not a test).
 
     .venv/bin/python benchmarks/av_sync_bench.py [--media ../shared/media] [--clips a.mp4,b.mp4]
                                                  [--max-seconds 10] [--no-wav] [--config FILE]
+                                                 [--landmarks-only]
 
 Issue 11 ("AV sync without SyncNet weights is weak"). The score measured is exactly the one
-`filter` computes without `--syncnet`: `audio.av_sync(mouth_open, audio.envelope(wav, ...),
-cfg.analysis.fps, cfg.audio.max_lag_s)` -> av_corr (best Pearson correlation of the detrended
-mouth-opening track and the band-passed log-RMS speech envelope over integer-frame lags within
-+-max_lag_s) and av_lag_s; the decision is `decide.av_out_of_sync` with the config's
-`decide.min_av_corr` / `decide.max_av_lag_s` (no SyncNet confidence, so the landmark rule).
+`filter` computes without `--syncnet`: `analyse.av_score` -> av_corr, av_lag_s: the lip motion
+of every decoded frame (`signals.DenseMouth`) correlated with the speech envelope on a 25 Hz
+grid (`audio.motion_sync`), blended with the landmark mouth-opening correlation at the
+analysis fps (`audio.av_sync`); `--landmarks-only` (`analysis.dense_mouth: false`) measures
+the landmark score alone, the score before. The decision is `decide.av_out_of_sync` with the
+config's `decide.min_av_corr` / `decide.max_av_lag_s` (no SyncNet confidence, so the landmark
+rule).
 
 Design: `analyse.analyse_unit` runs ONCE per talking clip (default models, one unit covering
 [0, min(duration, --max-seconds)), no speech detector, no SyncNet) and its per-frame tracks
-(`t`, `mouth_open`) are kept. Then, for every (clip, audio) pair, the audio window is built and
-scored the way `analyse._audio_stats` does it (`audio.load_audio` at the config's sample rate,
-`envelope` at the track times, `av_sync`):
+(`t`, `mouth_open`, and the lip motion `motion_t`, `mouth_motion`) are kept. Then, for every
+(clip, audio) pair, the audio window is built and scored the way `analyse._audio_stats` does
+it (`audio.load_audio` at the config's sample rate, then `analyse.av_score`):
 - positive: the clip's own audio over the segment's [start_s, end_s) (the pipeline's own path;
   the bench checks it reproduces the row's av_corr);
 - negative: every OTHER talking clip's audio and (unless --no-wav) every speech wav in
@@ -107,14 +110,14 @@ def analyse_clip(path: Path, cfg, models, max_s: float) -> list[dict]:
         r, tr = s["row"], s["tracks"]
         out.append(dict(clip=path.name, path=str(path), start_s=float(r["start_s"]), end_s=float(r["end_s"]),
                         t=np.asarray(tr["t"], np.float64), mouth=np.asarray(tr["mouth_open"], np.float64),
+                        dense=(tr["motion_t"], tr["mouth_motion"]) if cfg.analysis.dense_mouth else None,
                         row_corr=float(r.get("av_corr", float("nan"))), duration=dur))
     return out
 
 
 def score(seg: dict, wav: np.ndarray, cfg) -> dict:
-    """The filter's score of a segment's mouth track against `wav` (starting at seg start_s)."""
-    env = audio.envelope(wav, cfg.audio.sample_rate, seg["t"] - seg["start_s"])
-    return audio.av_sync(seg["mouth"], env, cfg.analysis.fps, cfg.audio.max_lag_s)
+    """The filter's score of a segment's mouth tracks against `wav` (starting at seg start_s)."""
+    return analyse.av_score(seg["t"], seg["mouth"], seg["dense"], wav, seg["start_s"], seg["end_s"], cfg)
 
 
 def summary(df: pd.DataFrame, d, clip_names: tuple, title: str) -> None:
@@ -142,10 +145,14 @@ def main(argv=None) -> int:
     ap.add_argument("--max-seconds", type=float, default=10.0, help="analyse at most this much of each clip")
     ap.add_argument("--no-wav", action="store_true", help="do not use MEDIA/audio/*.wav as extra negatives")
     ap.add_argument("--config", default=None, help="filter config (default: the shipped defaults)")
+    ap.add_argument("--landmarks-only", action="store_true",
+                    help="the old score: landmark mouth opening at the analysis fps (analysis.dense_mouth off)")
     args = ap.parse_args(argv)
 
     media = Path(args.media)
     cfg = load_config(args.config)
+    if args.landmarks_only:
+        cfg.analysis.dense_mouth = False
     sr = cfg.audio.sample_rate
     d = cfg.decide
     clips = [media / "video" / c.strip() for c in args.clips.split(",") if c.strip()]
@@ -193,7 +200,9 @@ def main(argv=None) -> int:
 
     pd.set_option("display.width", 200)
     pd.set_option("display.max_rows", 500)
-    print(f"\nscore: audio.av_sync (analysis fps {cfg.analysis.fps}, lags within +-{cfg.audio.max_lag_s} s);"
+    what = (f"audio.motion_sync (lip motion of every decoded frame at {audio.MOTION_RATE_HZ} Hz)"
+            if cfg.analysis.dense_mouth else f"audio.av_sync (landmark mouth opening at {cfg.analysis.fps} fps)")
+    print(f"\nscore: {what}, lags within +-{cfg.audio.max_lag_s} s;"
           f" rule: av_corr < {d.min_av_corr} or |av_lag_s| > {d.max_av_lag_s} -> out of sync")
     print(df.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
 

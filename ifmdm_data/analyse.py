@@ -40,6 +40,7 @@ class _Accumulator:
     oof: list = field(default_factory=list)
     prev_crop: Optional[np.ndarray] = None
     sync: Optional[tuple] = None                      # SyncNet windows: (crops, times) or None
+    dense: Optional[tuple] = None                     # lip motion of every decoded frame: (t, energy)
 
 
 def _nan_stat(fn, x) -> float:
@@ -90,6 +91,9 @@ def analyse_unit(unit: dict, cfg: FilterConfig, models: FaceModels, speech=None,
     collector = _sync_collector(cfg, probe) if syncnet is not None else None
     if collector is not None:
         collector.start(unit["start_s"])
+    # lip motion at the video's own rate for the AV-sync score (issue 11)
+    dense = sig.DenseMouth(scheme, a.lip_crop_px, size, probe.get("rotation", 0)) if a.dense_mouth else None
+    dense_closed: list = []
 
     def on_decoded(t, frame):
         if cuts is not None and cuts.feed(frame_histogram(frame), t)[0]:
@@ -97,8 +101,12 @@ def analyse_unit(unit: dict, cfg: FilterConfig, models: FaceModels, speech=None,
             if collector is not None:
                 sync_closed[:] = [collector.close()]
                 collector.start(t)
+            if dense is not None:
+                dense_closed[:] = [dense.close()]
         if collector is not None:
             collector.feed(t, frame)
+        if dense is not None:
+            dense.feed(t, frame)
     cam = sig.CameraMotion()
     models.landmarks.reset()
 
@@ -111,10 +119,12 @@ def analyse_unit(unit: dict, cfg: FilterConfig, models: FaceModels, speech=None,
     skip = bool(a.skip_nonref) and collector is None and float(probe.get("fps") or 0) >= 1.9 * a.fps
     for t, rgb in iter_frames(unit["path"], unit["start_s"], unit["end_s"], a.fps, size,
                               probe.get("rotation", 0), skip_nonref=skip,
-                              on_decoded=on_decoded if cuts is not None or collector is not None else None):
+                              on_decoded=on_decoded if cuts is not None or collector is not None
+                              or dense is not None else None):
         if cut_at:
             if acc.t:
                 acc.sync = sync_closed[0] if sync_closed else None
+                acc.dense = dense_closed[0] if dense_closed else None
                 segments.append(acc)
                 acc = _Accumulator(start_s=cut_at[0], cut_before=True)
                 models.landmarks.reset()
@@ -123,11 +133,13 @@ def analyse_unit(unit: dict, cfg: FilterConfig, models: FaceModels, speech=None,
                 k = 0
             cut_at.clear()
             sync_closed.clear()
+            dense_closed.clear()
         gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
         n_faces, det_h = -1, np.nan
         if k % det_every == 0:
-            # full frame, then 2x2 tiles when it finds no face or only small ones (issue 11)
-            faces = detect_faces(models.detector, rgb)
+            # full frame, then 2x2 tiles when it finds no face or only small ones (issue 11;
+            # analysis.second_pass / second_pass_small_frac / tile_frac)
+            faces = detect_faces(models.detector, rgb, a.second_pass, a.second_pass_small_frac, a.tile_frac)
             n_faces = int(len(faces))
             if n_faces:
                 det_h = float((faces[:, 3] - faces[:, 1]).max())
@@ -150,6 +162,8 @@ def analyse_unit(unit: dict, cfg: FilterConfig, models: FaceModels, speech=None,
             acc.lip_energy.append(sig.crop_energy(acc.prev_crop, crop))
             acc.prev_crop = crop
             acc.eye.append(sig.eye_openness(lm, scheme))
+            if dense is not None:
+                dense.set_landmarks(lm)
             if collector is not None:       # the box of all landmarks, as ifmdm-eval's LSE crops
                 lo, hi = lm[:, :2].min(0) * to_src, lm[:, :2].max(0) * to_src
                 collector.set_box(*((lo + hi) / 2), max(hi - lo) / 2)
@@ -161,9 +175,12 @@ def analyse_unit(unit: dict, cfg: FilterConfig, models: FaceModels, speech=None,
             acc.lip_energy.append(np.nan)
             acc.prev_crop = None
             acc.eye.append(np.nan)
+            if dense is not None:
+                dense.set_landmarks(None)
         k += 1
     if acc.t or not segments:
         acc.sync = collector.close() if collector is not None else None
+        acc.dense = dense.close() if dense is not None else None
         segments.append(acc)
     if not segments[0].t:
         raise ClipError(Reason.TOO_FEW_FRAMES, "no frame decoded in the segment range")
@@ -245,23 +262,27 @@ def _summarise(s: _Accumulator, end_s: float, unit: dict, cfg: FilterConfig, sch
         "lip_energy": _nan_stat(np.mean, lip_e),
         "eye_open_mean": _nan_stat(np.mean, s.eye),
     })
-    row.update(_audio_stats(unit, s.start_s, end_s, t, mouth, cfg, speech, syncnet, s.sync))
+    row.update(_audio_stats(unit, s.start_s, end_s, t, mouth, cfg, speech, syncnet, s.sync, s.dense))
     tracks = {
         "t": t, "n_faces": det.astype(np.int16),
         "box": boxes * to_src, "landmarks": lms * to_src, "pose": pose,
         "mouth_open": mouth, "eye_open": np.asarray(s.eye, np.float32),
         "lip_energy": lip_e, "head_displacement": disp, "head_speed": speed, "camera_motion": cam,
         "sharpness": np.asarray(s.sharp, np.float32),
+        # lip motion of every decoded frame (AV sync; not written to the tracks file)
+        "motion_t": s.dense[0] if s.dense is not None else np.zeros(0),
+        "mouth_motion": s.dense[1] if s.dense is not None else np.zeros(0),
     }
     return {"row": row, "tracks": tracks}
 
 
 def _audio_stats(unit, start_s, end_s, t, mouth, cfg: FilterConfig, speech, syncnet=None,
-                 sync=None) -> dict:
+                 sync=None, dense=None) -> dict:
     """Speech presence, loudness, audio coverage (fraction of [start_s, end_s) with decoded
-    audio, not padding) and audio-visual agreement (landmark correlation, and SyncNet
-    scores of the segment's windows `sync` = (crops, times) when `syncnet` is given);
-    `audio_error` holds a stage-2 reason."""
+    audio, not padding) and audio-visual agreement: `av_score` (the lip motion of every
+    decoded frame `dense` = (times, energy) from `signals.DenseMouth`, and the landmark mouth
+    opening, against the speech envelope), and SyncNet scores of the segment's windows
+    `sync` = (crops, times) when `syncnet` is given; `audio_error` holds a stage-2 reason."""
     from . import audio as au
     from .syncnet import SYNC_NONE
 
@@ -280,13 +301,37 @@ def _audio_stats(unit, start_s, end_s, t, mouth, cfg: FilterConfig, speech, sync
     out["loudness_db"] = au.loudness_dbfs(wav)
     if speech is not None:
         out["speech_ratio"] = speech.speech_ratio(wav, sr)
-    env = au.envelope(wav, sr, t - start_s)
-    out.update(au.av_sync(mouth, env, cfg.analysis.fps, cfg.audio.max_lag_s))
+    out.update(av_score(t, mouth, dense, wav, start_s, end_s, cfg))
     if syncnet is not None and sync is not None and len(sync[0]):
         from .syncnet import SYNCNET_PY_FPS, sync_scores
         crops, times = sync
         starts = np.round((times - start_s) * SYNCNET_PY_FPS).astype(np.int64)   # 25 fps frames
         out.update(sync_scores(syncnet, crops, starts, wav))
+    return out
+
+
+def av_score(t, mouth, dense, wav, start_s, end_s, cfg: FilterConfig) -> dict:
+    """The built-in AV-sync score of a segment (see `_audio_stats`): {'av_corr', 'av_lag_s',
+    'av_corr_zero'}. `wav` starts at start_s; `t`, `mouth`: the analysed frames' times and
+    mouth opening; `dense`: (times, lip-motion energy) of every decoded frame, or None.
+    With `dense`: av_corr = (1 - w) * lip-motion score (`audio.motion_sync`) + w * landmark
+    score (`audio.av_sync` at the analysis fps), w = `audio.AV_LANDMARK_WEIGHT` (the
+    lip-motion score alone when the landmark one is NaN; NaN when the lip-motion one is),
+    av_lag_s the lip-motion score's. Without `dense` (`analysis.dense_mouth` off, or a pixel
+    format without a luma plane): the landmark score."""
+    from . import audio as au
+
+    env = au.envelope(wav, cfg.audio.sample_rate, np.asarray(t, np.float64) - start_s)
+    lm = au.av_sync(mouth, env, cfg.analysis.fps, cfg.audio.max_lag_s)
+    if dense is None or len(dense[0]) < 2:
+        return lm
+    mo = au.motion_sync(dense[0], dense[1], wav, cfg.audio.sample_rate, start_s, end_s,
+                        cfg.audio.max_lag_s)
+    w = au.AV_LANDMARK_WEIGHT
+    out = dict(mo)                     # the lag is the lip-motion score's (25 Hz steps)
+    for k in ("av_corr", "av_corr_zero"):
+        if np.isfinite(mo[k]) and np.isfinite(lm[k]):
+            out[k] = float((1 - w) * mo[k] + w * lm[k])
     return out
 
 

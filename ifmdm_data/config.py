@@ -38,9 +38,13 @@ class AnalysisConfig:
     skip_nonref: bool = True          # sources >= 1.9x fps: decode reference frames only
     max_side: int = 640               # frames are downscaled so their long side is at most this
     detect_fps: float = 1.25          # face counting (full-range detector) rate
+    second_pass: bool = True          # detector again on 2x2 tiles when it finds no face or only small ones
+    second_pass_small_frac: float = 0.25  # "small": box height under this fraction of the frame's short side
+    tile_frac: float = 0.6            # each tile's width and height, fraction of the frame's, in [0.5, 1)
     segmentation_fps: float = 1.25    # person segmentation rate
     min_detection_confidence: float = 0.5
     lip_crop_px: int = 32             # pose-normalised mouth crop used for lip motion energy
+    dense_mouth: bool = True          # AV sync: mouth crops on every decoded frame, not only analysed ones
     face_crop_px: int = 128           # face crop used for sharpness
 
 
@@ -64,7 +68,7 @@ class DecideConfig:
     lip_motion_min: Threshold = 0.02       # lips move: std of mouth opening, face sizes
     min_speech_ratio: float = 0.3          # stage 2: fraction of the segment with speech
     min_audio_coverage: float = 0.95       # stage 2: fraction of the segment covered by decoded audio
-    min_av_corr: float = 0.1               # stage 2: mouth / speech-envelope correlation
+    min_av_corr: float = 0.25              # stage 2: lip-motion / speech-envelope correlation (benchmarks/av_sync_bench.py)
     max_av_lag_s: float = 0.4              # stage 2: |best lag| above this is out of sync
     min_sync_conf: float = 3.0             # stage 2 (--syncnet): SyncNet confidence (LSE-C) at least this
     max_sync_offset_frames: int = 3        # stage 2 (--syncnet): |SyncNet AV offset| at most this (25 fps frames)
@@ -156,6 +160,12 @@ def config_from_dict(data: Any, source: str = "<dict>") -> FilterConfig:
                           f"got {cfg.analysis.backend!r}")
     if cfg.analysis.fps <= 0 or cfg.analysis.detect_fps <= 0 or cfg.analysis.segmentation_fps <= 0:
         raise ConfigError(f"{source}: analysis rates (fps, detect_fps, segmentation_fps) must be > 0")
+    if not 0.0 <= cfg.analysis.second_pass_small_frac <= 1.0:
+        raise ConfigError(f"{source}: 'analysis.second_pass_small_frac' must be in [0, 1], "
+                          f"got {cfg.analysis.second_pass_small_frac!r}")
+    if not 0.5 <= cfg.analysis.tile_frac < 1.0:
+        raise ConfigError(f"{source}: 'analysis.tile_frac' must be in [0.5, 1) (2x2 tiles that cover "
+                          f"the frame), got {cfg.analysis.tile_frac!r}")
     if cfg.audio.sync_every_s <= 0:
         raise ConfigError(f"{source}: 'audio.sync_every_s' must be > 0")
     if cfg.identity.frames < 1 or cfg.identity.face_every < 1 or cfg.identity.max_side < 64:

@@ -116,6 +116,13 @@ def eye_openness(lm: np.ndarray, scheme: LandmarkScheme) -> float:
 def mouth_crop(gray: np.ndarray, lm: np.ndarray, scheme: LandmarkScheme, px: int) -> np.ndarray:
     """A (px, px) grayscale crop of the mouth, rotated upright and scaled by face size, so
     that crops of consecutive frames differ by lip motion and not by head motion."""
+    return cv2.warpAffine(gray, mouth_crop_matrix(lm, scheme, px), (px, px), flags=cv2.INTER_AREA,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
+def mouth_crop_matrix(lm: np.ndarray, scheme: LandmarkScheme, px: int) -> np.ndarray:
+    """The (2, 3) affine map from image pixels to the (px, px) upright mouth crop of
+    `mouth_crop` (side 0.9 inter-ocular distances, centred on the lips)."""
     a, b = scheme.eye_outer
     eye_vec = lm[b, :2] - lm[a, :2]
     ang = np.arctan2(eye_vec[1], eye_vec[0])
@@ -126,7 +133,7 @@ def mouth_crop(gray: np.ndarray, lm: np.ndarray, scheme: LandmarkScheme, px: int
     c, s = np.cos(-ang) * scale, np.sin(-ang) * scale
     m = np.array([[c, -s, 0.0], [s, c, 0.0]], np.float32)
     m[:, 2] = np.array([px / 2, px / 2]) - m[:, :2] @ centre
-    return cv2.warpAffine(gray, m, (px, px), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
+    return m
 
 
 def crop_energy(prev: Optional[np.ndarray], cur: np.ndarray) -> float:
@@ -136,6 +143,117 @@ def crop_energy(prev: Optional[np.ndarray], cur: np.ndarray) -> float:
     a = prev.astype(np.float32) - prev.mean()
     b = cur.astype(np.float32) - cur.mean()
     return float(np.mean(np.abs(a - b)) / 255.0)
+
+
+def luma_plane(frame) -> Optional[np.ndarray]:
+    """A zero-copy (H, W) view of the luma plane of a decoded PyAV frame (8-bit: uint8,
+    9-16-bit little-endian: uint16), or None for packed / RGB formats."""
+    fmt = frame.format
+    name = fmt.name
+    if not (name.startswith(("yuv", "yuvj", "nv", "gray")) and not name.endswith("be")):
+        return None
+    comps = fmt.components
+    if not comps or comps[0].plane != 0:
+        return None
+    p = frame.planes[0]
+    dt = np.uint8 if comps[0].bits <= 8 else np.uint16
+    w, h = frame.width, frame.height
+    arr = np.frombuffer(p, dt)
+    stride = p.line_size // arr.itemsize
+    if arr.size < stride * h or stride < w:
+        return None
+    return arr[:stride * h].reshape(h, stride)[:, :w]
+
+
+class DenseMouth:
+    """Lip motion on EVERY decoded frame, not only the analysed ones (issue 11: sampled at the
+    6.25 fps analysis rate, the 4-5 Hz syllable rhythm is aliased and the AV-sync score is
+    near chance).
+
+    `set_landmarks(lm)` (after each analysed frame; None when the mesh found no face) sets the
+    crop transform from those landmarks (analysis-frame pixels, rotated display geometry),
+    mapped to the decoded frame's pixels. `feed(t, frame)` warps a (px, px) upright mouth crop
+    (`mouth_crop_matrix`) straight out of the decoded frame's luma plane with the latest
+    transform (held between analysed frames) and records the motion energy: the mean absolute
+    difference to the previous decoded frame's crop (both brightness-centred, in [0, 1]) per
+    second. Right after a transform update the frame is warped once more with the previous
+    transform for the difference, so a box update is not counted as lip motion. Cost: one
+    `cv2.warpAffine` of px*px pixels a frame, two after an analysed frame (~0.1 ms a frame in
+    all). Frames before the first face, after a frame without one, or whose pixel format has
+    no luma plane get no value.
+    """
+
+    def __init__(self, scheme: LandmarkScheme, px: int, analysis_size: Tuple[int, int],
+                 rotation: int = 0):
+        self.scheme = scheme
+        self.px = int(px)
+        self.aw, self.ah = analysis_size          # (w, h) of the analysed (rotated) frames
+        self.rotation = int(rotation or 0) % 360
+        self._lm: Optional[np.ndarray] = None     # landmarks in rotated analysis pixels
+        self._m: Optional[np.ndarray] = None
+        self._m_for: Tuple[int, int] = (0, 0)     # decoded size the matrix was built for
+        self._prev = None                         # (t, crop, matrix, luma shape) of the previous frame
+        self._bits = 8                            # luma bit depth of the frames being fed
+        self.t: list = []
+        self.energy: list = []
+
+    def set_landmarks(self, lm: Optional[np.ndarray]) -> None:
+        self._lm = None if lm is None else np.asarray(lm[:, :2], np.float64)
+        self._m = None
+        if lm is None:
+            self._prev = None
+
+    def _to_decoded(self, pts: np.ndarray, w: int, h: int) -> np.ndarray:
+        """Rotated analysis pixels -> pixels of the unrotated decoded (w, h) frame (the inverse
+        of `video.iter_frames`' np.rot90(k=-rotation // 90) and scaling)."""
+        x, y = pts[:, 0], pts[:, 1]
+        r = self.rotation
+        if r == 90:       # analysis = decoded turned clockwise: x' = h - y, y' = x
+            ux, uy, uw, uh = y, self.aw - x, self.ah, self.aw
+        elif r == 180:
+            ux, uy, uw, uh = self.aw - x, self.ah - y, self.aw, self.ah
+        elif r == 270:    # counter-clockwise: x' = y, y' = w - x
+            ux, uy, uw, uh = self.ah - y, x, self.ah, self.aw
+        else:
+            ux, uy, uw, uh = x, y, self.aw, self.ah
+        return np.stack([ux * (w / uw), uy * (h / uh)], 1)
+
+    def _crop(self, y: np.ndarray, m: np.ndarray) -> np.ndarray:
+        c = cv2.warpAffine(y, m, (self.px, self.px), flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+        if y.dtype != np.uint8:                   # > 8-bit luma: to the 8-bit scale
+            c *= 255.0 / float(np.iinfo(y.dtype).max if self._bits >= 16 else (1 << self._bits) - 1)
+        return c - c.mean()
+
+    def feed(self, t: float, frame) -> None:
+        if self._lm is None:
+            return
+        y = luma_plane(frame)
+        if y is None:
+            self._prev = None
+            return
+        self._bits = int(frame.format.components[0].bits)
+        h, w = y.shape
+        if self._m is None or self._m_for != (w, h):
+            full = np.zeros((len(self._lm), 3), np.float64)
+            full[:, :2] = self._to_decoded(self._lm, w, h)
+            self._m = mouth_crop_matrix(full, self.scheme, self.px)
+            self._m_for = (w, h)
+        crop = self._crop(y, self._m)
+        prev = self._prev
+        if prev is not None and t > prev[0] and prev[3] == y.shape:
+            # the box was updated since the previous frame: this frame again with the old box
+            d = crop - prev[1] if prev[2] is self._m else self._crop(y, prev[2]) - prev[1]
+            self.t.append(float(t))
+            self.energy.append(float(np.mean(np.abs(d))) / 255.0 / (t - prev[0]))
+        self._prev = (float(t), crop, self._m, y.shape)
+
+    def close(self) -> Tuple[np.ndarray, np.ndarray]:
+        """(times (N,), motion energy (N,)) collected since the last close; starts anew."""
+        out = np.asarray(self.t, np.float64), np.asarray(self.energy, np.float64)
+        self.t, self.energy = [], []
+        self._lm, self._m, self._prev = None, None, None
+        return out
 
 
 # ---------------------------------------------------------------------------------------------

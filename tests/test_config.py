@@ -30,6 +30,10 @@ def test_partial_override_and_quantile(tmp_path):
     ("segment: [1, 2]\n", "segment"),
     ("analysis:\n  backend: dlib\n", "analysis.backend"),
     ("a: [\n", "not valid YAML"),
+    ("analysis:\n  tile_frac: 0.4\n", "analysis.tile_frac"),         # 2x2 tiles would leave a gap
+    ("analysis:\n  tile_frac: 1.0\n", "analysis.tile_frac"),         # a tile would be the frame
+    ("analysis:\n  second_pass_small_frac: 1.5\n", "analysis.second_pass_small_frac"),
+    ("analysis:\n  second_pass: 1\n", "analysis.second_pass"),
 ])
 def test_bad_config_names_key_and_file(tmp_path, text, needle):
     p = tmp_path / "bad.yaml"
@@ -37,6 +41,19 @@ def test_bad_config_names_key_and_file(tmp_path, text, needle):
     with pytest.raises(ConfigError) as e:
         load_config(p)
     assert needle in str(e.value) and "bad.yaml" in str(e.value)
+
+
+def test_second_pass_settings_default_to_the_detector_constants(tmp_path):
+    """The small-face second pass (issue 11) reads its settings from the filter config; the
+    defaults are the backends' constants, and a user file overrides them."""
+    from ifmdm_data.backends.base import SECOND_PASS_SMALL_FRAC, TILE_FRAC
+
+    a = load_config().analysis
+    assert (a.second_pass, a.second_pass_small_frac, a.tile_frac) == (True, SECOND_PASS_SMALL_FRAC, TILE_FRAC)
+    p = tmp_path / "c.yaml"
+    p.write_text("analysis:\n  tile_frac: 0.75\n  second_pass_small_frac: 0.1\n  second_pass: false\n")
+    a = load_config(p).analysis
+    assert (a.second_pass, a.second_pass_small_frac, a.tile_frac) == (False, 0.1, 0.75)
 
 
 def test_missing_config_file(tmp_path):

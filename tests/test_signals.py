@@ -116,3 +116,89 @@ def test_scene_cut_min_gap_in_seconds():
            (0.4, c), (0.5, a)]
     cuts = [t for t, h in seq if det.feed(h, t)[0]]
     assert cuts == [0.08, 0.5]     # 0.2 is within 0.25 s of the cut at 0.08
+
+
+# ---- lip motion of every decoded frame (issue 11, AV sync): signals.DenseMouth
+
+def _mouth_lm(cx, cy, iod=40.0):
+    """mp478 landmarks with the eyes `iod` apart and the lips centred on (cx, cy)."""
+    lm = np.zeros((478, 3), np.float32)
+    lm[:, :2] = [cx, cy]
+    lm[MP.eye_outer[0], :2] = [cx - iod / 2, cy - 0.8 * iod]
+    lm[MP.eye_outer[1], :2] = [cx + iod / 2, cy - 0.8 * iod]
+    return lm
+
+
+def _yuv_frame(gray):
+    import av
+
+    h, w = gray.shape
+    i420 = np.concatenate([gray.ravel(), np.full(h * w // 2, 128, np.uint8)]).reshape(h * 3 // 2, w)
+    return av.VideoFrame.from_ndarray(i420, format="yuv420p")
+
+
+@pytest.mark.parametrize("rotation", [0, 90, 180, 270])
+def test_dense_mouth_maps_analysis_points_to_the_decoded_frame(rotation):
+    """A point of the analysed (rotated as video.iter_frames does, then scaled) picture maps
+    back to the same pixel of the decoded, unrotated frame."""
+    w, h, x, y = 64, 48, 10, 30
+    img = np.zeros((h, w), np.uint8)
+    img[y, x] = 255
+    rot = np.rot90(img, k=-rotation // 90)
+    ys, xs = np.nonzero(rot)
+    ah, aw = rot.shape[0] // 2, rot.shape[1] // 2                 # analysis at half size
+    dm = sig.DenseMouth(MP, 16, (aw, ah), rotation)
+    got = dm._to_decoded(np.array([[(xs[0] + 0.5) / 2, (ys[0] + 0.5) / 2]]), w, h)[0]
+    np.testing.assert_allclose(got, [x + 0.5, y + 0.5], atol=1e-6)
+
+
+def test_dense_mouth_motion_energy():
+    """Energy on every fed frame: ~0 for a still picture even when the mouth box is updated
+    between frames (the update is not lip motion), clearly > 0 when the mouth region changes;
+    nothing before the first landmarks or after a frame without a face."""
+    rng = np.random.default_rng(0)
+    still = (rng.random((120, 160)) * 255).astype(np.uint8)
+    still = np.ascontiguousarray(np.repeat(np.repeat(still[::4, ::4], 4, 0), 4, 1))   # smooth-ish
+    dm = sig.DenseMouth(MP, 32, (160, 120))
+    dm.feed(0.0, _yuv_frame(still))                                # no landmarks yet: skipped
+    dm.set_landmarks(_mouth_lm(80, 70))
+    for i in range(1, 6):
+        if i == 3:
+            dm.set_landmarks(_mouth_lm(83, 72, 42))                  # box update, same picture
+        dm.feed(i * 0.04, _yuv_frame(still))
+    t, e = dm.close()
+    np.testing.assert_allclose(t, [0.08, 0.12, 0.16, 0.2])
+    assert np.all(e < 1e-3), e
+    dm.set_landmarks(_mouth_lm(80, 70))
+    moving = still.copy()
+    dm.feed(0.0, _yuv_frame(still))
+    moving[60:80, 60:100] = 255 - moving[60:80, 60:100]              # the mouth region changes
+    dm.feed(0.04, _yuv_frame(moving))
+    dm.set_landmarks(None)                                         # no face: the chain breaks
+    dm.feed(0.08, _yuv_frame(still))
+    t, e = dm.close()
+    assert t.tolist() == [0.04] and e[0] > 0.5
+
+
+def test_resample_track_grid_gaps_and_open_end():
+    from ifmdm_data.audio import resample_track
+
+    t = np.array([0.0, 0.1, 0.2, 0.8, 0.9])                        # a 0.6 s gap
+    g, x = resample_track(t, t * 10, 0.0, 1.0, 20.0, max_gap_s=0.25)
+    assert len(g) == 19 and g[1] == pytest.approx(0.05)           # ends after the last sample
+    np.testing.assert_allclose(x[:5], g[:5] * 10)                  # interpolated
+    assert np.isnan(x[5:16]).all() and np.isfinite(x[16:]).all()  # NaN inside the gap
+    g, x = resample_track(t, t, 0.0, float("inf"), 20.0)           # open end: up to the last sample
+    assert g[-1] == pytest.approx(0.9) and len(g) == 19
+    g, x = resample_track(t, t, 0.5, 0.6, 20.0)
+    assert len(g) == 2 and np.isnan(x).all()
+
+
+def test_luma_plane_views_the_y_plane_of_planar_formats():
+    gray = (np.arange(48 * 64) % 251).astype(np.uint8).reshape(48, 64)
+    f = _yuv_frame(gray)
+    np.testing.assert_array_equal(sig.luma_plane(f), gray)
+    assert sig.luma_plane(f.reformat(format="nv12")).tolist() == gray.tolist()
+    y10 = sig.luma_plane(f.reformat(format="yuv420p10le"))          # 10-bit: uint16, 4x the values
+    assert y10.dtype == np.uint16 and abs(int(y10[10, 10]) - 4 * int(gray[10, 10])) <= 4
+    assert sig.luma_plane(f.reformat(format="rgb24")) is None        # packed RGB: no luma plane

@@ -90,3 +90,45 @@ def test_normal_single_face_clip_still_counts_one(tmp_path, models):
     assert all(r["detected_face_fraction"] == 1.0 for r in rows)
     for r in reasons:
         assert "no_face" not in r and "multi_face" not in r, reasons
+
+
+class _Recording:
+    """A detector wrapper that records the (h, w) of every image it is given."""
+
+    def __init__(self, det):
+        self.det, self.shapes = det, []
+
+    def detect(self, rgb):
+        self.shapes.append(rgb.shape[:2])
+        return self.det.detect(rgb)
+
+
+@pytest.mark.parametrize("second_pass, tile_frac", [(True, 0.75), (False, 0.6)])
+def test_second_pass_tiles_come_from_the_config(tmp_path, models, second_pass, tile_frac):
+    """analysis.second_pass / tile_frac reach the detector: on two ~30 px faces the tiles are
+    tile_frac of the analysed frame, and with the second pass off only full frames are seen."""
+    import dataclasses
+
+    from ifmdm_data.analyse import analyse_unit
+    from ifmdm_data.backends.base import FaceModels
+    from ifmdm_data.config import FilterConfig
+    from ifmdm_data.probe import probe_file
+
+    two = tmp_path / "two.mp4"
+    _ffmpeg("-t", "1", "-i", str(A), "-t", "1", "-i", str(B), "-filter_complex",
+            f"{_half(0, 48)};{_half(1, 84)};[v0][v1]hstack,fps=25", "-an", str(two))
+    cfg = FilterConfig()
+    cfg.analysis = dataclasses.replace(cfg.analysis, second_pass=second_pass, tile_frac=tile_frac)
+    rec = _Recording(models.detector)
+    m = FaceModels(rec, models.landmarks, models.segmenter)
+    probe = probe_file(str(two))
+    unit = {"clip_id": "c", "path": str(two), "start_s": 0.0, "end_s": float(probe["duration_s"]),
+            "probe": probe}
+    analyse_unit(unit, cfg, m)
+    full = (360, 640)                                     # analysis size of the 640x360 clip
+    tiles = [s for s in rec.shapes if s != full]
+    assert full in rec.shapes
+    if second_pass:
+        assert tiles and set(tiles) == {(round(360 * tile_frac), round(640 * tile_frac))}
+    else:
+        assert not tiles

@@ -108,3 +108,69 @@ def test_infer_audio_has_no_leading_silence(shifted, tmp_path):
     ref, got = read_audio(tmp_path / "ffmpeg.wav"), read_audio(tmp_path / "off5.m4a")
     assert abs(len(got) - len(ref)) <= 0.040 * SR, (len(got), len(ref))
     assert _lag_samples(ref[:5 * SR], got[:5 * SR], max_lag=SR // 2) == pytest.approx(0, abs=0.020 * SR)
+
+
+# ---- smaller offsets (issue 11 A): a video stream starting at 33 ms, an MP3 encoder delay
+SUIT_V0 = 0.033008          # man_suit_static_talking.mp4: video at 0.033 s, audio at 0
+
+
+@pytest.fixture(scope="module")
+def suit(tmp_path_factory):
+    """man_suit_static_talking.mp4, its MP3-audio copy (video copied, audio re-encoded with
+    libmp3lame: an encoder delay), and the file's audio as ffmpeg decodes it to a wav (its
+    first sample at the audio stream's start, time 0 of the file's audio)."""
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg not found")
+    src = media("video", "man_suit_static_talking.mp4")
+    d = tmp_path_factory.mktemp("suit")
+    _ffmpeg("-i", src, "-c:v", "copy", "-c:a", "libmp3lame", "-q:a", "2", d / "mp3.mp4")
+    _ffmpeg("-i", src, "-vn", "-ac", "1", "-ar", str(SR), "-c:a", "pcm_f32le", d / "ref.wav")
+    return src, d / "mp3.mp4", d / "ref.wav"
+
+
+def _wav(path) -> np.ndarray:
+    import av
+
+    with av.open(str(path)) as c:
+        return np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(audio=0)]).astype(np.float32)
+
+
+def test_video_starting_at_33ms_shard_audio_lines_up(suit):
+    """Time 0 is the video's first frame (0.033 s into the audio): the shard's [2, 6) s is
+    the audio at [2.033, 6.033) of the stream, +-20 ms (ignoring the offset gives 33 ms)."""
+    import av
+
+    from ifmdm_data.shard import shifted_audio
+
+    src, _, ref_wav = suit
+    with av.open(str(src)) as c:
+        v0 = float(c.streams.video[0].start_time * c.streams.video[0].time_base)
+        a0 = float(c.streams.audio[0].start_time * c.streams.audio[0].time_base)
+    assert v0 - a0 == pytest.approx(SUIT_V0, abs=1e-3)            # the input is what it says
+    got = shifted_audio(str(src), 2.0, 4.0)
+    full = _wav(ref_wav)
+    i0 = int(round((2.0 + v0 - a0) * SR))
+    ref = full[i0:i0 + 4 * SR]
+    assert len(got) == len(ref) == 4 * SR and np.abs(got).max() > 0.01
+    lag = _lag_samples(ref, got, max_lag=SR // 4)
+    assert abs(lag) <= 0.020 * SR, f"shard audio lags the stream by {lag / SR * 1000:.0f} ms"
+
+
+def test_mp3_encoder_delay_removed(suit, stats_fn):
+    """The MP3 copy's shard audio lines up with the source's and with the stream as ffmpeg
+    decodes it (+-20 ms: the 1105-sample encoder delay, 25 ms, is trimmed), from the start of
+    the file (where the priming is), and its speech statistics match (speech_ratio +-0.02)."""
+    from ifmdm_data.shard import shifted_audio
+
+    src, mp3, ref_wav = suit
+    ref, got = shifted_audio(str(src), 0.0, 4.0), shifted_audio(str(mp3), 0.0, 4.0)
+    assert len(got) == len(ref) == 4 * SR and np.abs(got).max() > 0.01
+    lag = _lag_samples(ref, got, max_lag=SR // 4)
+    assert abs(lag) <= 0.020 * SR, f"MP3 shard audio lags the source's by {lag / SR * 1000:.0f} ms"
+    i0 = int(round(SUIT_V0 * SR))
+    lag = _lag_samples(_wav(ref_wav)[i0:i0 + 4 * SR], got, max_lag=SR // 4)
+    assert abs(lag) <= 0.020 * SR, f"MP3 shard audio lags the stream by {lag / SR * 1000:.0f} ms"
+    s_ref, s_got = stats_fn(src, 0.0, 6.0), stats_fn(mp3, 0.0, 6.0)
+    assert s_ref["speech_ratio"] > 0.5 and s_got["audio_error"] == ""
+    assert abs(s_got["speech_ratio"] - s_ref["speech_ratio"]) <= 0.02, (s_got, s_ref)
+    assert abs(s_got["loudness_db"] - s_ref["loudness_db"]) <= 0.5, (s_got, s_ref)

@@ -88,7 +88,8 @@ SCHEMES = {
 # there and is missed. When the first pass finds no face, or only faces shorter than
 # SECOND_PASS_SMALL_FRAC of the frame's short side, the detector runs again on 2x2 overlapping
 # tiles (each TILE_FRAC of the width and height, so faces up to ~0.2 of a side lie wholly in
-# one tile) and faces are counted from the union, overlapping boxes merged.
+# one tile) and faces are counted from the union, overlapping boxes merged. The filter takes
+# both from its config (analysis.second_pass_small_frac / tile_frac); these are the defaults.
 SECOND_PASS_SMALL_FRAC = 0.25
 TILE_FRAC = 0.6
 DEDUPE_IOU = 0.3          # boxes overlapping more than this (IoU) ...
