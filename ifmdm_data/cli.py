@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Recompute subsets, reasons and stage2_ok from the statistics in "
                                    "clips.parquet with the thresholds of --config (no video is read).")
     p.add_argument("manifests", help="manifest folder written by `filter`")
-    p.add_argument("--config", help="YAML config (decide.* keys are used)")
+    p.add_argument("--config", help="YAML config: its decide.* and identity.threshold / max_phash_distance keys "
+                                    "replace the run's (the rest of the run's config, from summary.json, is kept)")
     _add_common(p)
 
     p = sub.add_parser("inspect", help="print one line per segment of a manifest (optionally beside labels)",
@@ -157,10 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, default=0.05, help="share of segments in test (default 0.05)")
     p.add_argument("--val-fraction", type=float, default=0.0, help="share of segments in val (default 0: no val)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--identity-threshold", type=float, default=0.6,
-                   help="dlib descriptor distance below which faces are one person (default 0.6)")
-    p.add_argument("--dup-bits", type=int, default=10,
-                   help="pHash Hamming distance (of 64 bits) at which frames are the same picture (default 10)")
+    p.add_argument("--identity-threshold", type=float, default=None,
+                   help="dlib descriptor distance below which faces are one person (default: the "
+                        "identity.threshold the manifests were filtered / decided with, else 0.6)")
+    p.add_argument("--dup-bits", type=int, default=None,
+                   help="pHash Hamming distance (of 64 bits) at which frames are the same picture (default: "
+                        "the manifests' identity.max_phash_distance, else 10)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_common(p)
     return ap
@@ -218,7 +221,7 @@ def print_image_set_summary(s: dict, out: str) -> None:
 
 def print_split_summary(s: dict, out: str) -> None:
     w = sys.stdout.write
-    w(f"\n{s['segments']} segments, {s['identities']} identities, {s['groups']} groups "
+    w(f"\n{s['segments']} segments, {s['identities']} identities (threshold {s['threshold']:g}), {s['groups']} groups "
       f"(identity + duplicate + file), {s['dup_groups_multi']} duplicate groups of 2+ segments\n")
     for name, p in s["splits"].items():
         w(f"  {name:<6s}{p['segments']:6d} segments {p['identities']:5d} identities   "
@@ -226,6 +229,9 @@ def print_split_summary(s: dict, out: str) -> None:
     if s.get("annotate_s_per_segment") is not None:
         w(f"  identity / hashes computed from the videos: {s['annotate_s_per_segment']:.2f} s per segment"
           + (f"; {s['annotate_failed']} segments could not be decoded" if s.get("annotate_failed") else "") + "\n")
+    for name, p in s["splits"].items():
+        if not p["segments"]:
+            w(f"  warning: {name} has no segment (too few groups: {s['groups']}; every group goes whole to one split)\n")
     w("splits: " + ", ".join(f"{out}/{n}.parquet" for n in s["splits"]) + "\n")
 
 
@@ -279,8 +285,10 @@ def main(argv=None) -> int:
             print_summary(s, args.out)
             _print_logs(logs)
         elif args.cmd == "decide":
-            from .manifest import redecide
-            counts = redecide(args.manifests, _load_cfg(args))
+            from .config import load_config
+            from .manifest import redecide, stored_config
+            # the run's own config under the user's file: keys the file leaves out keep their values
+            counts = redecide(args.manifests, load_config(args.config, base=stored_config(args.manifests)))
             print_summary({"inputs": counts["files"], **counts}, args.manifests)
         elif args.cmd == "inspect":
             from .inspect import inspect_manifest
@@ -337,8 +345,6 @@ def main(argv=None) -> int:
             print(f"report: {path}")
         elif args.cmd == "split":
             from .split import run_split
-            if args.identity_threshold <= 0 or not 0 <= args.dup_bits < 64:
-                raise IfmdmError("--identity-threshold must be > 0 and --dup-bits in [0, 63]")
             s = run_split(args.manifests, args.out, by=args.by, test_fraction=args.test_fraction,
                           val_fraction=args.val_fraction, seed=args.seed, threshold=args.identity_threshold,
                           max_distance=args.dup_bits, progress=not args.no_progress)

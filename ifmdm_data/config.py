@@ -78,7 +78,7 @@ class DecideConfig:
 class IdentityConfig:
     enabled: bool = True              # filter's identify stage (identity_id, dup_group per segment)
     frames: int = 8                   # frames sampled per segment: a pHash of each
-    face_every: int = 2               # a dlib face descriptor on every this-many-th sampled frame
+    face_every: int = 4               # a dlib face descriptor on every this-many-th sampled frame (2 of 8)
     max_side: int = 640               # sampled frames are downscaled so their long side is at most this
     threshold: float = 0.6            # dlib descriptor distance: the same person below this
     max_phash_distance: int = 10      # bits of 64: frames this close are the same picture
@@ -117,7 +117,7 @@ def _build(cls, data: Any, prefix: str, source: str):
     if data is None:
         return cls()
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: '{prefix or 'top level'}' must be a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{source}: '{prefix.rstrip('.') or 'top level'}' must be a mapping, got {type(data).__name__}")
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(known))
     if unknown:
@@ -143,6 +143,8 @@ def _build(cls, data: Any, prefix: str, source: str):
                 raise ConfigError(f"{source}: '{key}' must be a number, got {value!r}")
             if value < 0:
                 raise ConfigError(f"{source}: '{key}' must be >= 0, got {value!r}")
+            if isinstance(default, int) and (value != value or value in (float('inf'),) or value != int(value)):
+                raise ConfigError(f"{source}: '{key}' must be a whole number, got {value!r}")
             kwargs[name] = type(default)(value)
         elif isinstance(default, str):
             if not isinstance(value, str):
@@ -179,15 +181,34 @@ def config_from_dict(data: Any, source: str = "<dict>") -> FilterConfig:
     return cfg
 
 
-def load_config(path: str | Path | None = None) -> FilterConfig:
-    """Load the shipped defaults, then the user's file (any subset of keys) on top."""
-    if path is None:
+def _overlay(base: dict, over: Any) -> Any:
+    """`over` on top of `base`, mapping by mapping (any non-mapping value replaces)."""
+    if not isinstance(base, dict) or not isinstance(over, dict):
+        return over
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _overlay(base.get(k), v) if k in base else v
+    return out
+
+
+def load_config(path: str | Path | None = None, base: dict | None = None) -> FilterConfig:
+    """Load the shipped defaults, then the user's file (any subset of keys) on top. With
+    `base` (a stored `FilterConfig.to_dict()`, e.g. a run's summary.json), the user's file goes
+    on top of that instead: `decide` keeps what the run used unless the file changes it."""
+    if path is None and base is None:
         path = DEFAULT_CONFIG_PATH
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    return config_from_dict(data, str(path))
+    data: Any = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if base is not None:
+        known = FilterConfig().to_dict()      # keys of this version only (a newer run may have more)
+        base = {k: {kk: vv for kk, vv in v.items() if kk in known[k]} for k, v in base.items()
+                if k in known and isinstance(v, dict)}
+        data = _overlay(base, data)
+    return config_from_dict(data, str(path) if path is not None else "the run's summary.json")

@@ -9,8 +9,10 @@ half of the bits. Silence and constant tones give constant values (no informatio
 
 Matching two fingerprints (`match`): the offset is found by votes of exactly equal values
 (as AcoustID does), then the bit error rate (BER) over the overlap at that offset decides:
-same audio below `MAX_BER` (0.35; unrelated audio ~0.5), over at least `MIN_OVERLAP` values
-(~3 s). Overlapping trims of one recording match at their offset.
+same audio below `MAX_BER` (0.35; unrelated audio ~0.5) over at least `MIN_OVERLAP` values
+(~3 s), or below `SHORT_MAX_BER` (0.2) over `SHORT_OVERLAP` to MIN_OVERLAP values (~1-3 s).
+Overlapping trims of one recording match at their offset. Chromaprint's filters need ~2.6 s
+before the first value, so audio under ~3.6 s (fewer than 8 values) is never matched.
 
 Across a collection (`audio_dup_pairs`): candidate pairs share exact values (an inverted
 index value -> segments; values held by more than `MAX_BUCKET` segments, e.g. silence, are
@@ -29,8 +31,10 @@ from .errors import MissingDependencyError
 log = logging.getLogger(__name__)
 
 RATE_HZ = 11025 / (4096 / 3)   # sub-fingerprints per second (Chromaprint: 11025 Hz, hop 4096/3)
-MAX_BER = 0.35                # same audio below this bit error rate at the best offset
-MIN_OVERLAP = 24              # sub-fingerprints (~3 s) the two must overlap
+MAX_BER = 0.35                # same audio below this bit error rate at the best offset ...
+MIN_OVERLAP = 24              # ... over at least this many sub-fingerprints (~3 s)
+SHORT_OVERLAP = 8             # shorter overlaps (~1 s; a 3.6 s segment has 9 values) need ...
+SHORT_MAX_BER = 0.2           # ... this (same audio re-encoded: 0.005-0.04; unrelated: ~0.5)
 MIN_VOTES = 2                 # exactly equal values agreeing on the offset
 MAX_BUCKET = 200              # a value shared by more segments than this is uninformative
 
@@ -76,12 +80,19 @@ def ber_at(a: np.ndarray, b: np.ndarray, offset: int) -> tuple[float, int]:
     return float(d.sum()) / (32.0 * (hi - lo)), hi - lo
 
 
+def _same(ber: float, overlap: int, max_ber: float, min_overlap: int) -> bool:
+    if overlap >= min_overlap:
+        return ber <= max_ber
+    return overlap >= SHORT_OVERLAP and ber <= min(SHORT_MAX_BER, max_ber)
+
+
 def match(a: Sequence[int], b: Sequence[int], max_ber: float = MAX_BER,
           min_overlap: int = MIN_OVERLAP) -> Optional[tuple[int, float]]:
     """Two fingerprints -> (offset in sub-fingerprints, BER) when they are the same audio
     (b[i] lines up with a[i + offset]), else None. The offset comes from the votes of exactly
-    equal values; the BER over the overlap (at least `min_overlap` values) decides."""
-    if len(a) < min_overlap or len(b) < min_overlap:
+    equal values; the BER over the overlap decides (`max_ber` over `min_overlap` values or
+    more, SHORT_MAX_BER over SHORT_OVERLAP or more)."""
+    if min(len(a), len(b)) < min(SHORT_OVERLAP, min_overlap):
         return None
     pos = defaultdict(list)
     for i, v in enumerate(a):
@@ -96,7 +107,7 @@ def match(a: Sequence[int], b: Sequence[int], max_ber: float = MAX_BER,
             break
         for o in (off - 1, off, off + 1):
             ber, ov = ber_at(np.asarray(a), np.asarray(b), o)
-            if ov >= min_overlap and ber <= max_ber and (best is None or ber < best[1]):
+            if _same(ber, ov, max_ber, min_overlap) and (best is None or ber < best[1]):
                 best = (o, ber)
     return best
 

@@ -53,8 +53,8 @@ def _identities(df: pd.DataFrame, cfg: FilterConfig) -> pd.DataFrame:
 
     c = cfg.identity
     df = df.copy()
-    df["identity_id"], df["dup_group"] = collection_ids(df, c.threshold, c.max_phash_distance,
-                                                        audio=c.audio_fingerprint)
+    df["identity_id"], df["dup_group"], df["identity_ids"] = collection_ids(
+        df, c.threshold, c.max_phash_distance, audio=c.audio_fingerprint)
     return df
 
 
@@ -97,13 +97,36 @@ def _identity_counts(df: pd.DataFrame) -> dict:
     size = df["dup_group"].value_counts()
     return {"identities": int(ids[ids >= 0].nunique()),
             "identities_accepted": int(ids[(ids >= 0) & df["accepted"].astype(bool)].nunique()),
-            "segments_without_face": int((ids < 0).sum()),
+            "segments_without_face": int((pd.to_numeric(df["identity_faces"], errors="coerce") == 0).sum()),
             "dup_groups_multi": int((size > 1).sum()), "dup_segments": int(size[size > 1].sum())}
 
 
+def stored_config(manifest_dir: str | Path) -> dict | None:
+    """The config a run recorded in OUT/summary.json (None without one)."""
+    from . import storage
+
+    loc = storage.join(str(manifest_dir), "summary.json")
+    if not storage.exists(loc):
+        return None
+    try:
+        return json.loads(storage.read_text(loc)).get("config")
+    except ValueError:
+        return None
+
+
 def redecide(manifest_dir: str | Path, cfg: FilterConfig) -> dict:
-    """Re-run the decisions on an existing clips.parquet with a new config (no analysis)."""
+    """Re-run the decisions (and the identity clustering) on an existing clips.parquet with a
+    new config (no analysis); OUT/summary.json gets the new counts and config."""
+    from . import storage
     from .schema import read_clips
 
     df = read_clips(manifest_dir)
-    return write_manifests(df, manifest_dir, cfg)
+    counts = write_manifests(df, manifest_dir, cfg)
+    loc = storage.join(str(manifest_dir), "summary.json")
+    try:
+        summary = json.loads(storage.read_text(loc)) if storage.exists(loc) else {}
+    except ValueError:
+        summary = {}
+    summary.update(counts, config=cfg.to_dict())
+    write_json_atomic(summary, loc)
+    return counts

@@ -432,10 +432,18 @@ def identity_section(df: pd.DataFrame, max_groups: int = 10) -> str:
     has_id, has_dup = known("identity_id"), known("dup_group")
     if not (has_id or has_dup):
         return ""
+    note = ""
+    if "split" in df and df["split"].nunique() > 1:     # checked on the rows given, not assumed
+        from .split import components
+        comp = components(df.assign(identity_id=pd.to_numeric(df.get("identity_id"), errors="coerce").fillna(-1)))
+        leaks = int((pd.Series(df["split"].to_numpy()).groupby(comp).nunique() > 1).sum())
+        note = (" No identity, duplicate group or file is in two splits (checked on these rows)." if not leaks
+                else f" WARNING: {leaks} groups of identity / duplicate / file rows are in two splits.")
+    elif "split" in df:
+        note = " One split file: whether its identities also occur in the other splits is not checked here."
     parts = ["<h2>Identities and duplicates</h2><p class='meta'>dlib face descriptors clustered into "
              "identity_id; near-duplicate groups dup_group (pHash of sampled frames, Chromaprint audio "
-             "fingerprints)." + (" No identity or duplicate group is in two splits." if "split" in df else "")
-             + "</p>"]
+             "fingerprints)." + note + "</p>"]
     ids = pd.to_numeric(df["identity_id"], errors="coerce").fillna(-1).astype(int) if has_id else None
     splits = [s for s in ("train", "val", "test") if "split" in df and (df["split"] == s).any()]
     if has_id:
@@ -447,7 +455,9 @@ def identity_section(df: pd.DataFrame, max_groups: int = 10) -> str:
                 if not len(sel):
                     continue
                 pid = ids.loc[sel.index]
-                rows.append(([sp] if sp else []) + [g, len(sel), int(pid[pid >= 0].nunique()), int((pid < 0).sum())])
+                faces = pd.to_numeric(sel["identity_faces"], errors="coerce") if "identity_faces" in sel else None
+                noface = int((faces == 0).sum()) if faces is not None else int((pid < 0).sum())
+                rows.append(([sp] if sp else []) + [g, len(sel), int(pid[pid >= 0].nunique()), noface])
         parts.append("<h3>Identities per subset</h3>"
                      + _table((["split"] if splits else []) + ["subset", "segments", "identities", "no face"], rows))
     if has_dup:

@@ -100,8 +100,11 @@ _CLIP_COLUMNS = [
     ("identity_mixed", BOOL, "two sampled frames' descriptors more than the identity threshold apart "
                              "(two people alternating, or a wrong detection)"),
     ("identity_faces", I32, "sampled frames with a face"),
+    ("frame_descriptors", pa.list_(pa.list_(F32)), "the sampled frames' descriptors of a mixed segment (else empty)"),
     ("identity_id", I64, "face identity across the run's segments (leader clustering of face_descriptor "
-                         "at identity.threshold); -1: no face"),
+                         "at identity.threshold; a mixed segment: the identity of most of its frames); -1: no face"),
+    ("identity_ids", pa.list_(I64), "every identity the segment shows (several for a mixed segment); "
+                                    "`split` keeps all of them on one side"),
     ("phash", pa.list_(STR), "64-bit pHash (16 hex digits) of each sampled non-flat frame"),
     ("audio_fingerprint", pa.list_(pa.uint32()), "Chromaprint sub-fingerprints of the segment's audio "
                                                  "(~8.1 per second); empty: no audio or under ~2 s"),
@@ -114,10 +117,11 @@ CLIP_COLUMNS = [n for n, _, _ in _CLIP_COLUMNS]
 # columns added after the first manifests: older manifests read with these values
 ADDED_COLUMNS = {"audio_coverage": float("nan"), "sync_conf": float("nan"), "sync_dist": float("nan"), "sync_offset_frames": float("nan"),
                  "sync_windows": 0, "face_descriptor": None, "identity_spread": float("nan"),
-                 "identity_mixed": None, "identity_faces": None, "identity_id": None, "phash": None,
+                 "identity_mixed": None, "identity_faces": None, "frame_descriptors": None, "identity_id": None,
+                 "identity_ids": None, "phash": None,
                  "audio_fingerprint": None, "dup_group": None}
-IDENTITY_SIGNALS = ("face_descriptor", "identity_spread", "identity_mixed", "identity_faces", "phash",
-                    "audio_fingerprint")   # per segment (identify.segment_signals)
+IDENTITY_SIGNALS = ("face_descriptor", "identity_spread", "identity_mixed", "identity_faces", "frame_descriptors",
+                    "phash", "audio_fingerprint")   # per segment (identify.segment_signals)
 DECISION_COLUMNS = ["head_moves", "lip_moves", "subset", "accepted", "reasons", "stage2_ok",
                     "stage2_reasons"]
 

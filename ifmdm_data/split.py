@@ -54,7 +54,7 @@ def read_manifests(manifests: Sequence[str | Path]) -> pd.DataFrame:
 
 def annotate(manifest_dir_or_df, identity: bool = True, dup: bool = True, force: bool = False,
              encoder: Optional[Callable] = None, threshold: float = THRESHOLD,
-             max_distance: int = 10, n_frames: int = N_FRAMES, max_side: int = 1280,
+             max_distance: int = 10, n_frames: int = N_FRAMES, max_side: int = 640,
              audio: bool = True, progress: bool = False) -> pd.DataFrame:
     """Return a copy of the manifest with identity_id / dup_group (and the per-segment signals
     behind them: face_descriptor, identity_spread / _mixed / _faces, phash, audio_fingerprint).
@@ -112,9 +112,10 @@ def annotate(manifest_dir_or_df, identity: bool = True, dup: bool = True, force:
         if failed:
             log.warning("annotate: %d of %d segments could not be decoded (no identity, own dup group)",
                         failed, len(lacking))
-    ids, groups = collection_ids(df, threshold, max_distance, audio=audio)
+    ids, groups, id_lists = collection_ids(df, threshold, max_distance, audio=audio)
     if identity:
         df["identity_id"] = ids
+        df["identity_ids"] = id_lists
     if dup:
         df["dup_group"] = groups
     return df
@@ -129,8 +130,9 @@ def _has_signals(row, identity: bool, dup: bool) -> bool:
 
 def components(df: pd.DataFrame, by: str = "identity") -> np.ndarray:
     """(N,) component label per row: rows sharing a clip_id, a dup_group or (by='identity') an
-    identity_id >= 0 are connected (union-find)."""
+    identity (identity_id >= 0, or any of identity_ids) are connected (union-find)."""
     keys = ["clip_id", "dup_group"] + (["identity_id"] if by == "identity" else [])
+    # (identity_ids below: the ids of a mixed segment's frames)
     uf = UnionFind(len(df))
     for k in keys:
         if k not in df:
@@ -142,6 +144,15 @@ def components(df: pd.DataFrame, by: str = "identity") -> np.ndarray:
             j = first.setdefault(v, i)
             if j != i:
                 uf.union(i, j)
+    if by == "identity" and "identity_ids" in df:   # a mixed segment: every person it shows
+        first = {}
+        for i, v in enumerate(df["identity_ids"].tolist()):
+            if v is None or (isinstance(v, float) and v != v):
+                continue
+            for p in v:
+                j = first.setdefault(int(p), i)
+                if j != i:
+                    uf.union(i, j)
     return uf.labels()
 
 
@@ -181,9 +192,31 @@ def assign_splits(df: pd.DataFrame, fractions: dict, seed: int = 0, by: str = "i
     return pd.Series(np.array(splits)[choice[comp]], index=df.index, name="split"), comp, sizes
 
 
+def stored_identity_settings(df: pd.DataFrame) -> tuple[Optional[float], Optional[int]]:
+    """The identity.threshold and identity.max_phash_distance the rows' `filter` runs used
+    (OUT/summary.json of each source manifest folder; `decide` updates it); (None, None) when
+    the folders disagree or do not say."""
+    import json
+
+    from . import storage
+
+    seen = set()
+    for folder in sorted(set(df["source_manifest"].dropna())) if "source_manifest" in df else []:
+        loc = storage.join(folder, "summary.json")
+        try:
+            ident = json.loads(storage.read_text(loc)).get("config", {}).get("identity") if storage.exists(loc) else None
+        except (OSError, ValueError):
+            ident = None
+        seen.add(((ident or {}).get("threshold"), (ident or {}).get("max_phash_distance")))
+    if len(seen) == 1:
+        t, d = seen.pop()
+        return (float(t) if t is not None else None), (int(d) if d is not None else None)
+    return None, None
+
+
 def run_split(manifests: Sequence[str | Path], out: str | Path, by: str = "identity",
               test_fraction: float = 0.05, val_fraction: float = 0.0, seed: int = 0,
-              threshold: float = THRESHOLD, max_distance: int = 10, progress: bool = False,
+              threshold: Optional[float] = None, max_distance: Optional[int] = None, progress: bool = False,
               encoder: Optional[Callable] = None) -> dict:
     """Read, annotate where needed, assign, write OUT/{train,val,test}.parquet; return a summary
     {splits: {name: {segments, identities, dup_groups, subsets: {subset: n}}}, groups, ...}."""
@@ -199,6 +232,12 @@ def run_split(manifests: Sequence[str | Path], out: str | Path, by: str = "ident
     df = read_manifests(manifests)
     if not len(df):
         raise InputError(f"the manifests {', '.join(map(str, manifests))} have no segments")
+    stored_t, stored_d = stored_identity_settings(df)
+    threshold = threshold if threshold is not None else (stored_t if stored_t is not None else THRESHOLD)
+    max_distance = max_distance if max_distance is not None else (stored_d if stored_d is not None else 10)
+    if not 0 < threshold < 2 or not 0 <= max_distance <= 64:
+        raise InputError(f"--identity-threshold must be in (0, 2) (dlib distance) and --dup-bits in [0, 64]; "
+                         f"got {threshold}, {max_distance}")
     df = annotate(df, identity=(by == "identity"), dup=True, threshold=threshold,
                   max_distance=max_distance, encoder=encoder, progress=progress)
     # by clip: identities only where the manifest has them (-1 elsewhere); a row without a
@@ -214,6 +253,7 @@ def run_split(manifests: Sequence[str | Path], out: str | Path, by: str = "ident
     df["split_group"] = comp
     out = Path(out)
     summary = {"segments": int(len(df)), "groups": int(comp.max()) + 1, "by": by, "seed": seed,
+               "threshold": threshold, "max_phash_distance": max_distance,
                "identities": int(df.loc[df["identity_id"] >= 0, "identity_id"].nunique()),
                "dup_groups_multi": int((df["dup_group"].value_counts() > 1).sum()),
                "annotate_s_per_segment": df.attrs.get("annotate_s_per_segment"),

@@ -152,7 +152,7 @@ def _signals(identify, local_path: str, row: dict, probe: dict) -> dict:
 
     rot = probe.get("rotation") or 0
     try:
-        return identify(local_path, float(row["start_s"]), float(row["end_s"]), int(rot))
+        return identify(local_path, float(row["start_s"]), float(row["end_s"]), int(rot), face_rel=row.get("face_rel"))
     except Exception as e:  # noqa: BLE001 - no signals for this segment: identity -1, a dup group of its own
         log.info("identify %s [%s, %s): %s", local_path, row.get("start_s"), row.get("end_s"), e)
         return empty_signals()

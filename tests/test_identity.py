@@ -113,3 +113,73 @@ def test_identity_config_is_validated():
     for bad in ({"threshold": 0}, {"threshold": 3.0}, {"frames": 0}, {"max_phash_distance": 70}, {"enabled": 1}):
         with pytest.raises(ConfigError, match="identity"):
             config_from_dict({"identity": bad})
+
+
+def _person(rng, centre, n, noise=0.05):
+    return [centre + rng.normal(scale=noise / np.sqrt(128), size=128) for _ in range(n)]
+
+
+def test_mixed_segment_links_every_person_it_shows_and_merges_nobody():
+    """Two people 0.73 apart, and a segment alternating between them whose mean lies between
+    (0.36 from each, under the 0.6 threshold): its frames are clustered, not its mean, so the
+    two people stay two identities, the mixed segment lists both (identity_ids), and `split`
+    keeps all three segments in one group."""
+    import pandas as pd
+
+    from ifmdm_data.identify import collection_ids
+    from ifmdm_data.split import components
+
+    rng = np.random.default_rng(0)
+    a = _unit(rng, 1)[0] * 0.5
+    b = a + _unit(rng, 1)[0] * 0.73
+    fa, fb = _person(rng, a, 3), _person(rng, b, 3)
+    frames = [fa[0], fa[1], fb[0], fb[1]]
+    rows = [{"segment_id": "m_000", "face_descriptor": list(np.mean(frames, 0)), "identity_mixed": True,
+             "frame_descriptors": [list(f) for f in frames]},
+            {"segment_id": "a_000", "face_descriptor": list(fa[2]), "identity_mixed": False, "frame_descriptors": []},
+            {"segment_id": "z_000", "face_descriptor": list(fb[2]), "identity_mixed": False, "frame_descriptors": []}]
+    df = pd.DataFrame(rows).assign(phash=[[], [], []], audio_fingerprint=[[], [], []],
+                                   clip_id=["m", "a", "b"], dup_group=[0, 1, 2])
+    ids, _, lists = collection_ids(df)
+    assert ids[1] != ids[2] and sorted(lists[0]) == sorted([ids[1], ids[2]])
+    df["identity_id"], df["identity_ids"] = ids, lists
+    assert len(set(components(df, "identity"))) == 1
+    # the mean alone (an older manifest without frame descriptors) chains them (in the order a, m, z)
+    df_old = df.assign(frame_descriptors=[[], [], []])
+    old, _, _ = collection_ids(df_old)
+    assert old[1] == old[2]
+
+
+def test_not_computed_is_null_not_empty():
+    """Without an encoder or with audio off, the signals are None (not computed), unlike []
+    (looked, found nothing): split and report must not count such rows as 'no face'."""
+    from ifmdm_data.identify import segment_signals
+
+    s = segment_signals(str(media("video", "aoc_talking.mp4")), 0.0, 3.0, encoder=None, audio=False)
+    assert s["face_descriptor"] is None and s["identity_faces"] is None and s["audio_fingerprint"] is None
+    assert len(s["phash"]) == 8
+
+
+def test_split_clusters_at_the_threshold_the_manifest_was_decided_with(tmp_path):
+    """Two people 0.3 apart: one identity at dlib's 0.6, two at 0.2. `split` without
+    --identity-threshold uses the threshold in the manifest's summary.json."""
+    import json
+
+    from ifmdm_data.schema import clips_table, write_parquet_atomic
+    from ifmdm_data.split import run_split
+
+    rng = np.random.default_rng(1)
+    a = _unit(rng, 1)[0] * 0.5
+    b = a + _unit(rng, 1)[0] * 0.3
+    rows = []
+    for i, d in enumerate(_person(rng, a, 4) + _person(rng, b, 4)):
+        rows.append({"segment_id": f"c{i:02d}_000000000", "clip_id": f"c{i:02d}", "path": f"/x/{i}.mp4",
+                     "start_s": 0.0, "end_s": 5.0, "subset": "lip", "accepted": True, "reasons": [],
+                     "stage2_reasons": [], "face_descriptor": [float(v) for v in d], "identity_faces": 4,
+                     "identity_mixed": False, "frame_descriptors": [], "phash": [f"{i:016x}"], "audio_fingerprint": []})
+    write_parquet_atomic(clips_table(rows), tmp_path / "m" / "clips.parquet")
+    assert run_split([tmp_path / "m"], tmp_path / "s0", test_fraction=0.3)["identities"] == 1
+    (tmp_path / "m" / "summary.json").write_text(json.dumps({"config": {"identity": {"threshold": 0.2}}}))
+    s = run_split([tmp_path / "m"], tmp_path / "s1", test_fraction=0.3)
+    assert s["identities"] == 2 and s["threshold"] == 0.2
+    assert run_split([tmp_path / "m"], tmp_path / "s2", test_fraction=0.3, threshold=0.6)["identities"] == 1

@@ -103,15 +103,15 @@ PEOPLE = ["aoc_talking.mp4", "man_halfbody_talking_hevc.mp4", "woman_quiet_talki
 
 def test_each_talking_person_gets_an_identity_of_their_own(media_run):
     """Six people (dlib distances 0.62-0.97 between them): six identity_ids; the two segments of
-    one file (same person) share theirs. Every face segment has a 128-d mean descriptor of 4
-    sampled frames, a small spread and no 'mixed' flag."""
+    one file (same person) share theirs. Every face segment has a 128-d mean descriptor of 2
+    sampled frames (identity.face_every 4 of 8), a small spread and no 'mixed' flag."""
     df = media_run[0]
     ids = {f: set(rows(df, f)["identity_id"]) for f in PEOPLE}
     assert all(len(v) == 1 and min(v) >= 0 for v in ids.values()), ids
     assert len({min(v) for v in ids.values()}) == len(PEOPLE), ids
     faces = df[df["file"].isin(PEOPLE)]
     assert all(len(d) == 128 for d in faces["face_descriptor"])
-    assert (faces["identity_faces"] == 4).all() and (faces["identity_spread"] < 0.3).all()
+    assert (faces["identity_faces"] == 2).all() and (faces["identity_spread"] < 0.3).all()
     assert not faces["identity_mixed"].any()
     # different footage: no two of these files share a near-duplicate group
     groups = {f: set(rows(df, f)["dup_group"]) for f in PEOPLE}
@@ -167,20 +167,20 @@ def test_a_copy_and_a_redub_join_the_original_s_duplicate_group(media_run, copie
     copy, dubbed = copies
     df = _with(df, copy, ident(str(copy), 0.0, 6.0))
     df = _with(df, dubbed, ident(str(dubbed), 0.0, 8.0))
-    ids, groups = collection_ids(df)
+    ids, groups, _ = collection_ids(df)
     at = {f: i for i, f in enumerate(df["file"])}
     a, c, b, amb = at["aoc_talking.mp4"], at["copy.mp4"], at["dubbed.mp4"], at["woman_static_ambient.mp4"]
     assert ids[c] == ids[a] >= 0 and groups[c] == groups[a]
     assert ids[b] == ids[amb] != ids[a]
     assert groups[b] == groups[a]
-    _, no_audio = collection_ids(df, audio=False)
+    _, no_audio, _ = collection_ids(df, audio=False)
     assert no_audio[c] == no_audio[a] and no_audio[b] != no_audio[a]
 
 
 def test_decide_reclusters_identities_at_a_new_threshold(media_run, tmp_path):
     """`ifmdm-data decide` with another identity.threshold re-clusters from the stored
-    descriptors (no decoding): at 0.25 the two segments of one file still share a person
-    (0.21 apart), at 0.1 they do not."""
+    descriptors (no decoding): at 0.35 the two segments of one file still share a person
+    (0.27 apart), at 0.1 they do not."""
     import shutil
 
     from ifmdm_data.config import config_from_dict
@@ -188,8 +188,16 @@ def test_decide_reclusters_identities_at_a_new_threshold(media_run, tmp_path):
 
     shutil.copy(media_run[2] / "clips.parquet", tmp_path / "clips.parquet")
     got = {}
-    for t in (0.25, 0.1):
+    for t in (0.35, 0.1):
         redecide(tmp_path, config_from_dict({"identity": {"threshold": t}}))
         d = pd.read_parquet(tmp_path / "clips.parquet")
         got[t] = d.loc[d["path"].str.endswith("man_halfbody_talking_hevc.mp4"), "identity_id"].nunique()
-    assert got == {0.25: 1, 0.1: 2}
+    assert got == {0.35: 1, 0.1: 2}
+    # a plain `ifmdm-data decide` keeps the run's threshold (summary.json, updated by decide)
+    from ifmdm_data.cli import main
+    import json
+
+    assert json.loads((tmp_path / "summary.json").read_text())["config"]["identity"]["threshold"] == 0.1
+    assert main(["decide", str(tmp_path)]) == 0
+    d = pd.read_parquet(tmp_path / "clips.parquet")
+    assert d.loc[d["path"].str.endswith("man_halfbody_talking_hevc.mp4"), "identity_id"].nunique() == 2

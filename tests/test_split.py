@@ -292,7 +292,8 @@ def test_report_of_a_split_shows_identities_and_duplicates(sample_split, sample_
     assert "Identities per subset" in page and "Duplicate groups" in page
     train = read_clips(sample_split / "train.parquet")
     n_ids = train.loc[train["identity_id"] >= 0, "identity_id"].nunique()
-    assert f"<td>train</td><td>all</td><td>{len(train)}</td><td>{n_ids}</td><td>0</td>" in page
+    no_face = int((train["identity_faces"] == 0).sum())          # looked and found none (noface_texture)
+    assert f"<td>train</td><td>all</td><td>{len(train)}</td><td>{n_ids}</td><td>{no_face}</td>" in page
     assert "1 near-duplicate groups of two or more segments (2 segments)" in page
     assert "no tracks file" not in page and "source missing" not in page, "tracks from source_manifest"
     # a manifest without identities (identity.enabled: false, older versions): no section, no error
