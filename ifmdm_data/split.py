@@ -251,7 +251,9 @@ def run_split(manifests: Sequence[str | Path], out: str | Path, by: str = "ident
     split, comp, _ = assign_splits(df, {"test": test_fraction, "val": val_fraction}, seed=seed, by=by)
     df["split"] = split
     df["split_group"] = comp
-    out = Path(out)
+    from . import storage
+
+    out = storage.prepare_output(str(out))       # a local folder or an object-storage prefix
     summary = {"segments": int(len(df)), "groups": int(comp.max()) + 1, "by": by, "seed": seed,
                "threshold": threshold, "max_phash_distance": max_distance,
                "identities": int(df.loc[df["identity_id"] >= 0, "identity_id"].nunique()),
@@ -262,7 +264,7 @@ def run_split(manifests: Sequence[str | Path], out: str | Path, by: str = "ident
         part = df[df["split"] == name]
         if name != "train" and not len(part) and not {"val": val_fraction, "test": test_fraction}[name]:
             continue
-        write_parquet_atomic(split_table(part), out / f"{name}.parquet")
+        write_parquet_atomic(split_table(part), storage.join(out, f"{name}.parquet"))
         sub = part["subset"].where(part["subset"].notna(), REJECTED).value_counts()
         ids = part.loc[part["identity_id"] >= 0, "identity_id"]
         summary["splits"][name] = {
