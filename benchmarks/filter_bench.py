@@ -163,7 +163,7 @@ def bench_set(name, files, cfg, models, speech, timer, naive, args, syncnet=None
                 for r in res if identify else ():      # filter's identify step (work.run_unit)
                     t1, a1 = time.perf_counter(), timer.t["audio load"]
                     identify(path, r["row"]["start_s"], r["row"]["end_s"], probe.get("rotation") or 0,
-                             face_rel=r["row"].get("face_rel"))
+                             face_rel=r["row"].get("face_rel"), frames=r.get("frames") or None)
                     timer.t["audio load"] = a1           # its audio decode counts under identify
                     timer.t["identify"] += time.perf_counter() - t1
                     timer.t["identify segments"] += 1

@@ -41,6 +41,29 @@ class _Accumulator:
     prev_crop: Optional[np.ndarray] = None
     sync: Optional[tuple] = None                      # SyncNet windows: (crops, times) or None
     dense: Optional[tuple] = None                     # lip motion of every decoded frame: (t, energy)
+    keep: list = field(default_factory=list)          # (t, RGB) analysed frames for the identify step
+    keep_every: float = 0.0                           # their spacing (s): doubles to stay <= KEEP_MAX
+
+
+KEEP_MAX = 32           # analysed frames kept per segment for the identify step (~22 MB at 640x360)
+
+
+def keep_frame(acc: "_Accumulator", t: float, rgb: np.ndarray) -> None:
+    """Keep analysed frames evenly spaced over the segment, at most KEEP_MAX: every analysed
+    frame at first; when full, every second one is dropped and the spacing doubles."""
+    if acc.keep and t < acc.keep[-1][0] + acc.keep_every - 1e-6:
+        return
+    acc.keep.append((t, rgb))
+    if len(acc.keep) > KEEP_MAX:
+        acc.keep = acc.keep[::2]
+        acc.keep_every = max(acc.keep_every, acc.keep[1][0] - acc.keep[0][0]) if len(acc.keep) > 1 else acc.keep_every
+
+
+def identity_frames(keep: list, n: int) -> list:
+    """`n` RGB frames spread evenly over a segment's kept (t, RGB) frames (all when fewer)."""
+    if len(keep) > n:
+        keep = [keep[int(i)] for i in np.linspace(0, len(keep) - 1, n).round().astype(int)]
+    return [rgb for _, rgb in keep]
 
 
 def _nan_stat(fn, x) -> float:
@@ -134,6 +157,8 @@ def analyse_unit(unit: dict, cfg: FilterConfig, models: FaceModels, speech=None,
             cut_at.clear()
             sync_closed.clear()
             dense_closed.clear()
+        if cfg.identity.enabled:          # frames for the identify step: no second decode
+            keep_frame(acc, t, rgb)
         gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
         n_faces, det_h = -1, np.nan
         if k % det_every == 0:
@@ -273,7 +298,7 @@ def _summarise(s: _Accumulator, end_s: float, unit: dict, cfg: FilterConfig, sch
         "motion_t": s.dense[0] if s.dense is not None else np.zeros(0),
         "mouth_motion": s.dense[1] if s.dense is not None else np.zeros(0),
     }
-    return {"row": row, "tracks": tracks}
+    return {"row": row, "tracks": tracks, "frames": identity_frames(s.keep, cfg.identity.frames)}
 
 
 def _audio_stats(unit, start_s, end_s, t, mouth, cfg: FilterConfig, speech, syncnet=None,

@@ -35,7 +35,8 @@ NOT_COMPUTED = {"face_descriptor": None, "identity_spread": float("nan"), "ident
 def segment_signals(path: str, start_s: float, end_s: float, rotation: int = 0,
                     encoder: Optional[Callable] = None, n_frames: int = 8, id_every: int = 4,
                     max_side: int = 640, threshold: float = 0.6, audio: bool = True,
-                    sample_rate: int = 16000, face_rel: Optional[float] = None) -> dict:
+                    sample_rate: int = 16000, face_rel: Optional[float] = None,
+                    frames: Optional[list] = None) -> dict:
     """One segment -> {face_descriptor: list of 128 floats ([]: no face), identity_spread,
     identity_mixed, identity_faces, frame_descriptors: the frames' descriptors when the
     segment is mixed (else []), phash: list of 16-hex-digit strings, audio_fingerprint: list
@@ -43,14 +44,17 @@ def segment_signals(path: str, start_s: float, end_s: float, rotation: int = 0,
     (not computed, unlike [] = no face); `audio=False` leaves audio_fingerprint None.
     `face_rel`: the tracked face's height / frame height (filter's `face_rel`), a detection hint;
     NaN (the filter tracked no face: the segment is rejected `no_face` anyway) skips the
-    descriptors (face fields as for a segment without a face).
+    descriptors (face fields as for a segment without a face). `frames`: RGB frames of the
+    segment already decoded (the filter's analysed frames, `analyse.identity_frames`): used
+    instead of decoding `n_frames` from the file.
     Raises ClipError / av errors when the file cannot be decoded (the caller decides)."""
     from .dedup import frame_hashes, hash_to_hex, sample_frames
     from .identity import describe_segment
 
     out = {**empty_signals(), **(NOT_COMPUTED if encoder is None else {}),
            "audio_fingerprint": [] if audio else None}
-    frames = sample_frames(path, start_s, end_s, n=n_frames, rotation=rotation, max_side=max_side)
+    if frames is None:
+        frames = sample_frames(path, start_s, end_s, n=n_frames, rotation=rotation, max_side=max_side)
     out["phash"] = [hash_to_hex(h) for h in frame_hashes(frames)]
     no_face = face_rel is not None and not face_rel == face_rel     # NaN: filter found no face
     if encoder is not None and frames and not no_face:

@@ -147,12 +147,13 @@ class CollectingStore:
                             protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _signals(identify, local_path: str, row: dict, probe: dict) -> dict:
+def _signals(identify, local_path: str, row: dict, probe: dict, frames=None) -> dict:
     from .identify import empty_signals
 
     rot = probe.get("rotation") or 0
     try:
-        return identify(local_path, float(row["start_s"]), float(row["end_s"]), int(rot), face_rel=row.get("face_rel"))
+        return identify(local_path, float(row["start_s"]), float(row["end_s"]), int(rot), face_rel=row.get("face_rel"),
+                        frames=frames or None)
     except Exception as e:  # noqa: BLE001 - no signals for this segment: identity -1, a dup group of its own
         log.info("identify %s [%s, %s): %s", local_path, row.get("start_s"), row.get("end_s"), e)
         return empty_signals()
@@ -178,7 +179,8 @@ def run_unit(unit: dict, cfg, models, speech, store, backend_name: str = "",
         # (removed when the block ends); a local path is used as it is
         with storage.spool(path) as local_path:
             results = analyse_unit(dict(unit, path=local_path), cfg, models, speech, syncnet)
-            signals = [_signals(identify, local_path, r["row"], probe) for r in results] if identify else [{}] * len(results)
+            signals = ([_signals(identify, local_path, r["row"], probe, r.get("frames")) for r in results]
+                       if identify else [{}] * len(results))
     except storage.SpoolLimitError as e:
         rows = [failure_row(cid, path, Reason.UNREADABLE, str(e), probe, unit["start_s"], unit["end_s"])]
     except storage.StorageError:
