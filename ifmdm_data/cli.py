@@ -49,7 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("filter", help="probe, analyse and sort clips into coarse/lip/hard manifests",
                        description="Probe every input, cut long videos and scene cuts into segments, "
                                    "analyse faces, landmarks, segmentation, head and lip motion and "
-                                   "speech on Ray, and write Parquet manifests: clips.parquet (every "
+                                   "speech on Ray, identify who is in each segment and which segments are "
+                                   "the same footage (identity_id: dlib face descriptors; dup_group: pHashes "
+                                   "and Chromaprint audio fingerprints; config section identity:), and "
+                                   "write Parquet manifests: clips.parquet (every "
                                    "segment, every statistic), coarse/lip/hard.parquet, rejected.parquet "
                                    "(reason codes), tracks/ (per-frame) and summary.json. Re-running "
                                    "with the same -o resumes: finished work units are skipped.",
@@ -78,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("decide", help="re-decide subsets and reasons of a finished manifest with a new config",
                        description="Recompute subsets, reasons and stage2_ok from the statistics in "
-                                   "clips.parquet with the thresholds of --config (no video is read).")
+                                   "clips.parquet, and re-cluster identity_id / dup_group from the stored "
+                                   "signals, with the thresholds of --config (no video is read). Keys the "
+                                   "file leaves out keep the values the run used (its summary.json).")
     p.add_argument("manifests", help="manifest folder written by `filter`")
     p.add_argument("--config", help="YAML config: its decide.* and identity.threshold / max_phash_distance keys "
                                     "replace the run's (the rest of the run's config, from summary.json, is kept)")
@@ -147,10 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("split", help="identity- and duplicate-disjoint train/val/test manifests",
                        description="Split manifests so that no face identity, near-duplicate group or "
                                    "source file is in two splits, stratified by subset, deterministic for "
-                                   "a seed. identity_id (dlib face descriptors) and dup_group (perceptual "
-                                   "hashes) are computed from the source videos when the manifests lack "
-                                   "them. Writes OUT/train.parquet, OUT/test.parquet (and val.parquet): "
-                                   "the clips columns plus identity_id, dup_group, split.")
+                                   "a seed. Uses the face descriptors, pHashes and audio fingerprints "
+                                   "`filter` stored (re-clustered over all manifests given); computes them "
+                                   "from the source videos only for manifests without them. Writes "
+                                   "OUT/train.parquet, OUT/test.parquet (and val.parquet): the clips columns "
+                                   "plus split_group, split and source_manifest.")
     p.add_argument("manifests", nargs="+", help="manifest folders (clips.parquet) or .parquet manifests")
     p.add_argument("-o", "--out", required=True, help="split folder")
     p.add_argument("--by", choices=["identity", "clip"], default="identity",
@@ -182,7 +188,7 @@ def print_summary(s: dict, out: str) -> None:
     for reason, n in s["stage2_by_reason"].items():
         w(f"    {reason:<20s}{n:6d}\n")
     if s.get("identities") is not None:
-        w(f"  identities {s['identities']:5d} (accepted: {s['identities_accepted']}), "
+        w(f"  identities {s['identities']:5d} at threshold {s.get('identity_threshold', 0.6):g} (accepted: {s['identities_accepted']}), "
           f"{s['segments_without_face']} segments without a face; "
           f"{s['dup_groups_multi']} near-duplicate groups of 2+ segments ({s['dup_segments']} segments)\n")
     w(f"manifests: {out}/clips.parquet, coarse/lip/hard/rejected.parquet, tracks/, summary.json\n")
@@ -222,7 +228,8 @@ def print_image_set_summary(s: dict, out: str) -> None:
 def print_split_summary(s: dict, out: str) -> None:
     w = sys.stdout.write
     w(f"\n{s['segments']} segments, {s['identities']} identities (threshold {s['threshold']:g}), {s['groups']} groups "
-      f"(identity + duplicate + file), {s['dup_groups_multi']} duplicate groups of 2+ segments\n")
+      f"({'identity + ' if s.get('by') == 'identity' else ''}duplicate + file), "
+      f"{s['dup_groups_multi']} duplicate groups of 2+ segments\n")
     for name, p in s["splits"].items():
         w(f"  {name:<6s}{p['segments']:6d} segments {p['identities']:5d} identities   "
           + "  ".join(f"{k} {v} ({p['identities_per_subset'].get(k, 0)} ids)" for k, v in p["subsets"].items()) + "\n")

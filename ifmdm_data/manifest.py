@@ -85,7 +85,7 @@ def write_manifests(df: pd.DataFrame, out_dir: str | Path, cfg: FilterConfig) ->
         "stage2_by_reason": dict(sorted(s2.items(), key=lambda kv: -kv[1])),
         "thresholds": thresholds,
         "hours_accepted": float(df.loc[df["accepted"], "duration_s"].sum() / 3600.0),
-        **_identity_counts(df),
+        **_identity_counts(df), "identity_threshold": cfg.identity.threshold,
     }
 
 

@@ -319,7 +319,11 @@ def run_filter(inputs: list[str], out_dir: str, cfg: FilterConfig, workers: int 
 
     # 4. finalise (identity_id and dup_group are clustered there, from the units' signals)
     df = store.read_all()
-    df = df[df["clip_id"] == df["path"].map(ids)]   # this run's inputs, under this run's ids
+    # this run's inputs by clip id (ids survive a move: parts analysed under another mount
+    # point or input folder are this run's files at their new paths)
+    path_of = {cid: p for p, cid in ids.items()}
+    df = df[df["clip_id"].isin(path_of)].copy()
+    df["path"] = df["clip_id"].map(path_of)
     counts = write_manifests(df, out, cfg)
     elapsed = time.time() - t_start
     summary = {"inputs": len(paths), **counts, "units_analysed": len(units),

@@ -94,3 +94,21 @@ def test_worker_crash_costs_one_clip(sample_dir, tmp_path):
     assert by["crashme.mp4"] == ["worker_crash"]
     assert by["good.mp4"] == []
     assert "worker_crash" in res.stdout
+
+
+def test_moved_input_folder_resumes_with_the_new_paths(ray_session, sample_dir, tmp_path):
+    """The same clips under another folder (a dataset mounted elsewhere) into the same output:
+    every unit is skipped (same clip ids), and the manifest keeps every segment, at its new path
+    (not an empty manifest: the parts carry the old paths)."""
+    a, b = tmp_path / "a", tmp_path / "mnt" / "b"
+    a.mkdir()
+    for f in ("lip_talk.mp4", "static_still.mp4"):
+        shutil.copy(sample_dir / f, a / f)
+    shutil.copytree(a, b)
+    out = tmp_path / "m"
+    first = run_filter([str(a)], str(out), load_config(), workers=1, progress=False)
+    again = run_filter([str(b)], str(out), load_config(), workers=1, progress=False)
+    assert again["units_skipped"] == first["units_analysed"] == 2 and again["units_analysed"] == 0
+    df = _table(out)
+    assert again["segments"] == first["segments"] == len(df) >= 2
+    assert all(p.startswith(str(b)) for p in df["path"])
