@@ -215,3 +215,124 @@ def test_filter_and_redecide_agree_next_to_a_threshold(tmp_path):
     for c in ("reasons", "stage2_reasons"):
         assert [list(r) for r in fresh[c]] == [list(r) for r in again[c]], c
     assert fresh["subset"].tolist() == again["subset"].tolist() == ["lip", "hard", "hard"]
+
+
+# --- mutation-testing holes (issue 16: bash scripts/mutation.sh decide) ---------------------
+
+def test_unmeasured_statistic_fails_a_min_check_and_passes_a_max_check():
+    """A statistic that is NaN (not measured) counts as 0: below every positive `min_*` threshold
+    (rejected) and below every `max_*` one (passes). The thresholds sit between 0 and 1 so that
+    a NaN read as anything but 0 decides differently."""
+    cfg = FilterConfig()
+    d, seg = cfg.decide, cfg.segment
+    d.min_face_px, d.min_sharpness, d.max_camera_motion = 0.5, 0.5, 0.5
+    seg.min_duration_s, seg.min_short_side = 0.5, 1
+    nan = float("nan")
+    df = pd.DataFrame([
+        _row(face_fraction=nan), _row(detected_face_fraction=nan),       # no face
+        _row(multi_face_fraction=nan), _row(out_of_frame_fraction=nan),  # passes
+        _row(duration_s=nan), _row(width=nan),                           # too short, low resolution
+        _row(face_px=nan), _row(sharpness=nan), _row(camera_motion=nan),
+    ])
+    out, _ = decide(df, cfg)
+    assert [list(r) for r in out["reasons"]] == [
+        ["no_face"], ["no_face"], [], [], ["too_short"], ["low_resolution"], ["face_too_small"], ["blurry"], []]
+
+
+def test_a_detected_face_too_small_for_the_mesh_is_face_too_small_not_no_face():
+    """Issue 11: the mesh lost the face (face_fraction 0) but the detector saw one in enough
+    frames (detected_face_fraction exactly at min_face_fraction: inclusive) whose median height
+    is below min_face_px: `face_too_small`. At min_face_px exactly, or with no face_px at all,
+    it is `no_face`; two faces stay `multi_face`."""
+    d = FilterConfig().decide
+    lost = dict(face_fraction=0.0, detected_face_fraction=d.min_face_fraction)
+    df = pd.DataFrame([
+        _row(**lost, face_px=d.min_face_px - 1),
+        _row(**lost, face_px=d.min_face_px),
+        _row(**lost, face_px=float("nan")),
+        _row(**lost, face_px=d.min_face_px - 1, multi_face_fraction=1.0),
+        _row(face_fraction=0.0, detected_face_fraction=d.min_face_fraction - 1e-6, face_px=10.0),
+        _row(face_fraction=0.0, detected_face_fraction=float("nan"), face_px=10.0),   # no detection evidence
+    ])
+    out, _ = decide(df, FilterConfig())
+    assert [list(r) for r in out["reasons"]] == [
+        ["face_too_small"], ["no_face"], ["no_face"], ["multi_face"], ["no_face"], ["no_face"]]
+
+
+def test_quantile_threshold_without_any_face_ok_segment_is_none():
+    """No face-ok segment: a {quantile: q} threshold has nothing to be taken over; it is
+    reported as None (not NaN, not an error) and every segment keeps its face reason."""
+    cfg = FilterConfig()
+    cfg.decide.min_sharpness = {"quantile": 0.5}
+    df = pd.DataFrame([_row(face_fraction=0.0), _row(face_fraction=0.1)])
+    out, th = decide(df, cfg)
+    assert th["min_sharpness"] is None
+    assert th["head_motion_min"] == cfg.decide.head_motion_min
+    assert [list(r) for r in out["reasons"]] == [["no_face"], ["no_face"]]
+
+
+def test_decide_on_a_fresh_manifest_with_missing_columns_and_no_reasons():
+    """A manifest without `reasons`/`audio_error`/`audio_coverage` values (None reasons, the
+    columns absent) decides like one with empty ones, and gives the motion flags as columns."""
+    full = pd.DataFrame([_row(), _row(head_motion=0.0), _row(mouth_open_std=0.0)])
+    bare = full.drop(columns=["audio_error"]).assign(reasons=[None, None, None])
+    a, _ = decide(full, FilterConfig())
+    b, _ = decide(bare, FilterConfig())
+    for c in ("reasons", "stage2_reasons"):
+        assert [list(r) for r in b[c]] == [list(r) for r in a[c]] == [[], [], []]
+    assert b["subset"].tolist() == ["hard", "lip", "coarse"]
+    assert b["head_moves"].tolist() == [True, False, True]
+    assert b["lip_moves"].tolist() == [True, True, False]
+
+
+def test_decide_keeps_the_rows_of_a_manifest_with_its_own_index():
+    """Re-deciding a selection of a manifest (index 10, 11, 12, not 0..2): each row's decision
+    is its own, as with a fresh index."""
+    df = pd.DataFrame([_row(reasons=["decode_error"]), _row(), _row(face_fraction=0.0)], index=[10, 11, 12])
+    out, _ = decide(df, FilterConfig())
+    assert [list(r) for r in out["reasons"]] == [["decode_error"], [], ["no_face"]]
+    assert out["accepted"].tolist() == [False, True, False]
+
+
+def test_audio_coverage_below_its_minimum_is_audio_too_short_and_failed_rows_are_not_judged():
+    """audio_coverage < min_audio_coverage: `audio_too_short` (its speech and sync measure the
+    padding). A hard failure (nothing measured) gets no stage-2 reason besides not_in_subset,
+    even with no speech statistic."""
+    d = FilterConfig().decide
+    df = pd.DataFrame([
+        _row(audio_coverage=d.min_audio_coverage - 0.01),
+        _row(audio_coverage=d.min_audio_coverage),
+        _row(reasons=["decode_error"], speech_ratio=float("nan"), audio_coverage=float("nan")),
+    ])
+    out, _ = decide(df, FilterConfig())
+    assert [list(r) for r in out["stage2_reasons"]] == [["audio_too_short"], [], ["not_in_subset"]]
+
+
+def test_stored_reads_numbers_in_the_manifest_precision():
+    """`stored`: an absent column is all NaN (float), text is NaN, a float32 statistic becomes
+    float32, and a float64 one (duration_s) stays float64: a duration just under min_duration_s
+    is too short even though its float32 is min_duration_s."""
+    from ifmdm_data.decide import stored
+
+    df = pd.DataFrame({"sharpness": ["1.5", "n/a"], "duration_s": [2.5, 2.5]})
+    miss = stored(df, "sync_conf")
+    assert miss.dtype.kind == "f" and miss.isna().all() and list(miss.index) == [0, 1]
+    s = stored(df, "sharpness")
+    assert s.dtype == np.float32 and s.iloc[0] == np.float32(1.5) and np.isnan(s.iloc[1])
+    assert stored(df, "duration_s").dtype == np.float64
+    seg = FilterConfig().segment
+    under = np.nextafter(seg.min_duration_s, 0)
+    assert np.float32(under) == np.float32(seg.min_duration_s)
+    out, _ = decide(pd.DataFrame([_row(duration_s=under)]), FilterConfig())
+    assert list(out["reasons"].iloc[0]) == ["too_short"]
+
+
+def test_speech_ratio_exactly_at_a_float32_exact_threshold_is_ok():
+    """min_speech_ratio is inclusive. With the default 0.3 the stored float32(0.3) is above 0.3,
+    so the boundary is checked at 0.25, exact in float32: 0.25 passes, the next float32 below
+    it is `no_speech`."""
+    cfg = FilterConfig()
+    cfg.decide.min_speech_ratio = 0.25
+    below = float(np.nextafter(np.float32(0.25), np.float32(0)))
+    out, _ = decide(pd.DataFrame([_row(speech_ratio=0.25), _row(speech_ratio=below)]), cfg)
+    assert [list(r) for r in out["stage2_reasons"]] == [[], ["no_speech"]]

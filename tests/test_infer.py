@@ -519,3 +519,184 @@ def test_bad_arguments_rejected_before_torch_is_imported(tmp_path, extra, needle
     err = r.stderr.strip()
     assert r.returncode == 2 and len(err.splitlines()) == 1, (r.returncode, err)
     assert err.startswith("ifmdm-infer: error:") and needle.format(d=tmp_path) in err, err
+
+
+# --- argument handling of ifmdm-infer, in process (issue 16: bash scripts/mutation.sh infer_cli) ---
+
+def _args(*extra, audio=True):
+    from ifmdm_model.infer_cli import parser
+    base = ["--checkpoint", "c", "--image", "i.png", "-o", "o.mp4"] + (["--audio", "a.wav"] if audio else [])
+    return parser().parse_args(base + list(extra))
+
+
+@pytest.mark.parametrize("extra", [
+    [], ["--steps", "1"], ["--motion-std", "0"], ["--cfg", "-1"], ["--cfg", "0"],
+    ["--cfg-rescale", "0"], ["--cfg-rescale", "1"], ["--fps", "1"], ["--fps", "240"],
+    ["--batch-frames", "1"], ["--size", "16"], ["--size", "4096"], ["--size", "512"]])
+def test_args_values_at_their_bounds_are_accepted(extra):
+    from ifmdm_model.infer_cli import check_values
+    check_values(_args(*extra))
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--steps", "0"], "--steps"), (["--motion-std", "-0.01"], "--motion-std"),
+    (["--motion-std", "nan"], "--motion-std"), (["--motion-std", "inf"], "--motion-std"),
+    (["--cfg", "inf"], "--cfg must be finite"), (["--cfg", "nan"], "--cfg must be finite"),
+    (["--cfg-rescale", "-0.01"], "--cfg-rescale"), (["--cfg-rescale", "1.01"], "--cfg-rescale"),
+    (["--cfg-rescale", "nan"], "--cfg-rescale"), (["--fps", "0.99"], "--fps"), (["--fps", "240.5"], "--fps"),
+    (["--fps", "nan"], "--fps"), (["--batch-frames", "0"], "--batch-frames"), (["--size", "14"], "--size"),
+    (["--size", "17"], "--size"), (["--size", "4098"], "--size")])
+def test_args_values_past_their_bounds_are_one_error_naming_the_option(extra, needle):
+    from ifmdm_data.errors import InputError
+    from ifmdm_model.infer_cli import check_values
+    with pytest.raises(InputError) as e:
+        check_values(_args(*extra))
+    assert needle in str(e.value) and extra[1] in str(e.value)
+
+
+def test_args_paths_are_checked_with_a_message_naming_the_input(tmp_path):
+    from ifmdm_data.errors import InputError
+    from ifmdm_model.infer_cli import check_paths, parser
+
+    d = tmp_path
+    (d / "run").mkdir()
+    (d / "lora").mkdir()
+    (d / "w2v").mkdir()
+    for f in ("face.png", "a.wav", "drive.mp4", "mean.npy", "old.mp4"):
+        (d / f).write_bytes(b"x")
+    ok = {"--checkpoint": d / "run", "--image": d / "face.png", "--audio": d / "a.wav", "-o": d / "new.mp4"}
+
+    def check(**change):
+        opts = {**ok, **{k.replace("_", "-") if k.startswith("--") else k: v for k, v in change.items()}}
+        argv = [str(x) for k, v in opts.items() if v is not None for x in ((k, v) if v is not True else (k,))]
+        check_paths(parser().parse_args(argv))
+
+    def bad(needle, **change):
+        with pytest.raises(InputError) as e:
+            check(**change)
+        assert needle in str(e.value), str(e.value)
+
+    check()
+    check(**{"--lora": d / "lora", "--wav2vec2": d / "w2v", "--motion-mean": d / "mean.npy"})
+    check(**{"--motion-mean": "previous"})
+    check(**{"--audio": None, "--driving-video": d / "drive.mp4"})
+    check(**{"-o": d / "old.mp4", "--overwrite": True})
+    bad(f"checkpoint folder {d / 'nope'} does not exist", **{"--checkpoint": d / "nope"})
+    bad(f"checkpoint folder {d / 'face.png'} does not exist", **{"--checkpoint": d / "face.png"})
+    bad(f"image {d / 'nope.png'} does not exist", **{"--image": d / "nope.png"})
+    bad(f"image {d / 'run'} is not a file", **{"--image": d / "run"})
+    bad(f"audio {d / 'nope.wav'} does not exist", **{"--audio": d / "nope.wav"})
+    bad(f"driving video {d / 'nope.mp4'} does not exist", **{"--audio": None, "--driving-video": d / "nope.mp4"})
+    bad(f"--lora folder {d / 'face.png'} does not exist", **{"--lora": d / "face.png"})
+    bad(f"--wav2vec2 folder {d / 'nope'} does not exist", **{"--wav2vec2": d / "nope"})
+    bad("--motion-mean must be input, previous or a .npy file", **{"--motion-mean": d / "nope.npy"})
+    bad(f"{d / 'run'} is a folder", **{"-o": d / "run"})
+    bad("exists: pass --overwrite", **{"-o": d / "old.mp4"})
+    bad(f"output folder {d / 'no'} does not exist", **{"-o": d / "no" / "o.mp4"})
+
+
+_STATS = {"output": "o.mp4", "frames": 50, "seconds": 2.0, "fps_video": 25.0, "wall_s": 4.0, "fps": 12.5,
+          "first_frame_latency_s": 0.5, "load_s": 1.25, "stages_s": {"speech": 0.5, "decode": 2.0}}
+
+
+def _cli(tmp_path, monkeypatch, argv, result=None):
+    """main(argv) with generate / reenact replaced by recorders: (exit code, calls)."""
+    import ifmdm_model.infer as infer_mod
+    from ifmdm_model.infer_cli import main as cli_main
+
+    calls = []
+
+    def rec(name):
+        def f(*a, **k):
+            calls.append((name, a, k))
+            if isinstance(result, BaseException):
+                raise result
+            return dict(_STATS)
+        return f
+    monkeypatch.setattr(infer_mod, "generate", rec("generate"))
+    monkeypatch.setattr(infer_mod, "reenact", rec("reenact"))
+    return cli_main(argv), calls
+
+
+def _paths(tmp_path):
+    (tmp_path / "run").mkdir(exist_ok=True)
+    for f in ("face.png", "a.wav", "drive.mp4"):
+        (tmp_path / f).write_bytes(b"x")
+    return ["--checkpoint", str(tmp_path / "run"), "--image", str(tmp_path / "face.png"), "-o", str(tmp_path / "o.mp4")]
+
+
+def test_args_defaults_reach_generate(tmp_path, monkeypatch, capsys):
+    base = _paths(tmp_path)
+    rc, calls = _cli(tmp_path, monkeypatch, base + ["--audio", str(tmp_path / "a.wav")])
+    assert rc == 0 and [c[0] for c in calls] == ["generate"]
+    _, a, k = calls[0]
+    assert a == (str(tmp_path / "run"), str(tmp_path / "face.png"), str(tmp_path / "a.wav"), str(tmp_path / "o.mp4"))
+    assert k == dict(fps=25.0, steps=25, cfg=2.5, motion_std=0.1, motion_mean="input", seed=0, wav2vec2=None,
+                     first_hint="input", guidance_rescale=1.0, size=None, device="auto", dtype="fp32",
+                     compile=False, overwrite=False, batch_frames=16, progress=True, face_check=True, lora=None)
+    out = capsys.readouterr().out.strip()
+    assert out == ("wrote o.mp4: 50 frames (2.00 s at 25 fps) in 4.00 s = 12.5 fps; first frame after 0.50 s; "
+                   "load 1.25 s; speech 0.50 s, decode 2.00 s")
+
+
+def test_args_every_option_reaches_generate_and_reenact(tmp_path, monkeypatch, capsys):
+    import json
+    base = _paths(tmp_path)
+    (tmp_path / "lora").mkdir()
+    (tmp_path / "w2v").mkdir()
+    opts = ["--fps", "30", "--steps", "7", "--cfg", "1.5", "--motion-std", "0.2", "--motion-mean", "previous",
+            "--seed", "3", "--wav2vec2", str(tmp_path / "w2v"), "--first-hint", "learned", "--cfg-rescale", "0.5",
+            "--size", "96", "--device", "cpu", "--dtype", "bf16", "--compile", "--overwrite",
+            "--batch-frames", "4", "-q", "--no-face-check", "--lora", str(tmp_path / "lora"), "--json"]
+    rc, calls = _cli(tmp_path, monkeypatch, base + ["--audio", str(tmp_path / "a.wav")] + opts)
+    assert rc == 0
+    _, _, k = calls[0]
+    assert k == dict(fps=30.0, steps=7, cfg=1.5, motion_std=0.2, motion_mean="previous", seed=3,
+                     wav2vec2=str(tmp_path / "w2v"), first_hint="learned", guidance_rescale=0.5, size=96,
+                     device="cpu", dtype="bf16", compile=True, overwrite=True, batch_frames=4, progress=False,
+                     face_check=False, lora=str(tmp_path / "lora"))
+    assert json.loads(capsys.readouterr().out) == _STATS
+    rc, calls = _cli(tmp_path, monkeypatch, base + ["--driving-video", str(tmp_path / "drive.mp4"), "--size", "96",
+                                                     "--device", "cpu", "--batch-frames", "4", "-q"])
+    assert rc == 0 and [c[0] for c in calls] == ["reenact"]
+    _, a, k = calls[0]
+    assert a == (str(tmp_path / "run"), str(tmp_path / "face.png"), str(tmp_path / "drive.mp4"), str(tmp_path / "o.mp4"))
+    assert k == dict(size=96, device="cpu", dtype="fp32", compile=False, overwrite=False, batch_frames=4,
+                     progress=False, face_check=True, lora=None)
+
+
+def test_args_errors_and_interrupts_are_one_line_and_an_exit_code(tmp_path, monkeypatch, capsys):
+    base = _paths(tmp_path) + ["--audio", str(tmp_path / "a.wav")]
+    rc, calls = _cli(tmp_path, monkeypatch, base, result=InferenceError("the audio is silent"))
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(calls) == 1 and err == "ifmdm-infer: error: the audio is silent"
+    rc, _ = _cli(tmp_path, monkeypatch, base, result=KeyboardInterrupt())
+    assert rc == 130 and capsys.readouterr().err.strip() == "ifmdm-infer: interrupted; no output written"
+    rc, calls = _cli(tmp_path, monkeypatch, base + ["--steps", "0"])       # checked before generate
+    assert rc == 2 and calls == [] and "--steps" in capsys.readouterr().err
+
+
+def test_args_usage_needs_one_speech_source_and_documents_every_option(capsys):
+    """Exactly one of --audio / --driving-video; a usage error names the program; every option
+    has a help line and the help ends with the notes on the image (EPILOG)."""
+    from ifmdm_model.infer_cli import EPILOG, parser
+
+    base = ["--checkpoint", "c", "--image", "i.png", "-o", "o.mp4"]
+    for argv in (base, base + ["--audio", "a.wav", "--driving-video", "d.mp4"], ["--image", "i", "-o", "o", "--audio", "a"],
+                 ["--checkpoint", "c", "-o", "o", "--audio", "a"], ["--checkpoint", "c", "--image", "i", "--audio", "a"]):
+        with pytest.raises(SystemExit) as e:
+            parser().parse_args(argv)
+        assert e.value.code == 2
+        assert capsys.readouterr().err.startswith("usage: ifmdm-infer "), argv
+    for hint in ("input", "learned"):
+        assert parser().parse_args(base + ["--audio", "a.wav", "--first-hint", hint]).first_hint == hint
+    for extra in (["--first-hint", "zero"], ["--dtype", "fp64"]):
+        with pytest.raises(SystemExit):
+            parser().parse_args(base + ["--audio", "a.wav"] + extra)
+        assert "invalid choice" in capsys.readouterr().err
+    ap = parser()
+    assert ap.prog == "ifmdm-infer" and ap.description and ap.epilog == EPILOG
+    undocumented = [a.option_strings for a in ap._actions if not a.help]
+    assert undocumented == [], undocumented
+    text = ap.format_help()
+    assert EPILOG.strip().splitlines()[0] in text

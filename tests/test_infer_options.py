@@ -106,3 +106,49 @@ def test_first_hint_and_later_hints(models, image, speech3, tmp_path, monkeypatc
     for k in (1, 2):                                          # the previous chunk's last frame
         _all_equal(chunks[k], "hint", motions[k - 1][-1])
         assert not torch.allclose(motions[k - 1][-1], m_in.reshape(-1), atol=1e-3)
+
+
+# --- option parsing, directly (issue 16: bash scripts/mutation.sh infer) -----------------------
+
+def test_option_motion_mean_values(tmp_path):
+    import numpy as np
+    from ifmdm_model.infer import InferenceError, motion_mean_arg
+
+    assert motion_mean_arg("input", 4) == "input" and motion_mean_arg("previous", 4) == "previous"
+    v = motion_mean_arg(np.arange(4, dtype=np.float64), 4)
+    assert v.dtype == np.float32 and v.tolist() == [0, 1, 2, 3]
+    seq = np.stack([np.zeros(4), np.full(4, 2.0), np.arange(4) * 3.0])    # (T=3, D=4): its mean over T
+    np.testing.assert_allclose(motion_mean_arg(seq, 4), [2 / 3, 1 + 2 / 3, 2 + 2 / 3, 3 + 2 / 3], rtol=1e-6)
+    np.save(tmp_path / "m.npy", seq)
+    np.testing.assert_allclose(motion_mean_arg(str(tmp_path / "m.npy"), 4), seq.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(motion_mean_arg(tmp_path / "m.npy", 4), seq.mean(0), rtol=1e-6)
+    for bad, needle in [(np.zeros(5), "shape (4,)"), (np.zeros((2, 5)), "(T, 4)"), (np.zeros((2, 2, 4)), "got (2, 2, 4)"),
+                        (np.array([0, 1, np.nan, 0]), "finite"), (np.array([[0, 1, 2, np.inf]]), "finite"),
+                        (str(tmp_path / "nope.npy"), "does not exist"), ("learned", "input, previous or a .npy")]:
+        with pytest.raises(InferenceError, match="--motion-mean") as e:
+            motion_mean_arg(bad, 4)
+        assert needle in str(e.value), str(e.value)
+    (tmp_path / "text.npy").write_text("not numpy")
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    for f in ("text.npy", "obj.npy"):                  # unreadable, or pickled objects (never loaded)
+        with pytest.raises(InferenceError, match=f"cannot read --motion-mean {tmp_path / f}") as e:
+            motion_mean_arg(str(tmp_path / f), 4)
+        assert "(ValueError: " in str(e.value), str(e.value)       # names what went wrong
+
+
+def test_option_dtype_autocast():
+    from ifmdm_model.infer import InferenceError, _autocast
+
+    cpu = torch.device("cpu")
+    a, b = torch.randn(4, 4), torch.randn(4, 4)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")              # fp32 is no autocast at all: not even a warning
+        with _autocast(cpu, "fp32"):
+            assert (a @ b).dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+    for name, dt in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        with _autocast(cpu, name):
+            assert torch.is_autocast_enabled("cpu") and (a @ b).dtype == dt, name
+    assert not torch.is_autocast_enabled("cpu")
+    with pytest.raises(InferenceError, match=r"--dtype must be one of \['bf16', 'fp16', 'fp32'\], got 'fp64'"):
+        _autocast(cpu, "fp64")
