@@ -28,6 +28,12 @@ def empty_signals() -> dict:
             "identity_faces": 0, "frame_descriptors": [], "phash": [], "audio_fingerprint": []}
 
 
+def failed_signals() -> dict:
+    """The signals of a segment whose identify step failed (our bug or an odd file): all null,
+    as "not computed" (`split` computes them again; the report does not count it as no face)."""
+    return {**NOT_COMPUTED, "phash": None, "audio_fingerprint": None}
+
+
 NOT_COMPUTED = {"face_descriptor": None, "identity_spread": float("nan"), "identity_mixed": None,
                 "identity_faces": None, "frame_descriptors": None}
 

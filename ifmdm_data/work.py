@@ -29,9 +29,9 @@ import pyarrow.parquet as pq
 from . import storage
 from .errors import ClipError
 from .reasons import Reason
+from .schema import tracks_table, write_parquet_atomic
 
 log = logging.getLogger(__name__)
-from .schema import tracks_table, write_parquet_atomic
 
 PROBE_FIELDS = ("file_size", "container_duration_s", "fps", "vfr", "width", "height", "rotation",
                 "vcodec", "has_audio", "acodec", "audio_sr", "n_video_streams", "n_audio_streams")
@@ -148,15 +148,16 @@ class CollectingStore:
 
 
 def _signals(identify, local_path: str, row: dict, probe: dict, frames=None) -> dict:
-    from .identify import empty_signals
+    from .identify import failed_signals
 
     rot = probe.get("rotation") or 0
     try:
         return identify(local_path, float(row["start_s"]), float(row["end_s"]), int(rot), face_rel=row.get("face_rel"),
                         frames=frames or None)
-    except Exception as e:  # noqa: BLE001 - no signals for this segment: identity -1, a dup group of its own
-        log.info("identify %s [%s, %s): %s", local_path, row.get("start_s"), row.get("end_s"), e)
-        return empty_signals()
+    except Exception as e:  # noqa: BLE001 - the segment keeps its analysis; its signals are "not computed"
+        log.warning("identify failed on %s [%s, %s): %s: %s (signals left null: `split` computes them again)",
+                    local_path, row.get("start_s"), row.get("end_s"), type(e).__name__, e)
+        return failed_signals()
 
 
 def run_unit(unit: dict, cfg, models, speech, store, backend_name: str = "",
@@ -166,7 +167,7 @@ def run_unit(unit: dict, cfg, models, speech, store, backend_name: str = "",
     store or the object storage holding the video fails (not a property of the clip).
     `identify(local_path, start_s, end_s, rotation) -> dict` (identify.identifier): each
     segment's identity / near-duplicate signals, added to its row (an error there leaves the
-    segment without signals, never fails it)."""
+    signals null, "not computed", with a warning in the log; it never fails the segment)."""
     from .analyse import analyse_unit
 
     cid, path, probe = unit["clip_id"], unit["path"], unit["probe"]

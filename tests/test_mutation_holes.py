@@ -533,7 +533,7 @@ def test_run_unit_rows_tracks_and_identity_signals(tmp_path, monkeypatch):
     tracks written under the segment id; the part is written last under the unit id."""
     from ifmdm_data import analyse
     from ifmdm_data.config import FilterConfig
-    from ifmdm_data.identify import empty_signals
+    from ifmdm_data.identify import failed_signals
     from ifmdm_data.schema import read_tracks
     from ifmdm_data.work import PartStore, run_unit
 
@@ -566,7 +566,7 @@ def test_run_unit_rows_tracks_and_identity_signals(tmp_path, monkeypatch):
         assert 0 <= r["analysis_s"] < 60
     assert rows[0]["identity_faces"] == 3
     assert store.read_all()["segment_id"].tolist() == ["c_000020000", "c_000027500"]
-    want = empty_signals()                                          # an identify error: no signals
+    want = failed_signals()                                 # an identify error: signals not computed (null)
     assert math.isnan(rows[1].pop("identity_spread")) and math.isnan(want.pop("identity_spread"))
     assert {k: rows[1][k] for k in want} == want
     assert store.done() == {"c_w0001"}
