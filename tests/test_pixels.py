@@ -83,20 +83,11 @@ def _face_box_aspect(res) -> float:
 def test_non_square_pixels_analysed_in_display_geometry(tmp_path):
     """SAR 2:1 (256x512 coded, 512x512 displayed): probe says 512 wide, the face is found and
     its box has the source's aspect, and the shard crop is not squeezed."""
-    from ifmdm_data.analyse import analyse_unit, load_models
-    from ifmdm_data.config import load_config
-    from ifmdm_data.probe import probe_file
     from ifmdm_data.shard import ShardConfig, render_video
 
     sar = _ffmpeg(tmp_path / "sar2.mp4", "-vf", "scale=256:512,setsar=2", "-c:v", "libx264", "-c:a", "aac")
     ref = _ffmpeg(tmp_path / "ref.mp4", "-c:v", "libx264", "-c:a", "aac")
-    cfg = load_config()
-    models, speech = load_models(cfg)
-    out = {}
-    for name, path in (("sar", sar), ("ref", ref)):
-        probe = probe_file(path)
-        unit = dict(clip_id=name, path=path, start_s=0.0, end_s=float("inf"), probe=probe, unit_id=name)
-        out[name] = (probe, analyse_unit(unit, cfg, models, speech)[0])
+    out = _analyse_first_segments({"sar": sar, "ref": ref})
     probe, res = out["sar"]
     assert (probe["width"], probe["height"]) == (512, 512)
     assert res["row"]["face_fraction"] > 0.9
@@ -109,26 +100,33 @@ def test_non_square_pixels_analysed_in_display_geometry(tmp_path):
     assert np.abs(_blocks(a) - _blocks(b)).mean() < 4.0
 
 
+def _analyse_first_segments(paths: dict) -> dict:
+    """name -> path of each file: name -> (probe, analyse_unit's first result), default config."""
+    from ifmdm_data.analyse import analyse_unit, load_models
+    from ifmdm_data.config import load_config
+    from ifmdm_data.probe import probe_file
+
+    cfg = load_config()
+    models, speech = load_models(cfg)
+    out = {}
+    for name, path in paths.items():
+        probe = probe_file(path)
+        unit = dict(clip_id=name, path=path, start_s=0.0, end_s=float("inf"), probe=probe, unit_id=name)
+        out[name] = (probe, analyse_unit(unit, cfg, models, speech)[0])
+    return out
+
+
 def test_pal_16_15_analysed_in_display_geometry(tmp_path):
     """PAL 720x576 SAR 16:15 (768x576 displayed): width 768, head and lip statistics as on the
     same picture with square pixels (the issue measured +4% head motion and +8% lip motion when
     the SAR was ignored), face boxes and shard crops not narrower."""
-    from ifmdm_data.analyse import analyse_unit, load_models
-    from ifmdm_data.config import load_config
-    from ifmdm_data.probe import probe_file
     from ifmdm_data.shard import ShardConfig, render_video
 
     square = "scale=576:576,pad=768:576:96:0"                  # the 512x512 face picture, 4:3
     pal = _ffmpeg(tmp_path / "pal.mp4", "-vf", f"{square},scale=720:576,setsar=16/15",
                   "-c:v", "libx264", "-crf", "12", "-c:a", "aac")
     ref = _ffmpeg(tmp_path / "ref.mp4", "-vf", square, "-c:v", "libx264", "-crf", "12", "-c:a", "aac")
-    cfg = load_config()
-    models, speech = load_models(cfg)
-    out = {}
-    for name, path in (("pal", pal), ("ref", ref)):
-        probe = probe_file(path)
-        unit = dict(clip_id=name, path=path, start_s=0.0, end_s=float("inf"), probe=probe, unit_id=name)
-        out[name] = (probe, analyse_unit(unit, cfg, models, speech)[0])
+    out = _analyse_first_segments({"pal": pal, "ref": ref})
     probe, res = out["pal"]
     ref_row = out["ref"][1]["row"]
     assert (probe["width"], probe["height"]) == (768, 576)
