@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -45,7 +46,7 @@ MEDIA = ROOT.parent / "shared" / "media"
 
 # steps per stage-1 run (each run: S1-tiny at 64 px, batch 8)
 BUDGET = {"quick": {"synthetic": 200, "real": 300, "dims": 300, "tune": 150},
-          "full": {"synthetic": 6000, "real": 10000, "dims": 6000, "tune": 1000}}
+          "full": {"synthetic": 4000, "real": 10000, "dims": 2000, "tune": 1000}}
 
 
 def table(title: str, rows: list[dict], cols: list[str]) -> None:
@@ -78,11 +79,98 @@ def prepare_real(work: Path, media: Path, size: int) -> Path:
     return shards
 
 
-def run(name, clips, steps, seed, device="cpu", **overrides):
-    cfg = model_config("S1-tiny", **overrides)
-    model, res = train_small(cfg, clips, TrainSettings(steps=steps, seed=seed, device=device), name)
-    print(f"  {name}: {res.steps} steps, {res.seconds:.0f} s, held-out PSNR {res.psnr:.2f} dB", flush=True)
-    return model, res
+EMA = 0.999   # the trainer's default EMA decay; the models are measured with their EMA weights, as
+              # `ifmdm-train`'s extraction and inference use ema.safetensors (raw weights: "PSNR raw")
+
+
+def stage1_jobs(budget: dict, seed: int, quick: bool, real: bool) -> list[dict]:
+    """Every stage-1 run of the benchmark, as plain records (independent: trainable in parallel)."""
+    syn = [("default", {}), ("groups: 1", {"groups": 1}), ("mask_norm: paper", {"mask_norm": "paper"}),
+           ("motion_decoder: mapping", {"motion_decoder": "mapping"})]
+    jobs = [{"section": "synthetic", "name": n, "overrides": ov, "steps": budget["synthetic"]} for n, ov in syn]
+    if real:
+        jobs += [{"section": "real", "name": "default", "overrides": {}, "steps": budget["real"]}]
+        # both with style_dim 128: the directions decoder needs D <= style_dim (S1-tiny has 64)
+        jobs += [{"section": "dims", "name": f"motion_dim {d}", "overrides": {"motion_dim": d, "style_dim": 128},
+                  "steps": budget["dims"]} for d in (20, 100)]
+    for j in jobs:
+        j.update(seed=seed, ema=EMA, key=f"{j['section']}-" + "".join(c if c.isalnum() else "_" for c in j["name"]))
+    return jobs
+
+
+def _data(section: str, seed: int, shards: Optional[Path]):
+    if section == "synthetic":
+        return synthetic_local_motion(n_clips=6, seed=seed)
+    return shard_clips(shards, 64, train_fraction=0.75, max_frames=200)
+
+
+def _spec(job: dict) -> dict:
+    return {k: job[k] for k in ("section", "name", "overrides", "steps", "seed", "ema")}
+
+
+def _train_job(job: dict) -> tuple[dict, dict]:
+    """Train one stage-1 run (in this process or a pool worker); returns (CPU state dict, RunResult as a dict)."""
+    import dataclasses
+    torch.set_num_threads(job["threads"])
+    clips = _data(job["section"], job["seed"], job.get("shards") and Path(job["shards"]))
+    every = max(job["steps"] // 6, 1)
+
+    def progress(row):
+        print(f"  [{job['key']}] step {row['step']}: held-out PSNR {row['psnr']:.2f} dB (raw "
+              f"{row.get('psnr_raw', row['psnr']):.2f}), {row['seconds']:.0f} s", file=sys.stderr, flush=True)
+    model, res = train_small(model_config("S1-tiny", **job["overrides"]), clips,
+                             TrainSettings(steps=job["steps"], seed=job["seed"], device=job["device"], ema=job["ema"],
+                                           eval_every=every, log=progress), job["name"])
+    print(f"  {job['key']}: {res.steps} steps, {res.seconds:.0f} s, held-out PSNR {res.psnr:.2f} dB", flush=True)
+    return job["key"], {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, dataclasses.asdict(res)
+
+
+def stage1_runs(jobs: list[dict], n_jobs: int, device: str, threads: int, shards: Optional[Path],
+                models: Optional[Path]) -> dict:
+    """Train (or, with `models`, reuse from an earlier run of the same spec) every job; returns
+    {key: (model on the CPU in eval mode, RunResult)}. With `models` each finished run is saved
+    there (safetensors weights + a JSON of its spec and result), so a GPU machine can train stage 1
+    (`--stage1-only`) and the CPU sections run later from the same folder."""
+    from safetensors.torch import load_file, save_file
+
+    from ifmdm_model.learning import RunResult
+    from ifmdm_model.stage1 import build_stage1
+    out, todo = {}, []
+    for j in jobs:
+        j.update(device=device, threads=threads, shards=str(shards) if shards else None)
+        meta = models / f"{j['key']}.json" if models else None
+        if meta is not None and meta.is_file() and json.loads(meta.read_text())["spec"] == _spec(j):
+            model = build_stage1(model_config("S1-tiny", **j["overrides"]))
+            model.load_state_dict(load_file(str(models / f"{j['key']}.safetensors")))
+            out[j["key"]] = (model.eval(), RunResult(**json.loads(meta.read_text())["result"]))
+            print(f"  {j['key']}: reused from {meta.parent}", flush=True)
+        else:
+            todo.append(j)
+
+    by_key = {j["key"]: j for j in todo}
+
+    def keep(key, sd, res):
+        j = by_key[key]
+        model = build_stage1(model_config("S1-tiny", **j["overrides"]))
+        model.load_state_dict(sd)
+        out[j["key"]] = (model.eval(), RunResult(**res))
+        if models is not None:
+            models.mkdir(parents=True, exist_ok=True)
+            tmp = models / f".{j['key']}.tmp"
+            save_file(sd, str(tmp))
+            os.replace(tmp, models / f"{j['key']}.safetensors")
+            (models / f".{j['key']}.json.tmp").write_text(json.dumps({"spec": _spec(j), "result": res}, default=float))
+            os.replace(models / f".{j['key']}.json.tmp", models / f"{j['key']}.json")
+
+    if n_jobs > 1 and len(todo) > 1:
+        import multiprocessing as mp
+        with mp.get_context("spawn").Pool(min(n_jobs, len(todo))) as pool:
+            for key, sd, res in pool.imap_unordered(_train_job, todo):
+                keep(key, sd, res)
+    else:
+        for j in todo:
+            keep(*_train_job(j))
+    return out
 
 
 def main(argv=None) -> int:
@@ -96,38 +184,56 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="stage-1 training device (cpu, cuda); stage 2 stays on the CPU")
     ap.add_argument("--json", type=Path, help="also write every number here")
+    ap.add_argument("--jobs", type=int, default=1, help="stage-1 runs trained in parallel processes (each --threads)")
+    ap.add_argument("--models", type=Path, help="save each stage-1 run here (safetensors + JSON) and reuse the ones "
+                    "already there with the same spec")
+    ap.add_argument("--stage1-only", action="store_true", help="train (or reuse) the stage-1 runs and stop: e.g. "
+                    "on a GPU machine with --models, then the full benchmark on a CPU with the same --models")
+    ap.add_argument("--real-steps", type=int, help="override the real-clip stage-1 budget (steps)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    budget = BUDGET["quick" if args.quick else "full"]
+    budget = dict(BUDGET["quick" if args.quick else "full"])
+    if args.real_steps:
+        budget["real"] = args.real_steps
     checks: list[tuple[str, bool, str]] = []
     report: dict = {"mode": "quick" if args.quick else "full", "budget": budget}
     t0 = time.perf_counter()
+    shards = None
+    if not args.skip_real:
+        if not (args.media / "video").is_dir() and not (args.work / "shards64" / "index.parquet").is_file():
+            raise SystemExit(f"{args.media}/video not found: give --media or --skip-real")
+        shards = prepare_real(args.work, args.media, 64)
+    dflt = model_config("S1-tiny")
+    print(f"default = S1-tiny (64 px, G={dflt.groups}, D={dflt.motion_dim}, mask_norm {dflt.mask_norm}, "
+          f"motion_decoder {dflt.motion_decoder}, coarse_to_fine {dflt.coarse_to_fine}); "
+          f"budget {budget} steps of batch 8, Adam 2e-3, measured with EMA {EMA} weights")
+    jobs = stage1_jobs(budget, args.seed, args.quick, not args.skip_real)
+    runs = stage1_runs(jobs, args.jobs, args.device, args.threads, shards, args.models)
+    if args.stage1_only:
+        for j in jobs:
+            r = runs[j["key"]][1]
+            print(f"  {j['key']}: held-out PSNR {r.psnr:.2f} dB (raw {r.psnr_raw or r.psnr:.2f})"
+                  + (f", patch {r.psnr_patch:.2f}" if r.psnr_patch is not None else ""))
+        print(f"stage 1 only: {len(jobs)} runs in {time.perf_counter() - t0:.0f} s")
+        return 0
+
+    def result(section, name):
+        return runs[[j["key"] for j in jobs if j["section"] == section and j["name"] == name][0]]
 
     # 1. synthetic local motion ------------------------------------------------------------
     syn = synthetic_local_motion(n_clips=6, seed=args.seed)
     base = baselines(syn)
-    dflt = model_config("S1-tiny")
-    print(f"default = S1-tiny (64 px, G={dflt.groups}, D={dflt.motion_dim}, mask_norm {dflt.mask_norm}, "
-          f"motion_decoder {dflt.motion_decoder}, coarse_to_fine {dflt.coarse_to_fine}); "
-          f"budget {budget} steps of batch 8")
     print(f"1. synthetic local motion: {len(syn)} subjects, 48 train / 16 held-out frames each, 64 px")
-    variants = [("default", {}), ("groups: 1", {"groups": 1}), ("mask_norm: paper", {"mask_norm": "paper"}),
-                ("motion_decoder: mapping", {"motion_decoder": "mapping"})]
-    if not args.quick:
-        variants += [("mask_norm: separable", {"mask_norm": "separable"}),
-                     ("coarse_to_fine: true", {"coarse_to_fine": True})]
     rows = [{"model": "baseline: copy appearance", "PSNR": base["copy"], "patch PSNR": base["copy_patch"]},
             {"model": "baseline: median (motion-blind)", "PSNR": base["median"], "patch PSNR": base["median_patch"]}]
     res = {}
-    syn_models = {}
-    for name, ov in variants:
-        syn_models[name], r = run(name, syn, budget["synthetic"], args.seed, args.device, **ov)
-        res[name] = r
-        rows.append({"model": name, "PSNR": r.psnr, "patch PSNR": r.psnr_patch,
-                     "mask compactness": r.compactness, "local flow loss": r.local_flow_loss,
-                     "s": r.seconds})
+    for j in jobs:
+        if j["section"] == "synthetic":
+            r = res[j["name"]] = runs[j["key"]][1]
+            rows.append({"model": j["name"], "PSNR": r.psnr, "PSNR raw": r.psnr_raw, "patch PSNR": r.psnr_patch,
+                         "mask compactness": r.compactness, "local flow loss": r.local_flow_loss, "s": r.seconds})
     table("| stage 1, synthetic (held-out) |", rows,
-          ["model", "PSNR", "patch PSNR", "mask compactness", "local flow loss", "s"])
+          ["model", "PSNR", "PSNR raw", "patch PSNR", "mask compactness", "local flow loss", "s"])
     report["synthetic"] = rows
     d = res["default"]
     margin = 0.0 if args.quick else 1.0
@@ -156,8 +262,8 @@ def main(argv=None) -> int:
         cat = square_resize(load_image(cat_path), 64)[None]
         subject = SubjectData(train=[Source(cat_path.name, cat, False)], heldout=[Source(cat_path.name, cat, False)],
                               heldout_kind="unseen motion")
-        fit = fit_adapter(copy.deepcopy(syn_models["default"]), subject, LoraConfig(8, 8.0, "decoder"),
-                          steps=budget["tune"], seed=args.seed, log_every=0)
+        fit = fit_adapter(copy.deepcopy(result("synthetic", "default")[0]).train(), subject,
+                          LoraConfig(8, 8.0, "decoder"), steps=budget["tune"], seed=args.seed, log_every=0)
         b, t = fit["base"], fit["tuned"]
         print(f"\n1b. personalisation: the synthetic-set default model, LoRA rank 8 on the decoder "
               f"({fit['adapter_parameters']:,} parameters), {budget['tune']} steps on {cat_path.name} with "
@@ -171,25 +277,20 @@ def main(argv=None) -> int:
 
     # 2-4. real clips ------------------------------------------------------------------------
     if not args.skip_real:
-        if not (args.media / "video").is_dir():
-            raise SystemExit(f"{args.media}/video not found: give --media or --skip-real")
-        shards = prepare_real(args.work, args.media, 64)
         real = shard_clips(shards, 64, train_fraction=0.75, max_frames=200)
         base = baselines(real)
         print(f"\n2. real clips: {len(real)} accepted segments of {args.media / 'video'}, "
               f"{sum(len(c.train) for c in real)} train / {sum(len(c.heldout) for c in real)} held-out frames")
         rows = [{"model": "baseline: copy appearance", "PSNR": base["copy"]},
                 {"model": "baseline: median (motion-blind)", "PSNR": base["median"]}]
-        variants = [("default", {})] + ([] if args.quick else [("motion_decoder: mapping", {"motion_decoder": "mapping"}),
-                                                             ("mask_norm: paper", {"mask_norm": "paper"})])
-        real_res, real_models = {}, {}
-        for name, ov in variants:
-            m, r = run(name, real, budget["real"], args.seed, args.device, **ov)
-            real_res[name], real_models[name] = r, m
-            rows.append({"model": name, "PSNR": r.psnr, "mask compactness": r.compactness,
-                         "local flow loss": r.local_flow_loss, "s": r.seconds})
+        real_res = {}
+        for j in jobs:
+            if j["section"] == "real":
+                r = real_res[j["name"]] = runs[j["key"]][1]
+                rows.append({"model": j["name"], "PSNR": r.psnr, "PSNR raw": r.psnr_raw,
+                             "mask compactness": r.compactness, "local flow loss": r.local_flow_loss, "s": r.seconds})
         table("| stage 1, real clips (held-out last 25%) |", rows,
-              ["model", "PSNR", "mask compactness", "local flow loss", "s"])
+              ["model", "PSNR", "PSNR raw", "mask compactness", "local flow loss", "s"])
         report["real"] = rows
         d = real_res["default"]
         checks.append(("real: default beats copy" + (" by >= 1 dB" if margin else ""),
@@ -198,11 +299,9 @@ def main(argv=None) -> int:
                        d.psnr >= base["median"] + margin, f"{d.psnr:.2f} vs {base['median']:.2f} dB"))
 
         # 3. motion_dim 20 vs 100 -------------------------------------------------------------
-        # both with style_dim 128: the directions decoder needs D <= style_dim (S1-tiny has 64)
         rows, cross = [], {}
         for dim in (20, 100):
-            model, r = run(f"motion_dim {dim}", real, budget["dims"], args.seed, args.device, motion_dim=dim,
-                           style_dim=128)
+            model, r = result("dims", f"motion_dim {dim}")
             cross[dim] = cross_identity_psnr(model, real)
             rows.append({"motion_dim": dim, "same-identity PSNR": r.psnr, "cross-identity PSNR": cross[dim]})
         table("| motion_dim (real clips, held-out) |", rows,
@@ -213,7 +312,7 @@ def main(argv=None) -> int:
 
         # 4. stage 2 --------------------------------------------------------------------------
         from learning_stage2 import stage2_checks, windows_from_clips
-        train_w, held_w = windows_from_clips(real_models["default"], shards, 64)
+        train_w, held_w = windows_from_clips(result("real", "default")[0], shards, 64)
         rows2, checks2 = stage2_checks(train_w, held_w, quick=args.quick, seed=args.seed)
         cols = list(rows2[0]) if rows2 else []
         table("| stage 2 on the real-clip latents (held-out windows) |", rows2, cols)

@@ -47,7 +47,7 @@ def _data(kind: str, shards: Path):
 
 
 def _progress(variant: str, row: dict) -> None:
-    print(f"[{variant}] step {row['step']}: held-out PSNR {row['psnr']:.2f} dB, train L1 {row['train_l1']:.4f}, "
+    print(f"[{variant}] step {row['step']}: held-out PSNR {row['psnr']:.2f} dB (raw {row.get('psnr_raw') or row['psnr']:.2f}), train L1 {row['train_l1']:.4f}, "
           f"{row['seconds']:.0f} s", file=sys.stderr, flush=True)
 
 
@@ -59,11 +59,11 @@ def _one(job: dict) -> dict:
     clips = _data(job["data"], Path(job["shards"]))
     cfg = model_config("S1-tiny", **VARIANTS[job["name"]])
     settings = TrainSettings(steps=job["steps"], seed=job["seed"], device=job["device"], eval_every=job["every"],
-                             log=partial(_progress, f"{job['data']}:{job['name']}"))
+                             ema=job["ema"], log=partial(_progress, f"{job['data']}:{job['name']}"))
     _, res = train_small(cfg, clips, settings, job["name"])
     return {"variant": f"{job['data']}:{job['name']}", "base": baselines(clips), "seconds": res.seconds,
             "curve": {h["step"]: h["psnr"] for h in res.history}, "final": res.psnr,
-            "patch": res.psnr_patch}
+            "patch": res.psnr_patch, "raw": res.psnr_raw}
 
 
 def main(argv=None) -> int:
@@ -76,6 +76,8 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=None, help="parallel processes (default: one per variant)")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads per process")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ema", type=float, default=0.999,
+                    help="measure an EMA copy of the weights (the trainer's decay; 0: the raw weights)")
     ap.add_argument("--real-shards", type=Path, default=ROOT / "out" / "learning_bench" / "shards64")
     args = ap.parse_args(argv)
     jobs = []
@@ -84,20 +86,21 @@ def main(argv=None) -> int:
         if data not in ("synthetic", "real") or name not in VARIANTS:
             ap.error(f"bad variant {v!r}: DATA:NAME with DATA synthetic|real and NAME in {', '.join(VARIANTS)}")
         jobs.append({"data": data, "name": name, "steps": args.steps, "every": args.every, "seed": args.seed,
-                     "device": args.device, "threads": args.threads, "shards": str(args.real_shards)})
+                     "device": args.device, "threads": args.threads, "ema": args.ema, "shards": str(args.real_shards)})
     t0 = time.perf_counter()
     with mp.get_context("spawn").Pool(args.jobs or len(jobs)) as pool:
         results = pool.map(_one, jobs)
     steps = sorted({s for r in results for s in r["curve"]})
-    print(f"held-out PSNR (dB) by step; S1-tiny 64 px, batch 8, Adam 2e-3, seed {args.seed}, device {args.device}")
-    print("| variant | copy | median | " + " | ".join(str(s) for s in steps) + " | patch (final) | s |")
-    print("|---|---|---|" + "---|" * len(steps) + "---|---|")
+    print(f"held-out PSNR (dB) by step; S1-tiny 64 px, batch 8, Adam 2e-3, seed {args.seed}, device {args.device}, "
+          + (f"EMA {args.ema} weights" if args.ema else "raw weights"))
+    print("| variant | copy | median | " + " | ".join(str(s) for s in steps) + " | raw weights (final) | patch (final) | s |")
+    print("|---|---|---|" + "---|" * len(steps) + "---|---|---|")
     for r in results:
         b = r["base"]
         cells = [f"{r['curve'][s]:.2f}" if s in r["curve"] else "" for s in steps]
         patch = f"{r['patch']:.2f} (median {b['median_patch']:.2f})" if r["patch"] is not None else ""
         print(f"| {r['variant']} | {b['copy']:.2f} | {b['median']:.2f} | " + " | ".join(cells)
-              + f" | {patch} | {r['seconds']:.0f} |")
+              + f" | {r['raw'] if r['raw'] is None else format(r['raw'], '.2f')} | {patch} | {r['seconds']:.0f} |")
     print(f"total {time.perf_counter() - t0:.0f} s")
     return 0
 

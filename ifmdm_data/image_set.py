@@ -39,7 +39,7 @@ import pyarrow as pa
 
 from . import shard_format as sf
 from . import storage
-from .crop import square_resize
+from .crop import composite_alpha, square_resize
 from .errors import InputError
 from .reasons import SUBSETS, Reason
 
@@ -49,7 +49,6 @@ IMAGE_SUBSET = "images"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 IMAGE_MEMBERS = ("png", "jpg")          # the picture member of an image sample (one of them)
 DUPLICATE = "duplicate"                 # reason code (image sets only; see module doc)
-BACKGROUND = (255, 255, 255)            # transparency is composited over white
 
 IMAGE_META_KEYS = {
     "key": "sample key: 16 hex digits of sha1 of the path relative to the input",
@@ -161,14 +160,6 @@ def resolve_images(arg: str) -> list[tuple[str, str]]:
 # one image (pure functions)
 
 
-def composite_over_white(rgba: np.ndarray) -> np.ndarray:
-    """uint8 RGBA (H, W, 4) -> uint8 RGB (H, W, 3): out = a rgb + (1 - a) white, a = alpha / 255."""
-    x = rgba.astype(np.float32)
-    a = x[..., 3:4] / 255.0
-    out = x[..., :3] * a + np.asarray(BACKGROUND, np.float32) * (1.0 - a)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
 def decode_image(data: bytes) -> tuple[np.ndarray, bool]:
     """Encoded bytes -> (uint8 RGB (H, W, 3) in displayed orientation (EXIF), composited:
     whether transparency was composited over white). 16-bit images are scaled to 8 bits.
@@ -190,7 +181,7 @@ def decode_image(data: bytes) -> tuple[np.ndarray, bool]:
             if alpha:
                 rgba = np.asarray(im.convert("RGBA"))
                 transparent = bool((rgba[..., 3] < 255).any())
-                return composite_over_white(rgba), transparent
+                return composite_alpha(rgba), transparent
             return np.ascontiguousarray(np.asarray(im.convert("RGB"))), False
     except ImageReject:
         raise
@@ -428,11 +419,12 @@ def is_image_sample(members) -> bool:
 
 
 def is_image_set_folder(root) -> bool:
-    """True when a local shard folder's index.parquet lists still images only (this module's
-    output), so commands that need clips can say so instead of "no shards"."""
-    import pandas as pd
+    """True when a shard folder's (or object-storage prefix's) index.parquet lists still
+    images only (this module's output), so commands that need clips can say so instead of
+    "no shards"."""
     try:
-        subsets = set(pd.read_parquet(os.path.join(str(root), "index.parquet"), columns=["subset"])["subset"])
+        index = storage.join(str(root), "index.parquet")
+        subsets = set(storage.read_parquet(index, columns=["subset"]).column("subset").to_pylist())
     except Exception:  # noqa: BLE001 - unreadable or absent: the caller reports it its own way
         return False
     return subsets == {IMAGE_SUBSET}

@@ -146,7 +146,18 @@ def isdir(loc) -> bool:
 
 
 def isfile(loc) -> bool:
-    return _ask(loc, os.path.isfile, "isfile")
+    """A local file, or an object. (fsspec's own `isfile` answers False to any error, an
+    endpoint that is down included; this one asks `info`, so that such a failure is a
+    StorageError, not "no such file".)"""
+    if not is_url(loc):
+        return os.path.isfile(local(loc))
+    fs, p = filesystem(loc)
+    try:
+        return fs.info(p)["type"] == "file"
+    except FileNotFoundError:
+        return False
+    except Exception as e:  # noqa: BLE001 - no bucket access, endpoint down
+        raise _wrap(loc, e) from None
 
 
 def size(loc) -> int:

@@ -33,7 +33,8 @@ def train_parser() -> argparse.ArgumentParser:
     ap.add_argument("-o", "--out", required=True, help="run folder")
     ap.add_argument("--stage", choices=["1", "2", "all"], default="all",
                     help="1, 2 or all (default: stage 1, then stage 2)")
-    ap.add_argument("--shards", help="shard folder (default: `shards` in curriculum.yaml, ../shards)")
+    ap.add_argument("--shards", help="shard folder or object-storage prefix (s3://bucket/shards; default: `shards` in "
+                                     "curriculum.yaml, ../shards); stage 2 writes the motion sidecars beside it")
     ap.add_argument("--vgg-weights", help="torchvision VGG19 state dict file (vgg19-dcbb9e9d.pth) for the "
                                           "perceptual loss; without it the perceptual loss is off")
     ap.add_argument("--restart", action="store_true", help="ignore existing checkpoints in OUT")
@@ -52,6 +53,7 @@ def train_main(argv=None) -> int:
     if not args.verbose:
         logging.getLogger("ifmdm_model").setLevel(logging.INFO)
     try:
+        from ifmdm_data import storage
         from ifmdm_data.image_set import is_image_set_folder
 
         from .curriculum import load_curriculum
@@ -63,9 +65,9 @@ def train_main(argv=None) -> int:
                              f"{args.shards} -o shards/{Path(args.shards).stem}`, then pass --shards "
                              f"shards/{Path(args.shards).stem}")
         cur = load_curriculum(args.curriculum)
-        if args.shards:
-            cur.shards = Path(args.shards).resolve()
-        if not (cur.shards / "index.parquet").is_file():
+        if args.shards:   # a folder, or object storage (s3://bucket/shards)
+            cur.shards = args.shards.rstrip("/") if storage.is_url(args.shards) else Path(args.shards).resolve()
+        if not storage.isfile(storage.join(str(cur.shards), "index.parquet")):
             raise IfmdmError(f"no shards at {cur.shards} (index.parquet missing): run "
                              f"`ifmdm-data shard {Path(args.curriculum)} -o {cur.shards}` or pass --shards")
         for name, v in (("--max-steps", args.max_steps), ("--batch-size", args.batch_size)):

@@ -27,7 +27,7 @@ class Level:
     subsets: List[str]
     steps: int
     lr: float
-    shards: Optional[Path] = None      # this level's shard folder (default: the curriculum's `shards`)
+    shards: Optional[Path | str] = None   # this level's shard folder or s3:// URL (default: the curriculum's `shards`)
 
     def record(self) -> dict:
         """The level as checkpoints store it (no `shards` key when it has none, so runs saved
@@ -134,7 +134,7 @@ class Stage2Plan:
 @dataclass
 class Curriculum:
     path: Path
-    shards: Path
+    shards: Path | str                 # a local folder, or an object-storage URL (str, s3://...)
     stage1: Stage1Plan
     stage2: Stage2Plan = field(default_factory=Stage2Plan)
 
@@ -216,9 +216,7 @@ def load_curriculum(path: str | Path) -> Curriculum:
         if "shards" in lv:
             if not isinstance(lv["shards"], str) or not lv["shards"].strip():
                 raise ConfigError(f"{w}.shards must be a folder path (relative to {path.parent}), got {lv['shards']!r}")
-            lv_shards = Path(lv["shards"])
-            if not lv_shards.is_absolute():
-                lv_shards = (path.parent / lv_shards).resolve()
+            lv_shards = _shards_location(lv["shards"], path)
         levels.append(Level(str(lv["name"]), subs, int(lv["steps"]), float(lv["lr"]), lv_shards))
     if not levels:
         raise ConfigError(f"{where}: stage1.levels is empty")
@@ -229,10 +227,19 @@ def load_curriculum(path: str | Path) -> Curriculum:
     if plan2.beta_schedule not in ("linear", "cosine"):
         raise ConfigError(f"{where}: stage2.beta_schedule must be linear or cosine")
     _check_stage2(plan2, f"{where}: stage2")
-    shards = Path(data.get("shards", "../shards"))
-    if not shards.is_absolute():
-        shards = (path.parent / shards).resolve()
+    shards = _shards_location(data.get("shards", "../shards"), path)
     return Curriculum(path=path, shards=shards, stage1=plan, stage2=plan2)
+
+
+def _shards_location(value, curriculum: Path) -> Path | str:
+    """A `shards:` value: an object-storage URL stays a str (s3://bucket/shards, no trailing
+    '/'); a local path becomes absolute, relative to the curriculum's folder."""
+    from ifmdm_data import storage
+
+    if isinstance(value, str) and storage.is_url(value):
+        return value.rstrip("/")
+    p = Path(value)
+    return p if p.is_absolute() else (curriculum.parent / p).resolve()
 
 
 def _check_stage2(plan: Stage2Plan, where: str) -> None:

@@ -11,6 +11,17 @@ clip (`stage2_ok` and `has_audio`), this writes
 in the format of `ifmdm_data.shard_format`, through `ifmdm_data.loaders.write_motion_sidecar`
 (the one writer of that format; atomic). `stage2_dataset(shards, motion_root)` reads them.
 
+Object storage
+--------------
+`shards` may be an object-storage URL (`s3://bucket/shards`, through `ifmdm_data.storage`):
+the main shards are read with ranged reads (nothing downloaded whole) and the sidecars go to
+the same place as on disk, beside the shards: `s3://bucket/shards/motion/<encoder_id>/...`
+(`out_root` chooses another folder or prefix, local or remote). Each sidecar is built in a
+local temporary file, uploaded under a hidden temporary key and moved to its final key, so
+a final key always holds a whole tar (the resume rule below holds as on disk). A location that
+cannot be written (no bucket, read-only credentials, endpoint down) stops the extraction
+before any clip is encoded, with one line naming it.
+
 Encoder id
 ----------
 `encoder_id(ckpt)` = "{run}-{step:08d}-{sha10}": the run folder's name (runs/x -> "x"; any
@@ -34,8 +45,8 @@ A sidecar becomes visible only when complete (atomic rename), so one that exists
 written. It is skipped when its keys are the shard's stage-2 keys in order and it names this
 encoder; otherwise (the shard was rewritten, or a foreign file sits there) it is re-extracted
 with a warning. `encoder.json` is written first; an output folder that belongs to another
-encoder id is refused. A killed run may leave a hidden `.{name}.{pid}.tmp` file: garbage, safe
-to delete.
+encoder id is refused. A killed run may leave a hidden `.{name}.{pid}.tmp` file (on object
+storage a `.{name}.{random}.tmp` object): garbage, safe to delete.
 
 Speed
 -----
@@ -62,6 +73,7 @@ from typing import Iterable, Iterator, Optional
 import numpy as np
 import torch
 
+from ifmdm_data import storage
 from ifmdm_data.errors import IfmdmError
 from ifmdm_data.loaders import (SUBSETS, TarShard, decode_frames, read_meta, sidecar_path,
                                 write_motion_sidecar)
@@ -196,19 +208,27 @@ def encode_frames(encoder: torch.nn.Module, frames: np.ndarray, batch_size: int)
 # Shards: which ones, which keys
 # ------------------------------------------------------------------------------------------
 
-def stage2_shards(shards_root: Path, subsets) -> tuple[list[str], dict, int]:
-    """(sorted absolute paths of the shards of `subsets` holding a stage-2 clip, {path: {key:
-    n_frames} of its stage-2 clips}, number of shards of `subsets` without one), from
-    index.parquet."""
-    import pyarrow.parquet as pq
+def _shards_root(shards_root) -> str:
+    """The shards folder as extraction names it: an absolute local path, or a URL without a
+    trailing '/'."""
+    if storage.is_url(shards_root):
+        return str(shards_root).rstrip("/")
+    return str(Path(storage.local(shards_root)).absolute())
 
-    index = shards_root / "index.parquet"
-    if not index.is_file():
+
+def stage2_shards(shards_root, subsets) -> tuple[list[str], dict, int]:
+    """(sorted absolute paths (or URLs) of the shards of `subsets` holding a stage-2 clip,
+    {path: {key: n_frames} of its stage-2 clips}, number of shards of `subsets` without one),
+    from index.parquet. `shards_root`: a local folder or an object-storage URL."""
+    root = _shards_root(shards_root)
+    remote = storage.is_url(root)
+    index = storage.join(root, "index.parquet")
+    if not storage.isfile(index):      # StorageError (one line) when the bucket is unreachable
         raise NoIndexError(f"{index} does not exist: give the shards/ folder written by "
                            f"`ifmdm-data shard` (it lists which shards hold stage-2 clips)")
     try:
-        t = pq.read_table(index, columns=["key", "shard", "subset", "n_frames", "stage2_ok",
-                                          "has_audio"]).to_pydict()
+        t = storage.read_parquet(index, columns=["key", "shard", "subset", "n_frames", "stage2_ok",
+                                                 "has_audio"]).to_pydict()
     except Exception as e:  # noqa: BLE001
         raise NoIndexError(f"{index}: cannot read ({type(e).__name__}: {e}); re-run "
                            f"`ifmdm-data shard`") from None
@@ -221,9 +241,14 @@ def stage2_shards(shards_root: Path, subsets) -> tuple[list[str], dict, int]:
         check_member_name(rel, str(index))
         all_rel.add(rel)
         if ok and audio:
-            keys.setdefault(str(shards_root / rel), {})[key] = int(n)
+            keys.setdefault(storage.join(root, rel) if remote else str(Path(root) / rel), {})[key] = int(n)
     shards = sorted(keys)
-    missing = [s for s in shards if not os.path.isfile(s)]
+    if remote:   # one listing per folder, not one request per shard
+        present = {storage.join(d, n) for d in {storage.parent(s) for s in shards}
+                   for n in storage.list_names(d, ".tar")}
+        missing = [s for s in shards if s not in present]
+    else:
+        missing = [s for s in shards if not os.path.isfile(s)]
     if missing:
         raise MissingShardsError(f"{index}: {len(missing)} listed shard(s) do not exist, e.g. "
                                  f"{missing[0]} (re-run `ifmdm-data shard`)")
@@ -303,18 +328,21 @@ class _Done:
 # The extraction
 # ------------------------------------------------------------------------------------------
 
-def _write_json_atomic(path: Path, obj) -> None:
-    """Atomic JSON write (the project's one implementation, argument order of this module)."""
+def _write_json_atomic(path, obj) -> None:
+    """Atomic JSON write (the project's one implementation, argument order of this module);
+    `path` is a local path or an object-storage URL."""
     from ifmdm_data.manifest import write_json_atomic as _write
-    _write(obj, Path(path))
+    _write(obj, path if storage.is_url(path) else Path(path))
 
 
-def _claim_out_root(out_root: Path, record: dict) -> None:
-    """Write encoder.json, or check that the folder already belongs to this encoder."""
-    path = out_root / ENCODER_JSON
-    if path.is_file():
+def _claim_out_root(out_root, record: dict) -> None:
+    """Write encoder.json, or check that the folder already belongs to this encoder. The
+    first write into `out_root`: a location that cannot be written fails here, in one line,
+    before any clip is encoded."""
+    path = storage.join(str(out_root), ENCODER_JSON)
+    if storage.isfile(path):
         try:
-            old = json.loads(path.read_text()).get("encoder_id")
+            old = json.loads(storage.read_text(path)).get("encoder_id")
         except (ValueError, AttributeError):
             old = None
         if old != record["encoder_id"]:
@@ -322,7 +350,11 @@ def _claim_out_root(out_root: Path, record: dict) -> None:
                                   f"{record['encoder_id']!r}: use the default out_root "
                                   f"(shards/motion/<encoder_id>) or an empty folder")
         return
-    _write_json_atomic(path, record)
+    try:
+        _write_json_atomic(path, record)
+    except (OSError, storage.StorageError) as e:
+        raise ExtractionError(f"cannot write the motion sidecars to {out_root}: "
+                              f"{e}".splitlines()[0][:400]) from None
 
 
 def extract_motion(checkpoint, shards_root, out_root=None, subsets=SUBSETS, batch_size: int = 64,
@@ -332,9 +364,10 @@ def extract_motion(checkpoint, shards_root, out_root=None, subsets=SUBSETS, batc
     encoder (EMA weights) and write the sidecar shards (see the module docstring).
 
     checkpoint: a run folder (runs/x), its stage1 folder or a ckpt-XXXXXXXX folder.
-    shards_root: the shards/ folder (with index.parquet). out_root: default
-    shards_root/motion/<encoder_id>. decode_workers: clip-decoding threads (default: the
-    cores, at most 8; 0 decodes inline). rank / world_size: this process's share of shards.
+    shards_root: the shards/ folder (with index.parquet), local or an object-storage URL.
+    out_root: default shards_root/motion/<encoder_id> (a URL when shards_root is one).
+    decode_workers: clip-decoding threads (default: the cores, at most 8; 0 decodes inline).
+    rank / world_size: this process's share of shards.
 
     Returns {encoder_id, out_root, shards_written, shards_skipped, shards_without_stage2,
     clips, frames (extracted by this call), seconds, frames_per_s, device}.
@@ -350,9 +383,13 @@ def extract_motion(checkpoint, shards_root, out_root=None, subsets=SUBSETS, batc
         raise ExtractionError(f"unknown subset(s) {unknown or subsets}; known: {list(SUBSETS)}")
     if batch_size < 1:
         raise ExtractionError(f"batch_size must be >= 1, got {batch_size}")
-    root = Path(shards_root).absolute()
+    root = _shards_root(shards_root)
     shards, index_keys, n_empty = stage2_shards(root, subsets)
-    out = Path(out_root).absolute() if out_root is not None else root / "motion" / eid
+    if out_root is None:
+        out = storage.join(root, "motion", eid) if storage.is_url(root) else Path(root) / "motion" / eid
+    else:
+        out = _shards_root(out_root)
+        out = out if storage.is_url(out) else Path(out)
     dev = _device(device)
     encoder = load_encoder(ck, state, dev)
     cfg = encoder.cfg
@@ -366,7 +403,7 @@ def extract_motion(checkpoint, shards_root, out_root=None, subsets=SUBSETS, batc
     todo, skipped = [], 0
     for s in mine:
         side = sidecar_path(s, out)
-        if os.path.isfile(side):
+        if storage.isfile(side):
             if sidecar_is_complete(side, s, eid):
                 skipped += 1
                 continue

@@ -20,6 +20,8 @@ best quadrant, averaged over groups and samples (1/4 for a uniform mask, 1 for a
 """
 from __future__ import annotations
 
+import copy
+
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -225,6 +227,9 @@ class TrainSettings:
     log: Optional[Callable[[dict], None]] = None  # called with each evaluation's row (step, train_l1, psnr, ...)
     device: str = "cpu"                       # any torch device ("cuda", "cuda:1"); evaluation runs there too
     augment: bool = False                     # the trainer's pair augmentation (same flip + colour jitter on both)
+    ema: float = 0.0                          # > 0: evaluate an EMA copy of the weights (decay warmed up as
+                                              # min(ema, (1 + step) / (10 + step))), as `ifmdm-train` keeps one and
+                                              # extraction and inference use it; the raw weights' PSNR is kept too
 
 
 @dataclass
@@ -239,6 +244,7 @@ class RunResult:
     compactness: float
     local_flow_loss: float
     history: List[dict] = field(default_factory=list)
+    psnr_raw: Optional[float] = None          # the raw (non-EMA) weights' held-out PSNR when `ema` > 0
 
 
 def model_config(base: str = "S1-tiny", **overrides) -> Stage1Config:
@@ -286,7 +292,10 @@ def train_small(cfg: Stage1Config, clips: Sequence[Clip], settings: TrainSetting
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     dev = torch.device(settings.device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True             # fixed shapes: let cuDNN pick its fastest kernels
     model = build_stage1(cfg).to(dev)
+    ema = copy.deepcopy(model).requires_grad_(False) if settings.ema > 0 else None
     loss_fn = Stage1Loss(Stage1LossConfig(l1=settings.l1, perceptual=0.0, local_flow=settings.local_flow))
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr, betas=settings.betas)
     frames = [to_tensor(c.train).to(dev) for c in clips]
@@ -307,17 +316,36 @@ def train_small(cfg: Stage1Config, clips: Sequence[Clip], settings: TrainSetting
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         opt.step()
+        if ema is not None:
+            _ema_update(ema, model, min(settings.ema, step / (9 + step)))
         recent.append(float(losses["l1"]))
         if settings.eval_every and step % settings.eval_every == 0:
-            history.append({"step": step, "train_l1": float(np.mean(recent[-50:])), **evaluate(model, clips)})
+            history.append({"step": step, "train_l1": float(np.mean(recent[-50:])), **_evaluate_both(model, ema, clips)})
             if settings.log is not None:
                 settings.log({**history[-1], "seconds": time.perf_counter() - t0})
-    ev = evaluate(model, clips)
+    ev = _evaluate_both(model, ema, clips)
     res = RunResult(name=name, config=cfg.to_dict(), steps=settings.steps,
                     seconds=time.perf_counter() - t0, train_loss=float(np.mean(recent[-50:])),
                     psnr=ev["psnr"], psnr_patch=ev["psnr_patch"], compactness=ev["compactness"],
-                    local_flow_loss=ev["local_flow_loss"], history=history)
+                    local_flow_loss=ev["local_flow_loss"], history=history, psnr_raw=ev.get("psnr_raw"))
+    if ema is not None:
+        model.load_state_dict(ema.state_dict())
     return model, res
+
+
+@torch.no_grad()
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p, 1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+def _evaluate_both(model: MotionAutoencoder, ema: Optional[MotionAutoencoder], clips: Sequence[Clip]) -> dict:
+    """`evaluate` of the EMA copy when there is one (plus the raw weights' PSNR as psnr_raw)."""
+    if ema is None:
+        return evaluate(model, clips)
+    return {**evaluate(ema, clips), "psnr_raw": evaluate(model, clips)["psnr"]}
 
 
 @torch.no_grad()

@@ -95,22 +95,23 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device, world: int) -> torch.
 # Which levels have data
 # ------------------------------------------------------------------------------------------
 
-def subset_samples(shards: Path) -> dict:
-    """Samples per subset under `shards` (the video subsets and `images`, an image set's):
-    the rows of index.parquet, else (no index) the tar files of `{subset}/*.tar`."""
+def subset_samples(shards) -> dict:
+    """Samples per subset under `shards` (a folder or an object-storage URL; the video subsets
+    and `images`, an image set's): the rows of index.parquet, else (no index) the tar files of
+    `{subset}/*.tar`."""
+    from ifmdm_data import storage
+
     from .curriculum import LEVEL_SUBSETS as SUBSETS
 
-    root = Path(shards)
-    index = root / "index.parquet"
-    if index.is_file():
-        import pyarrow.parquet as pq
-
+    root = str(shards)
+    index = storage.join(root, "index.parquet")
+    if storage.isfile(index):
         try:
-            subs = pq.read_table(index, columns=["subset"]).column("subset").to_pylist()
+            subs = storage.read_parquet(index, columns=["subset"]).column("subset").to_pylist()
         except Exception as e:  # noqa: BLE001 - unreadable index: one line, the file named
             raise TrainingError(f"{index}: cannot read the subset column ({type(e).__name__}: {e})") from None
         return {s: subs.count(s) for s in SUBSETS}
-    return {s: len(list((root / s).glob("*.tar"))) for s in SUBSETS}
+    return {s: len(storage.list_names(storage.join(root, s), ".tar")) for s in SUBSETS}
 
 
 def level_counts(cur) -> list:
@@ -119,7 +120,7 @@ def level_counts(cur) -> list:
     by_root: dict = {}
     out = []
     for lv in cur.stage1.levels:
-        root = Path(lv.shards or cur.shards)
+        root = str(lv.shards or cur.shards)
         if root not in by_root:
             by_root[root] = subset_samples(root)
         out.append(by_root[root])

@@ -2,7 +2,8 @@
 
 First the motion latents of every stage-2 clip are extracted with the frozen stage-1 EMA
 encoder into sidecar shards (`ifmdm_model.extract`, resumable, keyed by the encoder
-checkpoint); then MotionDiT learns DDPM noise prediction on windows of n_f frames with the
+checkpoint; beside the shards, on disk or in object storage: `s3://.../shards/motion/...`);
+then MotionDiT learns DDPM noise prediction on windows of n_f frames with the
 aligned speech features, the clip's motion statistics and the motion hint, with conditions
 dropped for classifier-free guidance. Same conventions as stage 1 (train_stage1.py): CUDA
 bf16 / CPU, torchrun DDP, EMA, safetensors checkpoints with exact step / schedule resume,
@@ -17,9 +18,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
 
-import pandas as pd
 import torch
 
+from ifmdm_data import storage
 from ifmdm_data.errors import IfmdmError
 
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -30,21 +31,22 @@ from .train_stage1 import (TrainingError, TrainOptions, autocast_for, ema_update
 log = logging.getLogger("ifmdm_model")
 
 
-def _speech_feature(shards: Path) -> dict:
-    """The speech feature extractor the shards were written with (features.info())."""
+def _speech_feature(shards) -> dict:
+    """The speech feature extractor the shards were written with (features.info()); `shards`
+    is a local folder or an object-storage URL."""
     import json
-    summ = shards / "summary.json"
+    summ = storage.join(str(shards), "summary.json")
     try:
-        return json.loads(summ.read_text()).get("speech_feature") or {}
-    except (OSError, ValueError):
+        return json.loads(storage.read_text(summ)).get("speech_feature") or {}
+    except (OSError, ValueError, IfmdmError):
         return {}
 
 
-def _speech_dim(shards: Path) -> int:
-    idx = shards / "index.parquet"
-    if not idx.is_file():
+def _speech_dim(shards) -> int:
+    idx = storage.join(str(shards), "index.parquet")
+    if not storage.isfile(idx):
         raise TrainingError(f"no shards at {shards} (index.parquet missing): run `ifmdm-data shard`")
-    df = pd.read_parquet(idx)
+    df = storage.read_parquet(idx, columns=["stage2_ok", "has_audio", "feature_dim"]).to_pandas()
     df = df[df["stage2_ok"] & df["has_audio"]]
     if df.empty:
         raise TrainingError(f"{shards} has no stage-2 samples (stage2_ok with audio): nothing to train on")
@@ -85,7 +87,7 @@ def train_stage2(cur: Curriculum, opts: TrainOptions) -> dict:
     if world > 1:
         torch.distributed.barrier()
         ext = extract_motion(s1, cur.shards, batch_size=plan.extract_batch, device=dev, progress=False)
-    motion_root, encoder = Path(ext["out_root"]), ext["encoder_id"]
+    motion_root, encoder = ext["out_root"], ext["encoder_id"]   # a folder or a URL (s3://...)
     motion_dim = int(load_checkpoint(s1)["state"]["model_config"]["motion_dim"])
     speech_dim = _speech_dim(cur.shards)
     speech_feature = _speech_feature(cur.shards)   # inference computes the same features

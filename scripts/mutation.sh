@@ -47,7 +47,7 @@ TESTS[stage1]="tests/test_stage1.py tests/test_mutation_holes.py"
 KSEL[stage1]="mask_normalisation or local_flow or coarse_to_fine"
 ONLY[stage1]="ifmdm_model.stage1.x_log_spatial_masks__mutmut_* ifmdm_model.stage1.x_normalise_masks__mutmut_* ifmdm_model.stage1.xǁLocalFlowModuleǁ*"
 FILE[diffusion]=ifmdm_model/diffusion.py
-TESTS[diffusion]="tests/test_stage2.py"
+TESTS[diffusion]="tests/test_stage2.py tests/test_diffusion_behaviour.py"
 # (not the three learning tests: 4-40 s each)
 KSEL[diffusion]="not generated_std_follows_m_sigma and not tiny_model_learns and not learning_checks"
 FILE[infer_cli]=ifmdm_model/infer_cli.py

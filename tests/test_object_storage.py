@@ -285,3 +285,168 @@ def test_s3_inputs_folders_globs_and_lists(clips_s3, s3_server):
         resolve_keyed([f"{s3_server}/nothing-here"])
     with pytest.raises(InputError, match="matches no file"):
         resolve_keyed([f"{s3_server}/raw/*.webm"])
+
+
+# ------------------------------------------------------------------------------------------
+# Training from s3:// shards through stage 2 (motion extraction writes its sidecars to s3)
+
+S2_CURRICULUM = """\
+shards: {shards}
+stage1:
+  model: S1-tiny
+  batch_size: 2
+  pairs_per_clip: 2
+  num_workers: 0
+  warmup_steps: 1
+  log_every: 1
+  image_every: 100
+  checkpoint_every: 100
+  levels:
+    - {{name: all, subsets: [coarse, lip, hard], steps: 1, lr: 1.0e-3}}
+stage2:
+  model: M2-tiny
+  batch_size: 2
+  window: 8
+  steps: 2
+  lr: 1.0e-3
+  warmup_steps: 1
+  num_workers: 0
+  log_every: 1
+  checkpoint_every: 100
+  extract_batch: 16
+"""
+
+
+@pytest.fixture(scope="module")
+def stage2_runs(sample_shards, s3_server, tmp_path_factory):
+    """The session's shards (no motion/ folder) copied to a local folder and to the bucket,
+    byte for byte; `ifmdm-train` (stage 1, extraction, 2 stage-2 steps) on each, into run
+    folders of the same name (so the encoder ids can match)."""
+    import io
+    from contextlib import redirect_stdout
+
+    from ifmdm_model.cli import train_main
+
+    base = tmp_path_factory.mktemp("s3stage2")
+    local = base / "shards"
+    shutil.copytree(sample_shards, local, ignore=lambda d, names: ["motion"] if Path(d) == sample_shards else [])
+    remote = f"{s3_server}/s2/shards"
+    fs, _ = storage.filesystem(remote)
+    for f in sorted(p for p in local.rglob("*") if p.is_file()):
+        fs.put_file(str(f), f"{BUCKET}/s2/shards/{f.relative_to(local).as_posix()}")
+    (base / "manifests").mkdir()
+    (base / "manifests" / "curriculum.yaml").write_text(S2_CURRICULUM.format(shards=local))
+    outs = {}
+    for where, extra in (("local", []), ("s3", ["--shards", remote + "/"])):
+        run = base / where / "run"
+        buf = io.StringIO()
+        with redirect_stdout(buf):
+            rc = train_main(["--curriculum", str(base / "manifests"), "-o", str(run)] + extra)
+        assert rc == 0, buf.getvalue()
+        outs[where] = (run, json.loads(buf.getvalue()))
+    return local, remote, outs, base
+
+
+def _sidecars(root) -> dict:
+    """{relative name: {key: (motion.npy array, motion.json)}} of the sidecar tars under root."""
+    from ifmdm_data.loaders import TarShard
+
+    root = str(root).rstrip("/")
+    out = {}
+    for loc in storage.find(root, (".tar",)):
+        with TarShard(loc) as t:
+            out[loc[len(root) + 1:]] = {k: (t.read(k, "motion.npy"), t.read(k, "motion.json")) for k in t.keys()}
+    return out
+
+
+def test_train_stage2_from_s3_shards_writes_the_same_sidecars_to_s3(stage2_runs, s3_server):
+    import numpy as np
+
+    from ifmdm_data.loaders import stage2_dataset
+
+    local, remote, outs, base = stage2_runs
+    (_, out_l), (run_s, out_s) = outs["local"], outs["s3"]
+    assert out_s["stage1"]["steps"] == 1 and out_s["stage2"]["steps"] == 2
+    eid = out_s["stage2"]["encoder"]
+    assert eid == out_l["stage2"]["encoder"]                   # same stage-1 weights from the same bytes
+    # the sidecars went beside the s3 shards (as beside the local ones), never to a local disk
+    m_l, m_s = local / "motion" / eid, f"{remote}/motion/{eid}"
+    assert json.loads(storage.read_text(f"{m_s}/encoder.json"))["encoder_id"] == eid
+    assert not list((base / "s3").rglob("*.tar")) and not Path("s3:").exists()
+    side_l, side_s = _sidecars(m_l), _sidecars(m_s)
+    assert side_l and sorted(side_s) == sorted(side_l)
+    for name in side_l:
+        assert list(side_s[name]) == list(side_l[name]), name          # same keys, same order
+        for key, (motion, meta) in side_l[name].items():
+            np.testing.assert_array_equal(side_s[name][key][0], motion)
+            assert side_s[name][key][0].dtype == np.float32 and side_s[name][key][1] == meta
+    fs, _ = storage.filesystem(remote)                          # no temporary object left behind
+    assert [p for p in fs.find(f"{BUCKET}/s2") if p.rsplit("/", 1)[-1].startswith(".")] == []
+    # the stage-2 loader reads them back from s3: the same windows as from the local sidecars
+    take = lambda ds: [(x["key"], x["start"], x["motion"].numpy().tobytes(), x["speech"].numpy().tobytes())  # noqa: E731
+                       for x in ds]
+    a = take(stage2_dataset(remote, m_s, window=8, shuffle_buffer=1, seed=1))
+    b = take(stage2_dataset(local, m_l, window=8, shuffle_buffer=1, seed=1))
+    assert a == b and len(a) > 0
+    assert out_s["stage2"]["last"] == out_l["stage2"]["last"]   # the same training steps
+    # `shards: s3://...` in curriculum.yaml is kept as a URL (not made a local path)
+    from ifmdm_model.curriculum import load_curriculum
+    from ifmdm_model.train_stage1 import subset_samples
+    (base / "m2").mkdir(exist_ok=True)
+    (base / "m2" / "curriculum.yaml").write_text(S2_CURRICULUM.format(shards=remote + "/"))
+    assert load_curriculum(base / "m2").shards == remote
+    assert subset_samples(remote) == subset_samples(local)
+    # again: the extraction finds its complete sidecars on s3 and skips them
+    from ifmdm_model.extract import extract_motion
+    again = extract_motion(run_s, remote, progress=False, decode_workers=0)
+    assert again["out_root"] == m_s and again["shards_written"] == 0 and again["shards_skipped"] == len(side_s)
+
+
+def test_unreachable_bucket_is_one_clear_line(stage2_runs, s3_server, monkeypatch, capsys):
+    from ifmdm_data.errors import IfmdmError
+    from ifmdm_model.cli import train_main
+    from ifmdm_model.extract import ExtractionError, extract_motion
+
+    _, remote, outs, base = stage2_runs
+    run = outs["s3"][0]
+    # shards readable, but the sidecars' location is a bucket that does not exist
+    with pytest.raises(ExtractionError, match="cannot write the motion sidecars to s3://no-such-bucket-x/motion") as e:
+        extract_motion(run, remote, out_root="s3://no-such-bucket-x/motion", progress=False)
+    assert len(str(e.value).splitlines()) == 1
+    capsys.readouterr()
+    args = ["--curriculum", str(base / "manifests"), "-o", str(run), "--stage", "2"]
+    # the shards in a bucket that does not exist
+    assert train_main(args + ["--shards", "s3://no-such-bucket-x/shards"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no-such-bucket-x" in err[0], err
+    # the endpoint is down: one line naming the location, not "no shards" (no retries: fast)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    assert train_main(args + ["--shards", remote]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and remote in err[0] and "Could not connect" in err[0], err
+    with pytest.raises(IfmdmError, match="Could not connect"):
+        extract_motion(run, remote, progress=False)
+
+
+def test_motion_sidecar_on_s3_is_whole_or_absent(s3_server):
+    import numpy as np
+
+    from ifmdm_data.loaders import TarShard
+    from ifmdm_data.motion_sidecar import write_motion_sidecar
+
+    loc = f"{s3_server}/sidecar-unit/motion/coarse/000000.tar"
+
+    def killed():
+        yield "a", np.ones((3, 4), np.float32), "enc"
+        raise RuntimeError("killed while extracting")
+    with pytest.raises(RuntimeError):
+        write_motion_sidecar(loc, killed())
+    fs, _ = storage.filesystem(loc)
+    assert not storage.exists(loc) and fs.find(f"{BUCKET}/sidecar-unit") == []   # no half tar, no temporary
+    items = [("a", np.ones((3, 4), np.float32), "enc"), ("b", np.arange(8, dtype=np.float32).reshape(2, 4), "enc")]
+    assert write_motion_sidecar(loc, items) == {"path": loc, "clips": 2, "dim": 4, "encoder": "enc"}
+    with TarShard(loc) as t:
+        assert t.keys() == ["a", "b"] and t.read("b", "motion.json")["dim"] == 4
+        np.testing.assert_array_equal(t.read("b", "motion.npy"), items[1][1])
+    assert [p.rsplit("/", 1)[-1] for p in fs.find(f"{BUCKET}/sidecar-unit")] == ["000000.tar"]
