@@ -90,8 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("inspect", help="print one line per segment of a manifest (optionally beside labels)",
-                       description="Print file, time range, subset or reasons, and stage-2 status of "
-                                   "every segment; with --labels (the sample set's labels.csv), also the "
+                       description="Print file, time range, subset or reasons, stage-2 status and the "
+                                   "deciding statistics of every segment, and its identity_id / dup_group "
+                                   "when the manifest has them; with --labels (the sample set's labels.csv), also the "
                                    "expected outcome and whether it matches.")
     p.add_argument("manifests", help="manifest folder written by `filter`")
     p.add_argument("--labels", help="labels.csv of `ifmdm-data sample`")
@@ -176,9 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def print_summary(s: dict, out: str) -> None:
+    from .console import plural
     w = sys.stdout.write
-    w(f"\n{s['inputs']} files -> {s['segments']} segments in {s.get('elapsed_s', 0):.1f} s "
-      f"({s.get('files_per_s') or 0:.2f} files/s, {s.get('workers', '?')} workers)\n")
+    w(f"\n{plural(s['inputs'], 'file')} -> {plural(s['segments'], 'segment')} in {s.get('elapsed_s', 0):.1f} s "
+      f"({s.get('files_per_s') or 0:.2f} files/s, {plural(s.get('workers', '?'), 'worker')})\n")
     w(f"  accepted  {s['accepted']:6d}   " + "  ".join(f"{k} {v}" for k, v in s["subsets"].items())
       + f"   ({s['hours_accepted']:.3f} h)\n")
     w(f"  rejected  {s['rejected']:6d}\n")
@@ -189,8 +191,8 @@ def print_summary(s: dict, out: str) -> None:
         w(f"    {reason:<20s}{n:6d}\n")
     if s.get("identities") is not None:
         w(f"  identities {s['identities']:5d} at threshold {s.get('identity_threshold', 0.6):g} (accepted: {s['identities_accepted']}), "
-          f"{s['segments_without_face']} segments without a face; "
-          f"{s['dup_groups_multi']} near-duplicate groups of 2+ segments ({s['dup_segments']} segments)\n")
+          f"{plural(s['segments_without_face'], 'segment')} without a face; "
+          f"{plural(s['dup_groups_multi'], 'near-duplicate group')} of 2+ segments ({plural(s['dup_segments'], 'segment')})\n")
     w(f"manifests: {out}/clips.parquet, coarse/lip/hard/rejected.parquet, tracks/, summary.json\n")
 
 
@@ -200,24 +202,26 @@ def _print_logs(path) -> None:
 
 
 def print_shard_summary(s: dict, out: str) -> None:
+    from .console import plural
     w = sys.stdout.write
-    w(f"\n{s.get('samples_total', 0)} samples in {sum((s.get('shards') or {}).values())} shards "
+    w(f"\n{plural(s.get('samples_total', 0), 'sample')} in {plural(sum((s.get('shards') or {}).values()), 'shard')} "
       f"({s.get('bytes', 0) / 1e6:.1f} MB) in {s.get('elapsed_s', 0):.1f} s: "
       f"{s.get('clips_per_s') or 0:.2f} clips/s, {s.get('mb_per_s') or 0:.2f} MB/s; "
-      f"{s.get('shards_skipped', 0)} shards already done\n")
+      f"{plural(s.get('shards_skipped', 0), 'shard')} already done\n")
     w("  " + "  ".join(f"{k} {v}" for k, v in (s.get("samples") or {}).items())
       + f"   speech features: {s.get('feature_type')} ({s.get('feature_dim')})\n")
     fails = s.get("failures") or []
     if fails:
-        w(f"  {len(fails)} segments could not be written (listed in {out}/summary.json):\n")
+        w(f"  {plural(len(fails), 'segment')} could not be written (listed in {out}/summary.json):\n")
         for f in fails[:10]:
             w(f"    {f.get('key')}: {f.get('reason')} {f.get('detail', '')}\n")
     w(f"shards: {out}/{{coarse,lip,hard}}/*.tar, {out}/index.parquet, {out}/summary.json\n")
 
 
 def print_image_set_summary(s: dict, out: str) -> None:
+    from .console import plural
     w = sys.stdout.write
-    w(f"\n{s['inputs']} images -> {s['samples_total']} samples in {s['shards']['images']} shards "
+    w(f"\n{plural(s['inputs'], 'image')} -> {plural(s['samples_total'], 'sample')} in {plural(s['shards']['images'], 'shard')} "
       f"({s['bytes'] / 1e6:.1f} MB) in {s['elapsed_s']:.1f} s; {s['composited']} composited over white\n")
     w(f"  rejected  {s['rejected']:6d}\n")
     for reason, n in s["rejected_by_reason"].items():
@@ -226,16 +230,25 @@ def print_image_set_summary(s: dict, out: str) -> None:
 
 
 def print_split_summary(s: dict, out: str) -> None:
+    from .console import plural
     w = sys.stdout.write
-    w(f"\n{s['segments']} segments, {s['identities']} identities (threshold {s['threshold']:g}), {s['groups']} groups "
+    w(f"\n{plural(s['segments'], 'segment')}, {plural(s['identities'], 'identity', 'identities')} "
+      f"(threshold {s['threshold']:g}), {plural(s['groups'], 'group')} "
       f"({'identity + ' if s.get('by') == 'identity' else ''}duplicate + file), "
-      f"{s['dup_groups_multi']} duplicate groups of 2+ segments\n")
+      f"{plural(s['dup_groups_multi'], 'duplicate group')} of 2+ segments\n")
     for name, p in s["splits"].items():
-        w(f"  {name:<6s}{p['segments']:6d} segments {p['identities']:5d} identities   "
-          + "  ".join(f"{k} {v} ({p['identities_per_subset'].get(k, 0)} ids)" for k, v in p["subsets"].items()) + "\n")
+        # the share reached beside the one asked for: whole groups go to one split, so they differ
+        share = f"{100 * p['segments'] / max(s['segments'], 1):5.1f}% of segments"
+        if p.get("fraction") is not None:
+            share += f" (asked {100 * p['fraction']:g}%)"
+        w(f"  {name:<6s}{plural(p['segments'], 'segment', width=6):<15s} "
+          f"{plural(p['identities'], 'identity', 'identities', width=5):<16s}   {share}   "
+          + "  ".join(f"{k} {v} ({plural(p['identities_per_subset'].get(k, 0), 'id')})" for k, v in p["subsets"].items())
+          + "\n")
     if s.get("annotate_s_per_segment") is not None:
         w(f"  identity / hashes computed from the videos: {s['annotate_s_per_segment']:.2f} s per segment"
-          + (f"; {s['annotate_failed']} segments could not be decoded" if s.get("annotate_failed") else "") + "\n")
+          + (f"; {plural(s['annotate_failed'], 'segment')} could not be decoded" if s.get("annotate_failed") else "")
+          + "\n")
     for name, p in s["splits"].items():
         if not p["segments"]:
             w(f"  warning: {name} has no segment (too few groups: {s['groups']}; every group goes whole to one split)\n")
@@ -349,7 +362,7 @@ def main(argv=None) -> int:
         elif args.cmd == "report":
             from .report import write_report
             path = write_report(args.manifests, args.out, examples_per_subset=args.examples, seed=args.seed)
-            print(f"report: {path}")
+            print(f"report: {path} (open it in a browser to see what was kept and why)")
         elif args.cmd == "split":
             from .split import run_split
             s = run_split(args.manifests, args.out, by=args.by, test_fraction=args.test_fraction,

@@ -114,6 +114,13 @@ def _hms(s: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
+def plural(n, noun: str, many: str | None = None, width: int = 0) -> str:
+    """'1 segment', '0 segments', '2 identities' (`many`: the plural when it is not noun + 's');
+    `n` right-aligned to `width` characters (a column of counts). A count that is not a number
+    ('?') takes the plural."""
+    return f"{n:>{width}} {noun if n == 1 else many or noun + 's'}"
+
+
 class StageBar:
     """One progress line for a stage: `done/total unit`, counts, rate and ETA.
 

@@ -32,6 +32,7 @@ cannot fit (large motion, a face at the edge of a small frame) is padded.
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -151,3 +152,24 @@ def square_resize(rgb: np.ndarray, size: int) -> np.ndarray:
     if s != size:
         sq = cv2.resize(sq, (size, size), interpolation=cv2.INTER_AREA if s > size else cv2.INTER_CUBIC)
     return np.ascontiguousarray(sq)
+
+
+ALPHA_BACKGROUND = (255, 255, 255)
+
+
+def composite_alpha(rgba: np.ndarray, name=None) -> np.ndarray:
+    """RGBA (H, W, 4), uint8 or uint16 -> uint8 RGB composited over ALPHA_BACKGROUND (white).
+    The portrait of `ifmdm-infer` and the pictures of `shard --images`.
+
+    The model never saw transparency (it trains on video frames), and the colour stored under
+    fully transparent pixels is arbitrary (often black or leftover paint), so it is replaced by a
+    stated, plain backdrop: out = a * rgb + (1 - a) * white, a = alpha / max. With `name` (the
+    image's path), a transparent image is logged once."""
+    scale = 65535.0 if rgba.dtype == np.uint16 else 255.0
+    x = rgba.astype(np.float32) / scale
+    a = x[..., 3:4]
+    bg = np.asarray(ALPHA_BACKGROUND, np.float32) / 255.0
+    out = x[..., :3] * a + bg * (1.0 - a)
+    if name is not None and float(a.min()) < 1.0:
+        logging.getLogger(__name__).warning("%s has transparent pixels: composited over white", name)
+    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)

@@ -71,6 +71,10 @@ def inspect_manifest(manifest_dir: str, labels_path: str | None = None) -> bool:
         "head": df["head_motion"].round(3), "lip": df["mouth_open_std"].round(3),
         "speech": df["speech_ratio"].round(2), "av_corr": df["av_corr"].round(2),
     })
+    for c in ("identity_id", "dup_group"):          # filter's identify stage, `split`; -: no face / no hashes
+        ids = pd.to_numeric(df[c], errors="coerce") if c in df else None
+        if ids is not None and ids.notna().any():
+            view[c] = ["-" if v != v or v < 0 else int(v) for v in ids]
     if "sync_conf" in df and pd.to_numeric(df["sync_conf"], errors="coerce").notna().any():
         view["sync_conf"] = pd.to_numeric(df["sync_conf"], errors="coerce").round(2)   # filter --syncnet
         view["sync_off"] = pd.to_numeric(df["sync_offset_frames"], errors="coerce")

@@ -55,6 +55,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from .console import plural
 from .motion_sidecar import write_motion_sidecar  # noqa: F401 - re-exported
 from .shard_format import SIDECAR_MEMBERS, ShardFormatError, check_member_name, check_motion
 from .shard_reader import TarShard, decode_frames, load_checked, read_meta
@@ -310,7 +311,7 @@ class ShardDataset(IterableDataset):
         self._epoch = multiprocessing.Value("q", int(epoch), lock=False)
         self.stats: Counter = Counter()   # this process only (exact when num_workers=0)
         if len(self.shards) < self.world_size:
-            warnings.warn(f"{len(self.shards)} shards for {self.world_size} ranks: some ranks "
+            warnings.warn(f"{plural(len(self.shards), 'shard')} for {self.world_size} ranks: some ranks "
                           f"get no data (DDP would wait on them); write more shards")
 
     @property
@@ -334,8 +335,8 @@ class ShardDataset(IterableDataset):
         shards = self.worker_shards(epoch, worker, num_workers)
         if not shards:
             warnings.warn(f"rank {self.rank} worker {worker}: no shard this epoch "
-                          f"({len(self.shards)} shards for {self.world_size} ranks x "
-                          f"{num_workers} workers)")
+                          f"({plural(len(self.shards), 'shard')} for {plural(self.world_size, 'rank')} x "
+                          f"{plural(num_workers, 'worker')})")
         rng = np.random.default_rng([self.seed, epoch, self.rank, worker])
         before = Counter(self.stats)
         yield from self._iterate(shards, rng)

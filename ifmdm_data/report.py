@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from .console import plural
 from .errors import InputError
 from .inputs import fs_path
 from .reasons import SUBSETS
@@ -142,7 +143,7 @@ def bar_charts(c: dict) -> bytes:
     axes = fig.subplots(1, 3, width_ratios=[1, 1.3, 1.3])
     kept = {s: c["subsets"][s] for s in SUBSETS}
     _hbars(axes[0], kept, [COLOURS[s] for s in SUBSETS], f"kept per subset ({c['accepted']} accepted)", "")
-    _hbars(axes[1], rej, COLOURS["rejected"], f"rejected per reason ({c['rejected']} segments)", "nothing rejected")
+    _hbars(axes[1], rej, COLOURS["rejected"], f"rejected per reason ({plural(c['rejected'], 'segment')})", "nothing rejected")
     _hbars(axes[2], s2 if c["accepted"] else {}, ["#2ca02c"] + ["#9467bd"] * (len(s2) - 1),
            f"stage 2, of the {c['accepted']} accepted", "nothing accepted")
     return _png(fig)
@@ -438,7 +439,8 @@ def identity_section(df: pd.DataFrame, max_groups: int = 10) -> str:
         comp = components(df.assign(identity_id=pd.to_numeric(df.get("identity_id"), errors="coerce").fillna(-1)))
         leaks = int((pd.Series(df["split"].to_numpy()).groupby(comp).nunique() > 1).sum())
         note = (" No identity, duplicate group or file is in two splits (checked on these rows)." if not leaks
-                else f" WARNING: {leaks} groups of identity / duplicate / file rows are in two splits.")
+                else f" WARNING: {plural(leaks, 'group')} of identity / duplicate / file rows "
+                     f"{'is' if leaks == 1 else 'are'} in two splits.")
     elif "split" in df:
         note = " One split file: whether its identities also occur in the other splits is not checked here."
     parts = ["<h2>Identities and duplicates</h2><p class='meta'>dlib face descriptors clustered into "
@@ -464,8 +466,8 @@ def identity_section(df: pd.DataFrame, max_groups: int = 10) -> str:
         dup = df["dup_group"]
         size = dup.value_counts()
         multi = size[size > 1]
-        parts.append(f"<h3>Duplicate groups</h3><p class='meta'>{len(multi)} near-duplicate groups of two or "
-                     f"more segments ({int(multi.sum())} segments); {int(dup.nunique())} groups in all. "
+        parts.append(f"<h3>Duplicate groups</h3><p class='meta'>{plural(len(multi), 'near-duplicate group')} of two or "
+                     f"more segments ({plural(int(multi.sum()), 'segment')}); {plural(int(dup.nunique()), 'group')} in all. "
                      f"{'The largest ' + str(min(max_groups, len(multi))) + ':' if len(multi) else ''}</p>")
         rows = []
         for gid in multi.index[:max_groups]:
@@ -475,10 +477,12 @@ def identity_section(df: pd.DataFrame, max_groups: int = 10) -> str:
                          "-" if pid is None else int(pid[pid >= 0].nunique()),
                          ", ".join(sorted(set(sel["group"]))),
                          ", ".join(sorted(set(sel["split"].dropna()))) if "split" in sel else "-",
-                         ", ".join(sel["segment_id"].astype(str).head(3)) + (" ..." if len(sel) > 3 else "")])
+                         ", ".join(f"{sid} ({os.path.basename(str(p))})" for sid, p in
+                                   zip(sel["segment_id"].head(3), sel["path"].head(3)))
+                         + (" ..." if len(sel) > 3 else "")])
         if rows:
             parts.append(_table(["dup_group", "segments", "files", "identities", "subsets", "splits",
-                                 "segments (first 3)"], rows))
+                                 "segments (file), first 3"], rows))
     return "".join(parts)
 
 

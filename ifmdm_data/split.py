@@ -219,7 +219,8 @@ def run_split(manifests: Sequence[str | Path], out: str | Path, by: str = "ident
               threshold: Optional[float] = None, max_distance: Optional[int] = None, progress: bool = False,
               encoder: Optional[Callable] = None) -> dict:
     """Read, annotate where needed, assign, write OUT/{train,val,test}.parquet; return a summary
-    {splits: {name: {segments, identities, dup_groups, subsets: {subset: n}}}, groups, ...}."""
+    {splits: {name: {segments, fraction (the share asked for), identities, dup_groups,
+    subsets: {subset: n}}}, groups, ...}."""
     from .schema import split_table, write_parquet_atomic
 
     if by not in ("identity", "clip"):
@@ -260,15 +261,16 @@ def run_split(manifests: Sequence[str | Path], out: str | Path, by: str = "ident
                "dup_groups_multi": int((df["dup_group"].value_counts() > 1).sum()),
                "annotate_s_per_segment": df.attrs.get("annotate_s_per_segment"),
                "annotate_failed": df.attrs.get("annotate_failed", 0), "splits": {}}
+    asked = {"train": 1.0 - test_fraction - val_fraction, "val": val_fraction, "test": test_fraction}
     for name in SPLITS:
         part = df[df["split"] == name]
-        if name != "train" and not len(part) and not {"val": val_fraction, "test": test_fraction}[name]:
+        if name != "train" and not len(part) and not asked[name]:
             continue
         write_parquet_atomic(split_table(part), storage.join(out, f"{name}.parquet"))
         sub = part["subset"].where(part["subset"].notna(), REJECTED).value_counts()
         ids = part.loc[part["identity_id"] >= 0, "identity_id"]
         summary["splits"][name] = {
-            "segments": int(len(part)), "identities": int(ids.nunique()),
+            "segments": int(len(part)), "fraction": asked[name], "identities": int(ids.nunique()),
             "dup_groups": int(part["dup_group"].nunique()),
             "subsets": {k: int(v) for k, v in sorted(sub.items())},
             "identities_per_subset": {k: int(ids[part.loc[ids.index, "subset"].fillna(REJECTED) == k].nunique())

@@ -41,25 +41,7 @@ class InferenceError(IfmdmError):
 # images
 # ------------------------------------------------------------------------------------------
 
-from ifmdm_data.crop import square_resize  # noqa: E402,F401 - one definition (re-exported)
-
-ALPHA_BACKGROUND = (255, 255, 255)
-
-
-def composite_alpha(rgba: np.ndarray, name="image") -> np.ndarray:
-    """RGBA (H, W, 4), uint8 or uint16 -> uint8 RGB composited over ALPHA_BACKGROUND (white).
-
-    The model never saw transparency (it trains on video frames), and the colour stored under
-    fully transparent pixels is arbitrary (often black or leftover paint), so it is replaced by a
-    stated, plain backdrop: out = a * rgb + (1 - a) * white, a = alpha / max. Logged once."""
-    scale = 65535.0 if rgba.dtype == np.uint16 else 255.0
-    x = rgba.astype(np.float32) / scale
-    a = x[..., 3:4]
-    bg = np.asarray(ALPHA_BACKGROUND, np.float32) / 255.0
-    out = x[..., :3] * a + bg * (1.0 - a)
-    if float(a.min()) < 1.0:
-        log.warning("%s has transparent pixels: composited over white", name)
-    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+from ifmdm_data.crop import ALPHA_BACKGROUND, composite_alpha, square_resize  # noqa: E402,F401 - one definition (re-exported)
 
 
 def load_image(path) -> np.ndarray:

@@ -16,5 +16,4 @@ export RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled
 .venv/bin/ifmdm-data filter "$SAMPLE" -o "$MANIFESTS" --overwrite
 .venv/bin/ifmdm-data report "$MANIFESTS" -o "$REPORT"
 .venv/bin/ifmdm-data shard "$MANIFESTS" -o "$SHARDS" --size 256 --overwrite --no-progress
-echo "report: open $REPORT/index.html in a browser to see what was kept and why"
 .venv/bin/ifmdm-data inspect "$MANIFESTS" --labels "$SAMPLE/labels.csv"

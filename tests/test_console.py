@@ -80,3 +80,12 @@ def test_stage_bar_plain_log_one_line_per_tenth_and_terminal_redraws():
     bar.close()
     assert tty.getvalue().count("\r") >= 4 and tty.getvalue().endswith("\n")
     assert "shard: 3/3 shards (100%), samples 12, " in tty.getvalue()
+
+
+def test_plural_says_one_item_and_many_items():
+    from ifmdm_data.console import plural
+
+    assert [plural(1, "worker"), plural(2, "worker"), plural(0, "segment"), plural("?", "worker")] == \
+        ["1 worker", "2 workers", "0 segments", "? workers"]
+    assert plural(1, "identity", "identities") == "1 identity" and plural(3, "identity", "identities") == "3 identities"
+    assert plural(12, "segment", width=6) == "    12 segments"

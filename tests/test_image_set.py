@@ -147,7 +147,7 @@ def test_overwrite_list_input_and_glob(image_folder, tmp_path, capsys):
     pd.DataFrame({"path": [str(image_folder / "b.jpg"), str(image_folder / "gone.png")]}).to_csv(lst, index=False)
     out = tmp_path / "out"
     assert data_main(["shard", "--images", str(lst), "-o", str(out), "--size", "32"]) == 0
-    assert "1 samples" in capsys.readouterr().out and len(_index(out)["key"]) == 1
+    assert "1 sample in" in capsys.readouterr().out and len(_index(out)["key"]) == 1
     rej = pq.read_table(out / "rejected.parquet").to_pylist()
     assert [r["reasons"] for r in rej] == [["unreadable"]]
     # --overwrite replaces the set: a glob of the pngs now, stored as JPEG
@@ -362,3 +362,25 @@ def test_float_images_rejected_and_size_bounded(tmp_path, capsys):
     assert "--size must be an even number in [16, 4096]" in capsys.readouterr().err
     with pytest.raises(ValueError, match="elastic_amplitude"):
         warp_maps((8, 8), np.random.default_rng(0), elastic_amplitude=float("nan"))
+
+
+def test_one_alpha_compositing_for_image_sets_and_infer():
+    """`shard --images` and `ifmdm-infer` composite transparency with the same function
+    (ifmdm_data.crop.composite_alpha; 8 and 16 bits)."""
+    import io
+
+    from PIL import Image
+
+    from ifmdm_data import crop, image_set
+    from ifmdm_model import media_io
+
+    assert media_io.composite_alpha is crop.composite_alpha and not hasattr(image_set, "composite_over_white")
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[:, :2] = (255, 0, 0, 255)
+    rgba[:, 2] = (0, 255, 0, 128)
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
+    rgb, composited = image_set.decode_image(buf.getvalue())
+    assert composited and (rgb == crop.composite_alpha(rgba)).all()
+    assert (rgb[0, 0] == (255, 0, 0)).all() and (rgb[0, 3] == (255, 255, 255)).all()
+    assert (crop.composite_alpha(rgba.astype(np.uint16) * 257) == rgb).all()

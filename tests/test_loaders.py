@@ -363,3 +363,10 @@ def test_write_motion_sidecar_roundtrip_and_atomic(tmp_path):
     with pytest.raises(ShardFormatError, match="sample k3: motion must be float32"):
         write_motion_sidecar(bad, [("k1", m1, "enc-a"), ("k3", m2.astype(np.float64), "enc-a")])
     assert [p.name for p in path.parent.iterdir()] == [path.name]   # nothing half-written
+
+
+def test_too_few_shards_warnings_say_1_shard_1_worker():
+    with pytest.warns(UserWarning, match=r"^1 shard for 2 ranks: some ranks get no data"):
+        ds = stage1_dataset(["/nonexistent/a.tar"], rank=1, world_size=2)
+    with pytest.warns(UserWarning, match=r"\(1 shard for 2 ranks x 1 worker\)"):
+        assert list(ds) == []

@@ -128,3 +128,16 @@ def test_syncnet_confidence_is_drawn_when_scored(sample_manifests):
     assert "sync 0.50 @ +1 fr" in _caption(row, "")
     row.sync_conf = float("nan")
     assert "sync" not in _caption(row, "").split("av")[-1]
+
+
+def test_duplicate_table_names_the_file_of_each_segment():
+    import pandas as pd
+
+    from ifmdm_data.report import identity_section
+
+    df = pd.DataFrame({"segment_id": ["a_000", "b_000", "c_000"], "clip_id": ["a", "b", "c"],
+                       "path": ["/data/x/talk.mp4", "s3://bucket/y/talk_copy.mp4", "/data/z/other.mp4"],
+                       "group": ["lip", "lip", "coarse"], "identity_id": [1, 1, 2], "dup_group": [5, 5, 6]})
+    html = identity_section(df)
+    assert "a_000 (talk.mp4), b_000 (talk_copy.mp4)" in html, html
+    assert "1 near-duplicate group of two or more segments (2 segments); 2 groups in all" in html, html

@@ -294,7 +294,7 @@ def test_report_of_a_split_shows_identities_and_duplicates(sample_split, sample_
     n_ids = train.loc[train["identity_id"] >= 0, "identity_id"].nunique()
     no_face = int((train["identity_faces"] == 0).sum())          # looked and found none (noface_texture)
     assert f"<td>train</td><td>all</td><td>{len(train)}</td><td>{n_ids}</td><td>{no_face}</td>" in page
-    assert "1 near-duplicate groups of two or more segments (2 segments)" in page
+    assert "1 near-duplicate group of two or more segments (2 segments)" in page
     assert "no tracks file" not in page and "source missing" not in page, "tracks from source_manifest"
     # a manifest without identities (identity.enabled: false, older versions): no section, no error
     bare = read_clips(sample_manifests[0]).assign(group="lip", identity_id=None, dup_group=None)
@@ -324,3 +324,22 @@ def test_train_and_eval_given_a_split_file_as_shards_say_shard_it(sample_manifes
     assert rc == 2 and f"run `ifmdm-data shard {split_file} -o shards/test`, then pass --shards shards/test" in err
     with pytest.raises(ShardFormatError, match="is a manifest, not a shard folder: run `ifmdm-data shard"):
         list_shards(split_file)                       # ifmdm-eval --shards splits/test.parquet
+
+
+def test_split_summary_shows_the_share_reached_beside_the_one_asked(tmp_path, capsys):
+    from ifmdm_data.cli import print_split_summary
+
+    df = _synthetic(200, seed=1)
+    rows = _rows([f"/nonexistent/{i}.mp4" for i in range(len(df))], subsets=list(df["subset"]))
+    for r, (_, x) in zip(rows, df.iterrows()):
+        r.update(segment_id=x["segment_id"], clip_id=x["clip_id"], accepted=x["subset"] is not None,
+                 identity_id=int(x["identity_id"]), dup_group=int(x["dup_group"]))
+    _write_manifest(tmp_path, rows)
+    s = run_split([tmp_path], tmp_path / "sp", test_fraction=0.1, val_fraction=0.05, seed=0)
+    assert {n: p["fraction"] for n, p in s["splits"].items()} == pytest.approx({"train": 0.85, "val": 0.05, "test": 0.1})
+    print_split_summary(s, str(tmp_path / "sp"))
+    out = capsys.readouterr().out
+    for name, asked in (("train", 85), ("val", 5), ("test", 10)):
+        n = s["splits"][name]["segments"]
+        line = next(ln for ln in out.splitlines() if ln.strip().startswith(name + " "))
+        assert f"{100 * n / 200:.1f}% of segments (asked {asked}%)" in line, line
