@@ -90,3 +90,18 @@ def test_train_small_augment_and_device_options():
     assert next(plain_model.parameters()).device.type == "cpu"
     assert plain.psnr == again.psnr                       # deterministic on one thread
     assert aug.psnr != plain.psnr and np.isfinite(aug.psnr)
+
+
+def test_train_small_ema_measures_and_returns_the_ema_weights():
+    """`TrainSettings.ema` > 0: the result's PSNR is the EMA copy's (the returned model holds the
+    EMA weights), `psnr_raw` the raw weights' (the same run as without EMA: same draws)."""
+    from ifmdm_model.learning import TrainSettings, evaluate, model_config, train_small
+    clips = synthetic_local_motion(n_clips=2, n_train=6, n_heldout=2, seed=3)
+    cfg = model_config("S1-tiny")
+    _, plain = train_small(cfg, clips, TrainSettings(steps=4, seed=1, threads=1))
+    model, ema = train_small(cfg, clips, TrainSettings(steps=4, seed=1, threads=1, ema=0.999, eval_every=2))
+    assert plain.psnr_raw is None
+    assert ema.psnr_raw == plain.psnr                     # raw weights: the plain run's
+    assert ema.psnr != ema.psnr_raw                        # the EMA lags the raw weights
+    assert evaluate(model, clips)["psnr"] == ema.psnr      # the returned model is the EMA copy
+    assert [h["step"] for h in ema.history] == [2, 4] and all("psnr_raw" in h for h in ema.history)
