@@ -24,7 +24,6 @@ joins the group too.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -132,6 +131,55 @@ def _matches(ha: Sequence[int], hb: Sequence[int], max_distance: int) -> int:
     return sum(1 for a in ha if min(hamming(a, b) for b in hb) <= max_distance)
 
 
+_POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], np.uint8)
+
+
+def popcount64(x: np.ndarray) -> np.ndarray:
+    """Set bits of each element of a uint64 array (np.bitwise_count on NumPy >= 2, else a byte
+    lookup table); same shape, small unsigned ints."""
+    x = np.ascontiguousarray(x, np.uint64)
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(x)
+    return _POPCOUNT8[x.view(np.uint8)].reshape(*x.shape, 8).sum(-1, dtype=np.uint8)
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(s, s + l) for each (s, l)."""
+    total = int(lengths.sum())
+    if not total:
+        return np.zeros(0, np.int64)
+    offs = np.cumsum(lengths) - lengths
+    return np.repeat(starts - offs, lengths) + np.arange(total)
+
+
+def _buckets(flat: np.ndarray, owner: np.ndarray, bands: int, width: int):
+    """Blocking: the segments sharing each (band, band value) -> (member segments of every
+    usable bucket, concatenated and sorted within a bucket; bucket starts into them). Buckets of
+    one segment are dropped, those of more than MAX_BUCKET segments skipped with a warning."""
+    mask = np.uint64((1 << width) - 1)
+    members, sizes = [], []
+    for b in range(bands):
+        vals = (flat >> np.uint64(b * width)) & mask
+        order = np.lexsort((owner, vals))
+        v, o = vals[order], owner[order]
+        keep = np.ones(len(v), bool)
+        keep[1:] = (v[1:] != v[:-1]) | (o[1:] != o[:-1])     # one entry per (value, segment)
+        v, o = v[keep], o[keep]
+        if not len(v):
+            continue
+        first = np.flatnonzero(np.r_[True, v[1:] != v[:-1]])
+        size = np.diff(np.r_[first, len(v)])
+        for big in size[size > MAX_BUCKET]:
+            log.warning("dedup: skipping a hash band shared by %d segments", int(big))
+        ok = (size >= 2) & (size <= MAX_BUCKET)
+        members.append(o[_ranges(first[ok], size[ok])])
+        sizes.append(size[ok])
+    if not members:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    members, sizes = np.concatenate(members), np.concatenate(sizes)
+    return members, np.cumsum(sizes) - sizes, sizes
+
+
 def dup_groups(hashes: Sequence[Sequence[int]], max_distance: int = MAX_DISTANCE,
                min_matches: int = MIN_MATCHES, bands: int = BANDS,
                extra_pairs: Iterable[tuple[int, int]] = ()) -> np.ndarray:
@@ -141,34 +189,70 @@ def dup_groups(hashes: Sequence[Sequence[int]], max_distance: int = MAX_DISTANCE
     a segment without hashes (no decodable, non-flat frame) is a group of its own. Group ids
     are 0..G-1 in order of first appearance, so a re-run on the same input gives the same ids.
     `extra_pairs`: more duplicate pairs (i, j) found otherwise (the same audio: fingerprint.py).
+
+    The candidate pairs (i < j sharing a usable band bucket) of one segment i are checked at
+    once with NumPy (XOR + popcount over all their frame pairs), and a candidate already in
+    i's group is not checked again: the groups (connected components) are the same as checking
+    every candidate pair, in any order.
     """
     n = len(hashes)
     width = HASH_BITS // bands
-    mask = (1 << width) - 1
-    buckets: dict[tuple[int, int], set[int]] = defaultdict(set)
-    for i, hs in enumerate(hashes):
-        for h in hs:
-            for b in range(bands):
-                buckets[(b, (h >> (b * width)) & mask)].add(i)
-    pairs: set[tuple[int, int]] = set()
-    for members in buckets.values():
-        if len(members) < 2:
-            continue
-        if len(members) > MAX_BUCKET:
-            log.warning("dedup: skipping a hash band shared by %d segments", len(members))
-            continue
-        m = sorted(members)
-        for x in range(len(m)):
-            for y in range(x + 1, len(m)):
-                pairs.add((m[x], m[y]))
-    uf = UnionFind(n)
-    for i, j in pairs:
-        need = min(min_matches, len(hashes[i]), len(hashes[j]))
-        if need and _matches(hashes[i], hashes[j], max_distance) >= need:
-            uf.union(i, j)
+    lens = np.fromiter((len(h) for h in hashes), np.int64, n)
+    starts = np.zeros(n + 1, np.int64)
+    np.cumsum(lens, out=starts[1:])
+    flat = np.fromiter((h for hs in hashes for h in hs), np.uint64, int(starts[-1]))
+    owner = np.repeat(np.arange(n, dtype=np.int64), lens)
+
+    comp = np.arange(n, dtype=np.int64)      # group label of each segment (a member's index)
+    groups: dict[int, list[int]] = {}        # label -> members, for groups of 2+
+
+    def join(a: int, b: int) -> None:        # merge the smaller group into the larger
+        ca, cb = int(comp[a]), int(comp[b])
+        if ca == cb:
+            return
+        ga, gb = groups.get(ca) or [ca], groups.get(cb) or [cb]
+        if len(ga) < len(gb):
+            ca, cb, ga, gb = cb, ca, gb, ga
+        comp[gb] = ca
+        ga.extend(gb)
+        groups[ca] = ga
+        groups.pop(cb, None)
+
     for i, j in extra_pairs:
-        uf.union(int(i), int(j))
-    return uf.labels()
+        join(int(i), int(j))
+
+    members, bstart, bsize = _buckets(flat, owner, bands, width)
+    if len(members):
+        # the usable buckets of each segment (CSR by segment)
+        bid = np.repeat(np.arange(len(bsize), dtype=np.int64), bsize)
+        order = np.argsort(members, kind="stable")
+        seg_b = bid[order]
+        seg_start = np.searchsorted(members[order], np.arange(n + 1))
+        for i in np.flatnonzero(np.diff(seg_start)):
+            bs = seg_b[seg_start[i]:seg_start[i + 1]]
+            cand = members[_ranges(bstart[bs], bsize[bs])]
+            cand = cand[cand > i]
+            cand = np.unique(cand[comp[cand] != comp[i]])
+            if not len(cand):
+                continue
+            hi = flat[starts[i]:starts[i + 1]]
+            lj = lens[cand]
+            hc = flat[_ranges(starts[cand], lj)]
+            close = popcount64(hi[:, None] ^ hc[None, :]) <= max_distance   # (frames of i, frames of cands)
+            cs = np.cumsum(lj) - lj
+            count_i = np.logical_or.reduceat(close, cs, axis=1).sum(0)     # i's frames with a match in j
+            count_j = np.add.reduceat(close.any(0).astype(np.int64), cs)     # j's frames with a match in i
+            li = lens[i]
+            count = np.where(li <= lj, count_i, count_j)                     # over the shorter list (i when equal)
+            need = np.minimum(min_matches, np.minimum(li, lj))
+            for j in cand[(need != 0) & (count >= need)]:
+                join(int(i), int(j))
+
+    # group ids 0..G-1 in order of first appearance
+    _, first, inv = np.unique(comp, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    return rank[inv.reshape(-1)].astype(np.int64)
 
 
 def hash_to_hex(h: int) -> str:

@@ -113,11 +113,17 @@ def match(a: Sequence[int], b: Sequence[int], max_ber: float = MAX_BER,
 
 
 def audio_dup_pairs(fingerprints: Sequence[Sequence[int]], max_ber: float = MAX_BER,
-                    min_overlap: int = MIN_OVERLAP) -> list[tuple[int, int]]:
+                    min_overlap: int = MIN_OVERLAP, groups: Optional[Sequence[int]] = None
+                    ) -> list[tuple[int, int]]:
     """Per-segment fingerprints -> pairs (i, j), i < j, of segments with the same audio.
 
     Candidates share at least MIN_VOTES exact values (inverted index; values in more than
-    MAX_BUCKET segments skipped), then `match` confirms each candidate pair."""
+    MAX_BUCKET segments skipped), then `match` confirms each candidate pair.
+
+    `groups`: a group label per segment for segments already known to be duplicates (the pHash
+    `dup_group`); then a candidate pair already joined, by those groups or by the pairs found
+    before it (in sorted order), is not matched, and only the pairs that join two groups are
+    returned: the same groups as all the pairs give, without matching inside large groups."""
     index: dict[int, set[int]] = defaultdict(set)
     for i, fp in enumerate(fingerprints):
         for v in set(fp or ()):
@@ -130,5 +136,19 @@ def audio_dup_pairs(fingerprints: Sequence[Sequence[int]], max_ber: float = MAX_
         for x in range(len(m)):
             for y in range(x + 1, len(m)):
                 shared[(m[x], m[y])] += 1
-    return sorted((i, j) for (i, j), n in shared.items()
-                  if n >= MIN_VOTES and match(fingerprints[i], fingerprints[j], max_ber, min_overlap) is not None)
+    candidates = sorted(p for p, n in shared.items() if n >= MIN_VOTES)
+    if groups is None:
+        return [(i, j) for i, j in candidates
+                if match(fingerprints[i], fingerprints[j], max_ber, min_overlap) is not None]
+    from .dedup import UnionFind
+
+    uf = UnionFind(len(fingerprints))
+    first: dict = {}
+    for i, g in enumerate(groups):
+        uf.union(first.setdefault(g, i), i)
+    out = []
+    for i, j in candidates:
+        if uf.find(i) != uf.find(j) and match(fingerprints[i], fingerprints[j], max_ber, min_overlap) is not None:
+            out.append((i, j))
+            uf.union(i, j)
+    return out

@@ -158,11 +158,12 @@ def collection_ids(df, threshold: float = 0.6, max_distance: int = 10, audio: bo
         id_lists[i] = [int(v) for v in vals]
     hashes = [[hex_to_hash(h) for h in v] if _present(v) else []
               for v in df["phash"].to_numpy()[order]]
-    pairs = []
+    groups_sorted = dup_groups(hashes, max_distance=max_distance)
     if audio and "audio_fingerprint" in df:
         fps = [list(v) if _present(v) else [] for v in df["audio_fingerprint"].to_numpy()[order]]
-        pairs = audio_dup_pairs(fps)
-    groups_sorted = dup_groups(hashes, max_distance=max_distance, extra_pairs=pairs)
+        pairs = audio_dup_pairs(fps, groups=groups_sorted)   # only those joining two pHash groups
+        if pairs:
+            groups_sorted = dup_groups(hashes, max_distance=max_distance, extra_pairs=pairs)
     groups = np.empty(n, np.int64)
     groups[order] = groups_sorted
     return ids, groups, id_lists

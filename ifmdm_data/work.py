@@ -22,6 +22,7 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -115,15 +116,48 @@ class PartStore:
         return got["uid"]
 
     def read_all(self) -> pd.DataFrame:
+        """All parts as one DataFrame, the parts' rows in part-name order (the same frame as
+        `pd.concat` of each part's `to_pandas()`, `ignore_index=True`)."""
         names = storage.list_names(self.parts, ".parquet")
         locs = [storage.join(self.parts, n) for n in names]
-        if self.remote:   # one GET each: overlap them
-            with ThreadPoolExecutor(16) as ex:
-                tables = list(ex.map(storage.read_parquet, locs))
-        else:
-            tables = [pq.read_table(p) for p in locs]
-        frames = [t.to_pandas() for t in tables]
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        read = storage.read_parquet if self.remote else _read_local
+        # one GET each (object storage) or a small local file each: overlap them (Parquet
+        # decoding releases the GIL)
+        with ThreadPoolExecutor(16 if self.remote else min(8, (os.cpu_count() or 1) + 2)) as ex:
+            tables = list(ex.map(read, locs))
+        return concat_parts(tables)
+
+
+def _read_local(path) -> pa.Table:
+    """One local part (`pq.ParquetFile.read`: the table `pq.read_table` gives for one file,
+    without its dataset set-up, about half the time on a small part)."""
+    with pq.ParquetFile(path) as f:
+        return f.read()
+
+
+def concat_parts(tables: list[pa.Table]) -> pd.DataFrame:
+    """`pd.concat([t.to_pandas() for t in tables], ignore_index=True)`, faster: the tables with
+    byte-identical schemas (Arrow types and pandas metadata: one `to_pandas` of their
+    concatenation is the concatenation of theirs) are converted together, then the groups are
+    concatenated with pandas and put back in the tables' order (rows and columns)."""
+    if not tables:
+        return pd.DataFrame()
+    by_schema: dict[bytes, list[int]] = {}
+    for k, t in enumerate(tables):
+        by_schema.setdefault(t.schema.serialize().to_pybytes(), []).append(k)
+    if len(by_schema) == len(tables):
+        return pd.concat([t.to_pandas() for t in tables], ignore_index=True)
+    columns: dict[str, None] = {}       # pd.concat's column order: first appearance
+    for t in tables:
+        columns.update(dict.fromkeys(t.schema.names))
+    row0 = np.cumsum([0] + [t.num_rows for t in tables])
+    frames, rows = [], []
+    for ks in by_schema.values():
+        frames.append(pa.concat_tables([tables[k] for k in ks]).to_pandas())
+        rows.append(np.concatenate([np.arange(row0[k], row0[k + 1]) for k in ks]))
+    df = pd.concat(frames, ignore_index=True)
+    df = df.iloc[np.argsort(np.concatenate(rows), kind="stable")].reset_index(drop=True)
+    return df[list(columns)] if list(df.columns) != list(columns) else df
 
 
 class CollectingStore:

@@ -639,3 +639,69 @@ def test_fault_injection_kills_only_the_named_clip(tmp_path, monkeypatch):
     monkeypatch.delenv("IFMDM_FAULT_CRASH")
     run_unit(_unit(path="/v/crashme.mp4"), FilterConfig(), None, None, CollectingStore())
     assert exits == [17]
+
+
+def test_local_flow_checkpoint_and_coarse_flow_give_the_same_output_and_gradients():
+    """`use_checkpoint` (activation checkpointing of the warps) changes memory, not maths: with a
+    batch of 2 and a coarse flow to refine, output and every gradient equal the plain module's;
+    the coarse flow is upsampled per sample and added (a coarse flow of a constant shift moves
+    the output)."""
+    import copy
+
+    import torch
+    from ifmdm_model.stage1 import LocalFlowModule
+
+    torch.manual_seed(0)
+    n, g, c, r = 2, 2, 4, 8
+    plain = LocalFlowModule(c, r, g)
+    ckpt = copy.deepcopy(plain)
+    ckpt.use_checkpoint = True
+    feature = torch.randn(n, c, r, r)
+    appearance = torch.randn(n, c, r, r)
+    coarse = torch.randn(n, g, 2, r // 2, r // 2) * 0.3
+    outs = []
+    for m in (plain, ckpt):
+        a = appearance.clone().requires_grad_(True)
+        warped, masks, flow = m(feature, a, coarse)
+        (warped.square().sum() + masks.sum() + flow.sum()).backward()
+        outs.append((warped.detach(), flow.detach(), a.grad, [p.grad.clone() for p in m.parameters()]))
+    (w0, f0, ga0, gp0), (w1, f1, ga1, gp1) = outs
+    torch.testing.assert_close(w1, w0)
+    torch.testing.assert_close(f1, f0)
+    torch.testing.assert_close(ga1, ga0)
+    for p0, p1 in zip(gp0, gp1):
+        torch.testing.assert_close(p1, p0)
+    with torch.no_grad():                                      # flow = own tanh offset + upsampled coarse flow
+        _, _, own = plain(feature, appearance)
+        shift = torch.zeros(n, g, 2, r // 2, r // 2)
+        shift[1, :, 0] = 0.25                                  # sample 1 only: its x offsets move by 0.25
+        _, _, moved = plain(feature, appearance, shift)
+    torch.testing.assert_close(moved[0], own[0])
+    torch.testing.assert_close(moved[1, :, 0], own[1, :, 0] + 0.25)
+
+
+
+def test_local_flow_head_is_grouped_nonlinear_small_at_init_and_not_in_the_state_dict():
+    """The local flow head as the paper and the docstring say: grouped convolutions (group g's
+    flow and mask see only its C/G feature channels), a nonlinear hidden layer, small initial
+    outputs (near-identity warps, near-uniform masks: std ~0.08 for unit features, not ~1), and
+    the pixel-centre grid rebuilt from the resolution, not saved in checkpoints."""
+    import torch
+    from ifmdm_model.stage1 import LocalFlowModule
+
+    torch.manual_seed(0)
+    n, c, g, r = 3, 16, 4, 8
+    lf = LocalFlowModule(c, r, g)
+    x = torch.randn(n, c, r, r)
+    with torch.no_grad():
+        out = lf.head(lf.hidden(x)).reshape(n, g, 3, r, r)
+        x2 = x.clone()
+        x2[:, : c // g] += torch.randn(n, c // g, r, r)              # group 0's channels only
+        out2 = lf.head(lf.hidden(x2)).reshape(n, g, 3, r, r)
+        assert not torch.allclose(out2[:, 0], out[:, 0])
+        torch.testing.assert_close(out2[:, 1:], out[:, 1:])         # groups 1..G-1 untouched
+        h = lf.hidden
+        affine_gap = (h(x) + h(-x) - 2 * h(torch.zeros_like(x))).abs().max()
+        assert affine_gap > 1e-2                                     # an affine layer gives 0
+        assert out.std() < 0.3
+    assert "base_grid" not in lf.state_dict()
