@@ -3,15 +3,20 @@ knows the difference. Every other module reads, lists and writes through these f
 
 A *location* is a str: a local path (absolute or relative, as before) or a URL with a scheme
 fsspec knows (`s3://`, `gs://`, `memory://`; `file://` is treated as local). Object storage is
-reached with fsspec (s3fs for `s3://`); credentials and the endpoint come from the standard
-variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_ENDPOINT_URL`,
-`AWS_DEFAULT_REGION`, `AWS_PROFILE`, `GOOGLE_APPLICATION_CREDENTIALS`): nothing is hard-coded.
+reached with fsspec (s3fs for `s3://`, gcsfs for `gs://`); credentials and the endpoint come
+from the standard variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
+`AWS_ENDPOINT_URL`, `AWS_DEFAULT_REGION`, `AWS_PROFILE`; for `gs://`
+`GOOGLE_APPLICATION_CREDENTIALS` or gcloud's application-default login, and
+`STORAGE_EMULATOR_HOST` for a GCS emulator, reached without credentials as Google's own clients
+do): nothing is hard-coded.
 
 Writes are atomic everywhere: `atomic_local(loc)` hands out a local file to write; on success it
 becomes `loc` in one step (local: rename in the same folder; object storage: upload to a hidden
-temporary key `.<name>.<random>.tmp` beside it, then a server-side move to the final key), so a
-reader never sees a half-written object under a final name and a killed writer leaves at most a
-hidden `.tmp` (which no listing of `*.parquet` / `*.tar` matches).
+temporary key `.<name>.<random>.tmp` beside it, then a server-side copy to the final key and
+the temporary deleted: s3fs's `mv`; on GCS the same two calls, spelled out, since gcsfs's `mv`
+tries the newer `moveTo` call first, which emulators lack), so a reader never sees a
+half-written object under a final name and a killed writer leaves at most a hidden `.tmp`
+(which no listing of `*.parquet` / `*.tar` matches).
 
 Errors of the storage itself (no bucket, no permission, endpoint unreachable) in the queries
 (`exists`, `isdir`, `isfile`, `find`, `glob`, `list_names`), uploads (`atomic_local`,
@@ -21,13 +26,14 @@ FileNotFoundError for a missing object and the client's own error otherwise.
 
 Traps: fsspec caches directory listings by default (stale after another process writes), so
 every filesystem here is made with `use_listings_cache=False`; and a Ray worker started
-before the AWS_* variables were set does not see them, so the drivers pass `forward_env()` to
+before the AWS_* / GCS variables were set does not see them, so the drivers pass `forward_env()` to
 their tasks and actors, which call `apply_env` first.
 """
 from __future__ import annotations
 
 import contextlib
 import glob as _glob
+import logging
 import os
 import shutil
 import tempfile
@@ -40,7 +46,7 @@ from .errors import IfmdmError
 ENV_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
             "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE",
             "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "GOOGLE_APPLICATION_CREDENTIALS",
-            "GOOGLE_CLOUD_PROJECT")
+            "GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CONFIG", "GCSFS_DEFAULT_PROJECT", "STORAGE_EMULATOR_HOST")
 # largest file `spool` copies to local disk (bytes); IFMDM_SPOOL_MAX_BYTES overrides
 SPOOL_MAX_BYTES = 20 * 1024 ** 3
 
@@ -92,7 +98,46 @@ def _storage_options(protocol: str) -> dict:
     if protocol in ("s3", "s3a"):
         ep = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         return {"endpoint_url": ep} if ep else {}
+    if protocol in ("gs", "gcs"):
+        ep = _gcs_emulator()
+        # an emulator takes no credentials (google-cloud-storage uses anonymous ones there too);
+        # otherwise gcsfs's default chain: GOOGLE_APPLICATION_CREDENTIALS, gcloud's login, metadata
+        return {"endpoint_url": ep, "token": "anon"} if ep else {}
     return {}
+
+
+def _gcs_emulator() -> str | None:
+    """`STORAGE_EMULATOR_HOST` as a URL (`host:port` gets `http://`), or None."""
+    ep = os.environ.get("STORAGE_EMULATOR_HOST", "").strip().rstrip("/")
+    if not ep or ep == "default":
+        return None
+    return ep if "://" in ep else f"http://{ep}"
+
+
+class _DropRaised(logging.Filter):
+    """gcsfs logs, with its traceback, each error it then raises (`... out of retries`); the
+    caller reports that error in one line, so the log record is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.exc_info
+
+
+def _gcs_class(emulator: bool):
+    """The gcsfs filesystem class. gcsfs >= 2026 defaults to `ExtendedGcsFileSystem`, which
+    first asks the gRPC storage-control API for each bucket's layout (hierarchical / zonal);
+    emulators implement only the JSON API (that call waits 60 s, then falls back), so with
+    STORAGE_EMULATOR_HOST the plain JSON-API class is used (what the extended one falls back
+    to for an ordinary bucket)."""
+    import warnings
+
+    with warnings.catch_warnings():   # google.api_core's notice about Python 3.11's end of life
+        warnings.filterwarnings("ignore", message="You are using a Python version", category=FutureWarning)
+        import gcsfs
+        import gcsfs.core
+    log = logging.getLogger("gcsfs")
+    if not any(isinstance(f, _DropRaised) for f in log.filters):
+        log.addFilter(_DropRaised())
+    return gcsfs.core.GCSFileSystem if emulator else gcsfs.GCSFileSystem
 
 
 def filesystem(loc):
@@ -102,11 +147,20 @@ def filesystem(loc):
 
     s = os.fspath(loc)
     protocol = s.split("://", 1)[0].lower()
+    opts = _storage_options(protocol)
     try:
-        fs = fsspec.filesystem(protocol, use_listings_cache=False, **_storage_options(protocol))
+        if protocol in ("gs", "gcs"):
+            fs = _gcs_class(emulator="endpoint_url" in opts)(use_listings_cache=False, **opts)
+        else:
+            fs = fsspec.filesystem(protocol, use_listings_cache=False, **opts)
     except (ImportError, ValueError) as e:
-        raise StorageError(f"{s}: no support for {protocol}:// ({e}); for s3:// install s3fs") from None
+        raise StorageError(f"{s}: no support for {protocol}:// ({e}); "
+                           "for s3:// install s3fs, for gs:// gcsfs") from None
     return fs, fs._strip_protocol(s)
+
+
+def _is_gcs(fs) -> bool:
+    return "gs" in (fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,))
 
 
 def _url(fs, path: str) -> str:
@@ -142,6 +196,15 @@ def exists(loc) -> bool:
 
 def isdir(loc) -> bool:
     """A local folder, or an object-storage prefix that holds at least one object."""
+    if is_url(loc):
+        fs, p = filesystem(loc)
+        if _is_gcs(fs):   # gcsfs's isdir answers False to any OSError, an endpoint that is down included
+            try:
+                return fs.info(p)["type"] == "directory"
+            except FileNotFoundError:
+                return False
+            except Exception as e:  # noqa: BLE001
+                raise _wrap(loc, e) from None
     return _ask(loc, os.path.isdir, "isdir")
 
 
@@ -345,7 +408,11 @@ def commit_file(local_file: str, loc) -> None:
     tmp_key = f"{folder}/.{base}.{uuid.uuid4().hex[:12]}.tmp"
     try:
         fs.put_file(local_file, tmp_key)
-        fs.mv(tmp_key, p)
+        if _is_gcs(fs):
+            fs.cp_file(tmp_key, p)          # server-side rewrite: the final object appears whole
+            fs.rm_file(tmp_key)
+        else:
+            fs.mv(tmp_key, p)
     except Exception as e:  # noqa: BLE001
         with contextlib.suppress(Exception):
             fs.rm_file(tmp_key)

@@ -21,7 +21,8 @@ OUT=${OUT%/}
 PY=${PYTHON:-python3}
 runtime_env=$("$PY" -c 'import json, os, sys
 keys = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION", "GOOGLE_APPLICATION_CREDENTIALS")
+        "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION", "GOOGLE_APPLICATION_CREDENTIALS",
+        "GOOGLE_CLOUD_PROJECT", "STORAGE_EMULATOR_HOST")
 print(json.dumps({"env_vars": {k: os.environ[k] for k in keys if os.environ.get(k)}}))')
 # $0 = input, $1 = output root, the rest: extra filter arguments
 exec ray job submit --address "$DASH" --no-wait --runtime-env-json "$runtime_env" -- \

@@ -3,7 +3,8 @@
 #   - Debian packages: ffmpeg (ffprobe, libx264), espeak-ng (speech for the sample set), sox,
 #     libchromaprint1 (audio fingerprints)
 #   - a virtual environment at .venv/ with the pinned Python packages (requirements.txt; with
-#     the test tools: pytest and moto[server], the S3 API server the object-storage tests start)
+#     the test tools: pytest, moto[server] and gcp-storage-emulator, the S3 and GCS API servers
+#     the object-storage tests start)
 #   - packages that must go in with --no-deps (mediapipe 0.10.21, face-alignment, facexlib)
 #   - this project, editable
 # Idempotent: a second run only checks.
