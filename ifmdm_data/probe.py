@@ -95,7 +95,8 @@ def _read_moov(f) -> bytes | None:
         if size < hdr:
             return None
         if kind == b"moov":
-            if size > 256 << 20:   # a broken size; ffmpeg would not get far either
+            size = min(size, file_end - pos)   # a size past the end: ffmpeg reads what is there
+            if size > 256 << 20:   # a real moov this big is not a video clip's
                 return None
             f.seek(pos + hdr)
             return f.read(size - hdr)
@@ -202,8 +203,14 @@ def _pyav_info(path: str) -> dict:
             if dur is not None:
                 rec["duration"] = dur
             if s.type == "video":
+                avg, base = s.average_rate, s.base_rate
+                if c.format.name == "h264" and cc.framerate:
+                    # a raw H.264 stream has no container timing: ffmpeg >= 7's raw demuxer reports its
+                    # default 25 fps (and a field rate) where ffprobe 5.x gave the SPS timing, which
+                    # the decoder also reads (codec_context.framerate)
+                    avg = base = cc.framerate
                 rec.update(width=cc.width, height=cc.height, pix_fmt=cc.pix_fmt or "",
-                           avg_frame_rate=_ratio(s.average_rate), r_frame_rate=_ratio(s.base_rate))
+                           avg_frame_rate=_ratio(avg), r_frame_rate=_ratio(base))
                 sar = s.sample_aspect_ratio
                 if sar:
                     rec["sample_aspect_ratio"] = f"{sar.numerator}:{sar.denominator}"

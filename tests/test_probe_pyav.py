@@ -104,3 +104,41 @@ def test_unreadable_files_keep_ffprobe_words(tmp_path):
     with pytest.raises(ClipError) as audio_only:
         probe_file(str(write_audio_only(tmp_path / "a.mp4")))
     assert audio_only.value.reason == Reason.NO_VIDEO_STREAM
+
+
+def test_raw_h264_stream_rate_and_a_moov_size_past_the_end(tmp_path):
+    """Two inputs a break-it pass found: a raw H.264 elementary stream at 30000/1001 (no container
+    timing: ffmpeg >= 7's raw demuxer says 25 fps; the SPS timing, which ffprobe 5.1 and the
+    decoder read, says 29.97, constant) and a rotated mp4 whose moov size field claims 300 MiB
+    past the end of the file (ffmpeg reads what is there: the rotation must not be lost)."""
+    import struct
+    raw = tmp_path / "clip.264"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=64x48:r=30000/1001:d=1",
+                    "-c:v", "libx264", "-preset", "ultrafast", "-f", "h264", str(raw)], check=True)
+    rec = probe_file(str(raw), backend="pyav")
+    assert rec["fps"] == pytest.approx(30000 / 1001) and rec["vfr"] is False
+    assert _same_but_nan(rec, probe_file(str(raw), backend="ffprobe"))
+
+    plain, rot = tmp_path / "plain.mp4", tmp_path / "rot.mp4"    # moov at the end (no faststart)
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=64x48:r=25:d=1", "-c:v", "libx264",
+                    "-preset", "ultrafast", str(plain)], check=True)
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(plain), "-c", "copy", "-metadata:s:v:0", "rotate=90", str(rot)],
+                   check=True)                                 # a display matrix, as phones write
+    data = bytearray(rot.read_bytes())
+    pos = 0
+    while pos < len(data):                                     # find the top-level moov box
+        size, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if kind == b"moov":
+            data[pos:pos + 4] = struct.pack(">I", 300 << 20)
+            break
+        pos += size
+    assert kind == b"moov"
+    rot.write_bytes(bytes(data))
+    got = probe_file(str(rot), backend="pyav")
+    assert (got["rotation"], got["width"], got["height"]) == (270, 48, 64)
+    assert got == probe_file(str(rot), backend="ffprobe")
+
+
+def _same_but_nan(a: dict, b: dict) -> bool:
+    """Equal records where NaN equals NaN (raw streams have no duration)."""
+    return a.keys() == b.keys() and all(a[k] == b[k] or (a[k] != a[k] and b[k] != b[k]) for k in a)
