@@ -291,8 +291,11 @@ def main(argv=None) -> int:
         if args.cmd == "sample":
             from .sample import make_sample_set
             t0 = time.time()
-            labels = make_sample_set(args.out, seed=args.seed, size=args.size, progress=True)
+            with _console(args) as logs:       # mediapipe's TFLite / absl lines go to the log file
+                labels = make_sample_set(args.out, seed=args.seed, size=args.size, progress=True)
             print(f"sample set written in {time.time() - t0:.1f} s; labels: {labels}")
+            if logs is not None and logs.is_file():
+                print(f"logs: {logs}")
         elif args.cmd == "filter":
             from .pipeline import run_filter
             if args.workers is not None and args.workers < 1:

@@ -615,7 +615,8 @@ def make_sample_set(out_dir: str | Path, seed: int = 0, size: int = 256, fps: fl
         _write_mp4(out / clip.name, clip.frames(), clip.width, size, float(fps), clip.audio)
         rows += _label_rows(clip, float(fps))
         if progress:
-            print(f"sample: [{i + 1}/{len(clips)}] {out / clip.name}", file=sys.stderr, flush=True)
+            from .console import terminal
+            print(f"sample: [{i + 1}/{len(clips)}] {out / clip.name}", file=terminal(), flush=True)
     labels_path = out / "labels.csv"
     _write_labels(labels_path, rows)
     return labels_path

@@ -89,3 +89,18 @@ def test_plural_says_one_item_and_many_items():
         ["1 worker", "2 workers", "0 segments", "? workers"]
     assert plural(1, "identity", "identities") == "1 identity" and plural(3, "identity", "identities") == "3 identities"
     assert plural(12, "segment", width=6) == "    12 segments"
+
+
+def test_sample_prints_progress_but_no_mediapipe_noise(tmp_path):
+    """`ifmdm-data sample` without -v: its own progress lines and summary on the console,
+    mediapipe's TensorFlow Lite / absl / glog lines in the log file it names."""
+    r = subprocess.run([sys.executable, "-m", "ifmdm_data.cli", "sample", str(tmp_path / "s")],
+                       capture_output=True, text=True, timeout=300)
+    both = r.stdout + r.stderr
+    assert r.returncode == 0, both
+    for what, pattern in NOISE.items():
+        hits = [line for line in both.splitlines() if re.search(pattern, line)]
+        assert not hits, f"{what} on the console:\n" + "\n".join(hits[:5])
+    assert re.search(r"^sample: \[10/10\] ", r.stderr, re.M), r.stderr
+    logs = re.findall(r"^logs: (\S+)", r.stdout, re.M)
+    assert len(logs) == 1 and "TensorFlow Lite" in open(logs[0]).read()
