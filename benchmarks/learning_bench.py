@@ -50,7 +50,7 @@ BUDGET = {"quick": {"synthetic": 200, "real": 300, "dims": 300, "tune": 150},
 
 
 def table(title: str, rows: list[dict], cols: list[str]) -> None:
-    print(f"\n{title}")
+    print(f"\n{title}\n")
     print("| " + " | ".join(cols) + " |")
     print("|" + "|".join("---" for _ in cols) + "|")
     for r in rows:
@@ -186,12 +186,19 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, help="also write every number here")
     ap.add_argument("--jobs", type=int, default=1, help="stage-1 runs trained in parallel processes (each --threads)")
     ap.add_argument("--models", type=Path, help="save each stage-1 run here (safetensors + JSON) and reuse the ones "
-                    "already there with the same spec")
+                    "already there with the same spec (stage-1 runs only: tuning, cross-identity and stage 2 "
+                    "run again each time)")
     ap.add_argument("--stage1-only", action="store_true", help="train (or reuse) the stage-1 runs and stop: e.g. "
                     "on a GPU machine with --models, then the full benchmark on a CPU with the same --models")
     ap.add_argument("--real-steps", type=int, help="override the real-clip stage-1 budget (steps)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.jobs < 1:
+        ap.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.models is not None and args.models.exists() and not args.models.is_dir():
+        ap.error(f"--models {args.models} is a file: give a folder (made if missing)")
+    if args.real_steps is not None and args.real_steps < 1:
+        ap.error(f"--real-steps must be >= 1, got {args.real_steps}")
     budget = dict(BUDGET["quick" if args.quick else "full"])
     if args.real_steps:
         budget["real"] = args.real_steps
@@ -232,7 +239,7 @@ def main(argv=None) -> int:
             r = res[j["name"]] = runs[j["key"]][1]
             rows.append({"model": j["name"], "PSNR": r.psnr, "PSNR raw": r.psnr_raw, "patch PSNR": r.psnr_patch,
                          "mask compactness": r.compactness, "local flow loss": r.local_flow_loss, "s": r.seconds})
-    table("| stage 1, synthetic (held-out) |", rows,
+    table("stage 1, synthetic (held-out):", rows,
           ["model", "PSNR", "PSNR raw", "patch PSNR", "mask compactness", "local flow loss", "s"])
     report["synthetic"] = rows
     d = res["default"]
@@ -268,7 +275,7 @@ def main(argv=None) -> int:
         print(f"\n1b. personalisation: the synthetic-set default model, LoRA rank 8 on the decoder "
               f"({fit['adapter_parameters']:,} parameters), {budget['tune']} steps on {cat_path.name} with "
               "augmented motion (image_motion_pair); evaluated on other random motions of it")
-        table("| personalisation (cat, unseen motions) |",
+        table("personalisation (cat, unseen motions):",
               [{"model": "base (adapter off)", "L1": b["l1"], "PSNR": b["psnr"]},
                {"model": "tuned", "L1": t["l1"], "PSNR": t["psnr"], "s": fit["seconds"]}], ["model", "L1", "PSNR", "s"])
         report["personalisation"] = {"base": b, "tuned": t}
@@ -289,7 +296,7 @@ def main(argv=None) -> int:
                 r = real_res[j["name"]] = runs[j["key"]][1]
                 rows.append({"model": j["name"], "PSNR": r.psnr, "PSNR raw": r.psnr_raw,
                              "mask compactness": r.compactness, "local flow loss": r.local_flow_loss, "s": r.seconds})
-        table("| stage 1, real clips (held-out last 25%) |", rows,
+        table("stage 1, real clips (held-out last 25%):", rows,
               ["model", "PSNR", "PSNR raw", "mask compactness", "local flow loss", "s"])
         report["real"] = rows
         d = real_res["default"]
@@ -304,7 +311,7 @@ def main(argv=None) -> int:
             model, r = result("dims", f"motion_dim {dim}")
             cross[dim] = cross_identity_psnr(model, real)
             rows.append({"motion_dim": dim, "same-identity PSNR": r.psnr, "cross-identity PSNR": cross[dim]})
-        table("| motion_dim (real clips, held-out) |", rows,
+        table("motion_dim (real clips, held-out):", rows,
               ["motion_dim", "same-identity PSNR", "cross-identity PSNR"])
         report["motion_dim"] = rows
         checks.append(("cross-identity PSNR: motion_dim 100 not better than 20 (paper Table 4)",
@@ -315,7 +322,7 @@ def main(argv=None) -> int:
         train_w, held_w = windows_from_clips(result("real", "default")[0], shards, 64)
         rows2, checks2 = stage2_checks(train_w, held_w, quick=args.quick, seed=args.seed)
         cols = list(rows2[0]) if rows2 else []
-        table("| stage 2 on the real-clip latents (held-out windows) |", rows2, cols)
+        table("stage 2 on the real-clip latents (held-out windows):", rows2, cols)
         report["stage2"] = rows2
         checks += list(checks2)
 

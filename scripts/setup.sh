@@ -19,6 +19,7 @@ command -v sox >/dev/null || need_apt+=(sox)
 ldconfig -p 2>/dev/null | grep -q libchromaprint.so.1 || need_apt+=(libchromaprint1)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  echo "setup: apt packages ${need_apt[*]}" >&2
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
@@ -33,6 +34,7 @@ pipq() { .venv/bin/python -m pip install -q "$@" 2>&1 | { grep -v "is ignored" |
 stamp=.venv/.ifmdm-installed
 want=$(cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)${IFMDM_JOBS:+-jobs}
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "setup: pinned Python packages into .venv/ (first run: 2-9 minutes, ~7.5 GB of disk)" >&2
   pipq -r requirements.txt
   # optional: the Ray jobs CLI / SDK for pipelines/ (requirements-jobs.txt)
   if [ -n "${IFMDM_JOBS:-}" ]; then pipq -r requirements.txt -r requirements-jobs.txt; fi
@@ -41,4 +43,5 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   pipq --no-deps mediapipe==0.10.21 face-alignment==1.5.0 facexlib==0.3.0
   pipq --no-deps -e .
   echo "$want" > "$stamp"
+  echo "setup: done" >&2
 fi
