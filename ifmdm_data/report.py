@@ -271,14 +271,12 @@ def _frame_at(row, t: float) -> tuple[float, np.ndarray, float]:
 def _draw_track(rgb: np.ndarray, manifest_dir: Path, row, ft: float, scale: float, colour) -> str:
     """Draw the nearest tracks row's box, landmarks and lip contour; returns a note or ''."""
     from .backends.base import SCHEMES
-    from .schema import read_tracks
+    from .schema import read_segment_tracks
 
-    from . import storage
-
-    p = storage.join(getattr(row, "tracks_dir", None) or manifest_dir, "tracks", f"{row.segment_id}.parquet")
-    if not storage.isfile(p):
+    try:
+        tr, meta = read_segment_tracks(getattr(row, "tracks_dir", None) or manifest_dir, row.segment_id)
+    except FileNotFoundError:
         return "no tracks file"
-    tr, meta = read_tracks(p)
     if tr.empty:
         return "empty tracks"
     boxes = np.stack(tr["box"].to_numpy()).astype(np.float64)

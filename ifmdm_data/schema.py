@@ -6,6 +6,7 @@ field metadata, so `pyarrow.parquet.read_schema(path)` shows them too.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -223,12 +224,110 @@ def read_clips(path: str | Path):
 
 
 def read_tracks(path: str | Path):
-    """Read one segment's tracks: (DataFrame, metadata dict)."""
+    """Read one per-segment tracks file (the layout before issue 12: tracks/<segment_id>.parquet):
+    (DataFrame, metadata dict). `read_segment_tracks` finds a segment's tracks in either layout."""
     from . import storage
 
     table = storage.read_parquet(path)
     meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
     return table.to_pandas(), meta
+
+
+# The tracks of one work unit: OUT/tracks/<unit_id>.parquet, one row group per segment (in
+# segment order; an empty segment is an empty row group); the file's schema metadata key
+# UNIT_TRACKS_KEY holds the JSON list [{"segment_id", "row_group", "meta"}] (meta: the
+# segment's metadata, the schema metadata of a per-segment file of the older layout).
+UNIT_TRACKS_KEY = b"ifmdm_unit_tracks"
+_UNIT_FILE = re.compile(r"(.+)_w\d{4,}\.parquet")      # <clip_id>_w<window>.parquet
+
+
+def write_unit_tracks(tables: dict, path: str | Path) -> None:
+    """Write one unit's segment tables (`tracks_table` results, by segment id) as one Parquet
+    file, one row group per segment, atomically (`storage.atomic_local`: local rename, or upload
+    then commit on object storage)."""
+    import json
+
+    from . import storage
+
+    index, schema = [], TRACKS_SCHEMA.remove_metadata()
+    for k, (seg, table) in enumerate(tables.items()):
+        meta = {a.decode(): b.decode() for a, b in (table.schema.metadata or {}).items()}
+        index.append({"segment_id": seg, "row_group": k, "meta": meta})
+    schema = schema.with_metadata({UNIT_TRACKS_KEY: json.dumps(index).encode()})
+    with storage.atomic_local(path) as tmp:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as w:
+            for table in tables.values():
+                # one write per segment: one row group each (a segment is far below the
+                # writer's row-group size)
+                w.write_table(table.replace_schema_metadata(None).cast(schema), row_group_size=max(1, table.num_rows))
+
+
+def unit_tracks_index(f) -> dict:
+    """{segment_id: (row_group, meta)} of an open unit tracks file (pq.ParquetFile); {} for a
+    file without the index (not a unit tracks file)."""
+    import json
+
+    raw = (f.schema_arrow.metadata or {}).get(UNIT_TRACKS_KEY)
+    if raw is None:
+        return {}
+    return {e["segment_id"]: (int(e["row_group"]), dict(e["meta"])) for e in json.loads(raw)}
+
+
+_TRACK_LISTINGS: dict[str, tuple[set, dict]] = {}
+
+
+def _track_names(tracks_dir: str, fresh: bool = False) -> tuple[set, dict]:
+    """(the names in tracks_dir, {clip_id: its unit files' names}), kept per process."""
+    from . import storage
+
+    if fresh or tracks_dir not in _TRACK_LISTINGS:
+        if len(_TRACK_LISTINGS) > 64:
+            _TRACK_LISTINGS.clear()
+        names = storage.list_names(tracks_dir, ".parquet")
+        by_clip: dict[str, list] = {}
+        for n in names:
+            m = _UNIT_FILE.fullmatch(n)
+            if m:
+                by_clip.setdefault(m.group(1), []).append(n)
+        _TRACK_LISTINGS[tracks_dir] = (set(names), by_clip)
+    return _TRACK_LISTINGS[tracks_dir]
+
+
+def _read_from_unit_files(tracks_dir: str, unit_files: list, segment_id: str):
+    from . import storage
+
+    for n in unit_files:
+        loc = storage.join(tracks_dir, n)
+        try:
+            with storage.open_read(loc) as raw, pq.ParquetFile(raw) as f:
+                hit = unit_tracks_index(f).get(segment_id)
+                if hit is not None:       # only this segment's row group is read
+                    return f.read_row_group(hit[0]).to_pandas(), hit[1]
+        except FileNotFoundError:
+            continue
+    return None
+
+
+def read_segment_tracks(folder, segment_id: str):
+    """A segment's tracks (DataFrame, metadata dict) from the `filter` manifest folder `folder`
+    (local or object storage) holding tracks/: the segment's row group of its unit's file
+    tracks/<unit_id>.parquet, else (runs of older versions, resumed or not) its own file
+    tracks/<segment_id>.parquet. Raises FileNotFoundError when the segment has no tracks.
+    The folder's listing is kept per process (listed again when a segment is not in it)."""
+    from . import storage
+
+    tracks_dir = storage.join(str(folder).rstrip("/") if storage.is_url(folder) else folder, "tracks")
+    for fresh in (False, True):
+        names, by_clip = _track_names(tracks_dir, fresh)
+        got = _read_from_unit_files(tracks_dir, by_clip.get(segment_id.rsplit("_", 1)[0], []), segment_id)
+        if got is not None:
+            return got
+        if f"{segment_id}.parquet" in names:
+            try:
+                return read_tracks(storage.join(tracks_dir, f"{segment_id}.parquet"))
+            except FileNotFoundError:
+                pass
+    raise FileNotFoundError(f"no tracks for segment {segment_id} in {tracks_dir}")
 
 
 # `ifmdm-data split` columns: appended to the clips columns in the split manifests
@@ -237,7 +336,7 @@ _ANNOTATION_COLUMNS = [
     ("split_group", I64, "connected component of identity_id / dup_group / clip_id: one split each"),
     ("split", STR, "train | val | test"),
     ("source_manifest", STR, "absolute path or URL of the `filter` manifest folder the row came from: "
-                             "`shard` and `report` read its tracks/<segment_id>.parquet there"),
+                             "`shard` and `report` read its tracks/ there (schema.read_segment_tracks)"),
 ]
 ANNOTATION_COLUMNS = [n for n, _, _ in _ANNOTATION_COLUMNS]
 IDENTITY_COLUMNS = ("identity_id", "dup_group")   # what `report` shows per subset when present

@@ -37,7 +37,7 @@ from .console import StageBar, ray_remote_args
 from .errors import ClipError, InputError
 from .manifest import write_json_atomic
 from .reasons import SUBSETS, Reason
-from .schema import manifest_folder, read_clips, read_tracks, tracks_folders, write_parquet_atomic
+from .schema import manifest_folder, read_clips, read_segment_tracks, tracks_folders, write_parquet_atomic
 from .shard import AUDIO_RATE, ShardConfig, TarShardWriter, make_sample
 
 log = logging.getLogger("ifmdm_data")
@@ -161,16 +161,18 @@ def build_shard(spec: dict, out_dir: str, manifest_dir: str, cfg: ShardConfig, f
                     failures.append(_failure(row, subset, rel, Reason.UNREADABLE,
                                              f"source video not found: {src}"))
                     continue
-                tpath = storage.join(row.get("tracks_dir") or manifest_dir, "tracks", f"{key}.parquet")
+                tdir = row.get("tracks_dir") or manifest_dir
                 try:
-                    tracks, _ = read_tracks(tpath)
+                    tracks, _ = read_segment_tracks(tdir, key)
                 except FileNotFoundError:
                     failures.append(_failure(row, subset, rel, FAIL_MISSING_TRACKS,
-                                             f"no track file {tpath} (re-run `ifmdm-data filter`)"))
+                                             f"no tracks of {key} in {storage.join(tdir, 'tracks')} "
+                                             f"(re-run `ifmdm-data filter`)"))
                     continue
                 except Exception as e:  # noqa: BLE001 - a broken track file fails this sample only
                     failures.append(_failure(row, subset, rel, FAIL_MISSING_TRACKS,
-                                             f"unreadable track file {tpath}: {type(e).__name__}: {e}"))
+                                             f"unreadable tracks of {key} in {storage.join(tdir, 'tracks')}: "
+                                             f"{type(e).__name__}: {e}"))
                     continue
                 try:
                     with storage.spool(src) as local_src:
@@ -380,6 +382,10 @@ def run_shard(manifest_dir: str, out_dir: str, subsets=SUBSETS, cfg: ShardConfig
     layers = [int(x) for x in layers]
     manifest = str(manifest_dir).rstrip("/") if storage.is_url(manifest_dir) else Path(manifest_dir)
     clips = read_clips(manifest)
+    chosen = clips["accepted"].fillna(False).astype(bool) & clips["subset"].isin(subsets)
+    if not chosen.any():            # before any output exists: a run that writes nothing is an error
+        raise InputError(f"nothing to shard: {manifest_dir} has no accepted segment in {', '.join(subsets)} "
+                         f"({len(clips)} segment{'' if len(clips) == 1 else 's'}, none accepted there)")
     out = storage.prepare_output(out_dir)
     if overwrite:
         _clear(out)

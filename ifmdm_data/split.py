@@ -1,7 +1,7 @@
 """`ifmdm-data split`: identity- and duplicate-disjoint train / val / test manifests.
 
 Each row keeps `source_manifest`, the `filter` folder it came from, so that `shard` and `report`
-given a split file find its tracks (OUT/tracks/<segment_id>.parquet) there.
+given a split file find its tracks (OUT/tracks/, `schema.read_segment_tracks`) there.
 
 1. `annotate` clusters `identity_id` and `dup_group` over all rows of the manifests given
    (identify.collection_ids) from the per-segment signals `filter` stored (face descriptor,

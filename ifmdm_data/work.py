@@ -2,8 +2,11 @@
 
 A work unit is one input file, or one window of a file longer than `segment.max_duration_s`.
 Its result is a Parquet "part" under `OUT/_work/parts/` holding one row per segment (after
-scene-cut splitting), written atomically after the segment tracks. A unit whose part exists
-is done; re-running `filter` on the same output skips it. Per-clip failures become rows.
+scene-cut splitting), written atomically after the unit's tracks file `OUT/tracks/<unit_id>.parquet`
+(one row group per segment: `schema.write_unit_tracks`, read by `schema.read_segment_tracks`).
+A unit whose part exists is done; re-running `filter` on the same output skips it (a unit
+killed between its tracks file and its part is redone, its tracks file written again).
+Per-clip failures become rows.
 
 OUT is a local folder or an object-storage URL (`storage.py`). Where the results are written:
 with object storage every worker writes its tracks and part there itself (`PartStore`); with a
@@ -30,7 +33,7 @@ import pyarrow.parquet as pq
 from . import storage
 from .errors import ClipError
 from .reasons import Reason
-from .schema import tracks_table, write_parquet_atomic
+from .schema import tracks_table, write_parquet_atomic, write_unit_tracks
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +82,9 @@ def part_table(rows: list[dict]) -> pa.Table:
 
 
 class PartStore:
-    """OUT/_work/parts/<unit_id>.parquet and OUT/tracks/<segment_id>.parquet, OUT a local
-    folder (`parts`/`tracks` are Paths) or an object-storage URL (they are URL strs)."""
+    """OUT/_work/parts/<unit_id>.parquet and OUT/tracks/<unit_id>.parquet (one row group per
+    segment), OUT a local folder (`parts`/`tracks` are Paths) or an object-storage URL (they
+    are URL strs)."""
 
     def __init__(self, out_dir):
         self.remote = storage.is_url(out_dir)
@@ -101,17 +105,19 @@ class PartStore:
     def write(self, uid: str, rows: list[dict]) -> None:
         write_parquet_atomic(part_table(rows), storage.join(self.parts, f"{uid}.parquet"))
 
-    def write_tracks(self, seg_id: str, tracks: dict, meta: dict) -> None:
-        write_parquet_atomic(tracks_table(tracks, meta), storage.join(self.tracks, f"{seg_id}.parquet"))
+    def write_tracks(self, uid: str, tables: dict) -> None:
+        """The unit's tracks file (before its part): {segment_id: tracks_table}; none when the
+        unit has no segment."""
+        if tables:
+            write_unit_tracks(tables, storage.join(self.tracks, f"{uid}.parquet"))
 
     def commit(self, payload: bytes) -> str | None:
-        """Write what a `CollectingStore` gathered on a worker: the tracks, then the part (the
-        unit's "done" mark). Returns the unit id (None for an empty payload)."""
+        """Write what a `CollectingStore` gathered on a worker: the unit's tracks file, then the
+        part (the unit's "done" mark). Returns the unit id (None for an empty payload)."""
         if not payload:
             return None
         got = pickle.loads(payload)
-        for seg_id, table in got["tracks"].items():
-            write_parquet_atomic(table, storage.join(self.tracks, f"{seg_id}.parquet"))
+        self.write_tracks(got["uid"], got["tracks"])
         write_parquet_atomic(got["part"], storage.join(self.parts, f"{got['uid']}.parquet"))
         return got["uid"]
 
@@ -171,8 +177,8 @@ class CollectingStore:
     def write(self, uid: str, rows: list[dict]) -> None:
         self.uid, self.part = uid, part_table(rows)
 
-    def write_tracks(self, seg_id: str, tracks: dict, meta: dict) -> None:
-        self.tracks[seg_id] = tracks_table(tracks, meta)
+    def write_tracks(self, uid: str, tables: dict) -> None:
+        self.tracks = dict(tables)
 
     def payload(self) -> bytes:
         if self.part is None:
@@ -196,7 +202,8 @@ def _signals(identify, local_path: str, row: dict, probe: dict, frames=None) -> 
 
 def run_unit(unit: dict, cfg, models, speech, store, backend_name: str = "",
              syncnet=None, identify=None) -> list[dict]:
-    """Analyse a unit, write its tracks and part to `store` (a PartStore or CollectingStore);
+    """Analyse a unit, write its tracks (one file, `store.write_tracks`) then its part to
+    `store` (a PartStore or CollectingStore);
     per-clip failures become rows. Returns the rows. Raises storage.StorageError when the
     store or the object storage holding the video fails (not a property of the clip).
     `identify(local_path, start_s, end_s, rotation) -> dict` (identify.identifier): each
@@ -209,6 +216,7 @@ def run_unit(unit: dict, cfg, models, speech, store, backend_name: str = "",
     if fault and fault in os.path.basename(path):
         os._exit(17)
     t0 = time.perf_counter()
+    tables = {}                        # segment id -> tracks table
     try:
         # a video in object storage is copied to a local temporary file for the decoders
         # (removed when the block ends); a local path is used as it is
@@ -237,12 +245,13 @@ def run_unit(unit: dict, cfg, models, speech, store, backend_name: str = "",
             seg = segment_id(cid, row["start_s"])
             row.update(segment_id=seg, clip_id=cid, path=path, reasons=[], error="",
                        backend=backend_name)
-            store.write_tracks(seg, res["tracks"], {
+            tables[seg] = tracks_table(res["tracks"], {
                 "segment_id": seg, "path": path, "width": probe["width"], "height": probe["height"],
                 "landmark_scheme": row.get("landmark_scheme", ""), "analysis_fps": cfg.analysis.fps})
             rows.append(row)
     dt = time.perf_counter() - t0
     for r in rows:
         r["analysis_s"] = dt
+    store.write_tracks(unit["unit_id"], tables)    # the tracks first: the part marks the unit done
     store.write(unit["unit_id"], rows)
     return rows

@@ -127,3 +127,15 @@ def test_report_path_is_printed_once(tmp_path, capsys, monkeypatch):
     assert out.count("report: ") == 1 and f"{tmp_path / 'r' / 'index.html'}" in out and "browser" in out, out
     demo = (Path(__file__).resolve().parents[1] / "scripts" / "demo.sh").read_text()
     assert "ifmdm-data report" in demo and "echo \"report:" not in demo and "index.html" not in demo
+
+
+def test_shard_with_nothing_accepted_is_one_line_and_writes_nothing(sample_manifests, tmp_path, capsys):
+    """A manifest (or split file) with no accepted segment: one line naming it, exit 2, no output
+    folder (it used to print "0 samples in 0 shards" and list files that were never written)."""
+    src, _ = sample_manifests
+    none = tmp_path / "none.parquet"
+    pd.read_parquet(src / "clips.parquet").assign(accepted=False).to_parquet(none)
+    assert main(["shard", str(none), "-o", str(tmp_path / "sh"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nothing to shard" in err[0] and str(none) in err[0], err
+    assert not (tmp_path / "sh").exists()

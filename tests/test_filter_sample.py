@@ -8,7 +8,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from ifmdm_data.inspect import match_labels
-from ifmdm_data.schema import CLIPS_SCHEMA, TRACKS_SCHEMA, read_clips
+from ifmdm_data.schema import CLIPS_SCHEMA, TRACKS_SCHEMA, read_clips, read_segment_tracks
 
 
 def test_every_labelled_segment_as_expected(sample_dir, sample_manifests):
@@ -43,10 +43,10 @@ def test_tracks_for_every_analysed_segment(sample_manifests):
     out, _ = sample_manifests
     df = pd.read_parquet(out / "clips.parquet")
     for r in df[df["n_analysed"].fillna(0) > 0].itertuples():
-        t = pq.read_table(out / "tracks" / f"{r.segment_id}.parquet")
-        assert t.schema.remove_metadata() == TRACKS_SCHEMA.remove_metadata()
-        assert t.num_rows == r.n_analysed
-        times = t.column("t").to_numpy()
+        t, meta = read_segment_tracks(out, r.segment_id)
+        assert list(t.columns) == TRACKS_SCHEMA.names and meta["segment_id"] == r.segment_id
+        assert len(t) == r.n_analysed
+        times = t["t"].to_numpy()
         assert times.min() >= r.start_s - 1e-6 and times.max() < r.end_s + 1e-6
 
 

@@ -40,7 +40,8 @@ def test_every_file_is_accounted_for(media_run):
     assert df["segment_id"].is_unique
     for name in ("coarse", "lip", "hard", "rejected"):
         assert (out / f"{name}.parquet").exists()
-    tracks = pd.read_parquet(out / "tracks" / f"{rows(df, 'aoc_talking.mp4')['segment_id'].iloc[0]}.parquet")
+    from ifmdm_data.schema import read_segment_tracks
+    tracks, _ = read_segment_tracks(out, rows(df, "aoc_talking.mp4")["segment_id"].iloc[0])
     assert len(tracks) == rows(df, "aoc_talking.mp4")["n_analysed"].iloc[0]
     assert len(tracks["landmarks"].iloc[0]) == 478 * 3
 

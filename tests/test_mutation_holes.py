@@ -334,14 +334,12 @@ def test_a_write_that_fails_midway_leaves_no_part_and_the_unit_is_redone(tmp_pat
     """A failure in the middle of writing a part (the Parquet writer has written some bytes,
     or the final rename fails) leaves nothing under the final name and no temporary file, so
     `done()` does not count the unit and a re-run writes it."""
-    import os
     import pyarrow.parquet as pq
     from ifmdm_data import schema, storage
     from ifmdm_data.work import PartStore
 
     store = PartStore(tmp_path)
     store.write("a_w0000", [_row_for("a_w0000")])                  # a finished unit
-    real_write, real_replace = pq.write_table, os.replace
 
     class Killed(Exception):
         pass
@@ -354,16 +352,19 @@ def test_a_write_that_fails_midway_leaves_no_part_and_the_unit_is_redone(tmp_pat
     def no_replace(src, dst):
         raise Killed("killed before the rename")
 
+    def half_writer(where_, schema_, **kw):                         # the unit tracks writer
+        half_write(None, where_)
+
     if where == "write_table":
         monkeypatch.setattr(schema.pq, "write_table", half_write)
+        monkeypatch.setattr(schema.pq, "ParquetWriter", half_writer)
     else:
         monkeypatch.setattr(storage.os, "replace", no_replace)   # the atomic write (storage.py)
     with pytest.raises(Killed):
         store.write("b_w0000", [_row_for("b_w0000")])
     with pytest.raises(Killed):
-        store.write_tracks("b_0000000", _tracks(), {"fps": 6.25})
-    monkeypatch.setattr(schema.pq, "write_table", real_write)
-    monkeypatch.setattr(storage.os, "replace", real_replace)
+        store.write_tracks("b_w0000", {"b_000000000": schema.tracks_table(_tracks(), {"fps": 6.25})})
+    monkeypatch.undo()
 
     assert sorted(p.name for p in store.parts.iterdir()) == ["a_w0000.parquet"]   # no half part
     assert list(store.tracks.iterdir()) == []
@@ -372,8 +373,9 @@ def test_a_write_that_fails_midway_leaves_no_part_and_the_unit_is_redone(tmp_pat
     assert store.done() == {"a_w0000", "b_w0000"}
     assert pq.read_table(store.parts / "b_w0000.parquet").num_rows == 1
     assert sorted(store.read_all()["clip_id"]) == ["a", "b"]
-    store.write_tracks("b_0000000", _tracks(), {"fps": 6.25})
-    assert pq.read_table(store.tracks / "b_0000000.parquet").num_rows == 3
+    store.write_tracks("b_w0000", {"b_000000000": schema.tracks_table(_tracks(), {"fps": 6.25})})
+    assert pq.read_table(store.tracks / "b_w0000.parquet").num_rows == 3
+    assert len(schema.read_segment_tracks(tmp_path, "b_000000000")[0]) == 3
 
 
 def test_a_writer_killed_midway_leaves_no_part(tmp_path):
@@ -470,22 +472,23 @@ def test_collected_results_commit_to_the_same_files_as_a_direct_write(tmp_path):
     """A worker's CollectingStore payload, committed by the driver, writes the tracks and the
     part a PartStore would have written; an empty payload (nothing written) commits nothing."""
     import pyarrow.parquet as pq
-    from ifmdm_data.schema import read_tracks
+    from ifmdm_data.schema import read_segment_tracks, tracks_table
     from ifmdm_data.work import CollectingStore, PartStore
 
     assert CollectingStore().payload() == b""
     store = PartStore(tmp_path / "out")
-    # the layout readers rely on: OUT/_work/parts/<unit_id>.parquet, OUT/tracks/<segment_id>.parquet
+    # the layout readers rely on: OUT/_work/parts/<unit_id>.parquet, OUT/tracks/<unit_id>.parquet
     assert (store.parts, store.tracks) == (tmp_path / "out" / "_work" / "parts", tmp_path / "out" / "tracks")
     assert store.parts.is_dir() and store.tracks.is_dir()
     assert store.commit(b"") is None and store.done() == set()
     col = CollectingStore()
-    col.write_tracks("c_000000000", _tracks(), {"fps": 6.25})
+    col.write_tracks("c_w0000", {"c_000000000": tracks_table(_tracks(), {"fps": 6.25})})
     col.write("c_w0000", [_row_for("c_w0000")])
     assert store.commit(col.payload()) == "c_w0000"
     assert store.done() == {"c_w0000"}
     assert pq.read_table(store.parts / "c_w0000.parquet").num_rows == 1
-    tracks, meta = read_tracks(store.tracks / "c_000000000.parquet")
+    assert sorted(p.name for p in store.tracks.iterdir()) == ["c_w0000.parquet"]
+    tracks, meta = read_segment_tracks(store.out, "c_000000000")
     assert len(tracks) == 3 and meta["fps"] == "6.25"
     assert store.read_all()["clip_id"].tolist() == ["c"]
     assert PartStore(tmp_path / "empty").read_all().empty
@@ -530,11 +533,12 @@ def _unit(path="/v/c.mp4", start=20.0, end=40.0):
 def test_run_unit_rows_tracks_and_identity_signals(tmp_path, monkeypatch):
     """A unit that analyses: one row per segment with the probe fields, its segment id, the
     backend, the identity signals (called with the segment's window and the rotation), and its
-    tracks written under the segment id; the part is written last under the unit id."""
+    tracks written under the segment id in the unit's one tracks file; the part is written last
+    under the unit id."""
     from ifmdm_data import analyse
     from ifmdm_data.config import FilterConfig
     from ifmdm_data.identify import failed_signals
-    from ifmdm_data.schema import read_tracks
+    from ifmdm_data.schema import read_segment_tracks
     from ifmdm_data.work import PartStore, run_unit
 
     segs = [dict(start_s=20.0, end_s=27.5, duration_s=7.5, landmark_scheme="mp478"),
@@ -570,10 +574,11 @@ def test_run_unit_rows_tracks_and_identity_signals(tmp_path, monkeypatch):
     assert math.isnan(rows[1].pop("identity_spread")) and math.isnan(want.pop("identity_spread"))
     assert {k: rows[1][k] for k in want} == want
     assert store.done() == {"c_w0001"}
-    _, meta = read_tracks(store.tracks / "c_000020000.parquet")
+    assert sorted(p.name for p in store.tracks.iterdir()) == ["c_w0001.parquet"]   # one file per unit
+    _, meta = read_segment_tracks(tmp_path, "c_000020000")
     assert meta == {"segment_id": "c_000020000", "path": "/v/c.mp4", "width": "640", "height": "480",
                     "landmark_scheme": "mp478", "analysis_fps": str(FilterConfig().analysis.fps)}
-    assert read_tracks(store.tracks / "c_000027500.parquet")[1]["landmark_scheme"] == ""
+    assert read_segment_tracks(tmp_path, "c_000027500")[1]["landmark_scheme"] == ""
     # without identify: no signal columns
     rows = run_unit(_unit(), FilterConfig(), None, None, PartStore(tmp_path / "b"))
     assert "identity_faces" not in rows[0] and rows[0]["backend"] == ""

@@ -242,6 +242,22 @@ def test_rerun_skips_finished_shards_and_redoes_leftovers(shards):
     assert pd.read_parquet(out / "index.parquet").shape[0] == sum(first["samples"].values())
 
 
+def _drop_tracks(folder, seg):
+    """Rewrite the unit tracks file holding `seg` without it (the unit's other segments stay)."""
+    import pyarrow.parquet as pq
+    from ifmdm_data.schema import unit_tracks_index, write_unit_tracks
+
+    for p in sorted((folder / "tracks").glob("*.parquet")):
+        with pq.ParquetFile(p) as f:
+            idx = unit_tracks_index(f)
+            keep = {s: f.read_row_group(rg).replace_schema_metadata(meta) for s, (rg, meta) in idx.items()
+                    if s != seg}
+        if seg in idx:
+            write_unit_tracks(keep, p)
+            return
+    raise AssertionError(f"no tracks of {seg}")
+
+
 def test_missing_source_and_tracks_are_listed_not_fatal(sample_manifests, tmp_path):
     from ifmdm_data.schema import clips_table, write_parquet_atomic
 
@@ -255,7 +271,7 @@ def test_missing_source_and_tracks_are_listed_not_fatal(sample_manifests, tmp_pa
     clips.loc[lip, "path"] = str(gone)
     gone.unlink()                                          # the source was deleted
     coarse = clips[clips["path"].str.endswith("coarse_head.mp4")]["segment_id"].iloc[0]
-    (man2 / "tracks" / f"{coarse}.parquet").unlink()       # and a track file is missing
+    _drop_tracks(man2, coarse)                             # and a segment's tracks are missing
     write_parquet_atomic(clips_table(clips.to_dict("records")), man2 / "clips.parquet")
 
     out = tmp_path / "shards"
@@ -276,7 +292,7 @@ def test_make_sample_with_a_local_wav2vec2(sample_manifests, tmp_path):
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
     from ifmdm_data.features import build_features
-    from ifmdm_data.schema import read_tracks
+    from ifmdm_data.schema import read_segment_tracks
     from ifmdm_data.shard import make_sample
 
     cfg = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -286,7 +302,7 @@ def test_make_sample_with_a_local_wav2vec2(sample_manifests, tmp_path):
     man, _ = sample_manifests
     clips = pd.read_parquet(man / "clips.parquet")
     row = clips[clips["path"].str.endswith("lip_talk.mp4")].iloc[0].to_dict()
-    tracks, _ = read_tracks(man / "tracks" / f"{row['segment_id']}.parquet")
+    tracks, _ = read_segment_tracks(man, row["segment_id"])
     feats = build_features(str(tmp_path / "w2v"), layers=(-1,), device="cpu")
     members = make_sample(row, tracks, ShardConfig(size=64), feats)
     assert list(members) == list(sf.MAIN_MEMBERS)
@@ -316,14 +332,14 @@ def test_fix_av_offset_shifts_the_audio_window(sample_manifests, offset):
     without the option the offset is ignored."""
     from ifmdm_data.audio import load_audio
     from ifmdm_data.features import build_features
-    from ifmdm_data.schema import read_tracks
+    from ifmdm_data.schema import read_segment_tracks
     from ifmdm_data.shard import AUDIO_RATE, make_sample
 
     man, _ = sample_manifests
     clips = pd.read_parquet(man / "clips.parquet")
     row = clips[clips["path"].str.endswith("lip_talk.mp4")].iloc[0].to_dict()
     row["sync_offset_frames"] = offset
-    tracks, _ = read_tracks(man / "tracks" / f"{row['segment_id']}.parquet")
+    tracks, _ = read_segment_tracks(man, row["segment_id"])
     feats = build_features(None)
 
     def wav_of(members):
