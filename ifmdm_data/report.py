@@ -515,7 +515,9 @@ def write_report(manifest_dir, out_dir, examples_per_subset: int = 6, seed: int 
         return data
 
     elapsed = summary.get("elapsed_s")
-    parts = [f"<h1>ifmdm-data filter report</h1><div class='meta'>manifest: {e(str(manifest_dir if isinstance(manifest_dir, str) else manifest_dir.resolve()))}"
+    kind = ("split" if "split" in df.columns and df["split"].notna().any() else "manifest") \
+        if str(manifest_dir).endswith(".parquet") else "filter"
+    parts = [f"<h1>ifmdm-data {kind} report</h1><div class='meta'>manifest: {e(str(manifest_dir if isinstance(manifest_dir, str) else manifest_dir.resolve()))}"
              f" · generated {time.strftime('%Y-%m-%d %H:%M:%S')}</div>"]
     parts += [f'<div class="note">{e(n)}</div>' for n in notes]
     pct = f" ({100 * c['accepted'] / c['segments']:.0f} %)" if c["segments"] else ""

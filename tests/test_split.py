@@ -290,6 +290,7 @@ def test_report_of_a_split_shows_identities_and_duplicates(sample_split, sample_
 
     page = write_report(sample_split / "train.parquet", tmp_path / "r", examples_per_subset=1).read_text()
     assert "Identities per subset" in page and "Duplicate groups" in page
+    assert "<h1>ifmdm-data split report</h1>" in page            # not "filter report"
     train = read_clips(sample_split / "train.parquet")
     n_ids = train.loc[train["identity_id"] >= 0, "identity_id"].nunique()
     no_face = int((train["identity_faces"] == 0).sum())          # looked and found none (noface_texture)
