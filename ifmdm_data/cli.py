@@ -233,9 +233,9 @@ def print_split_summary(s: dict, out: str) -> None:
     from .console import plural
     w = sys.stdout.write
     w(f"\n{plural(s['segments'], 'segment')}, {plural(s['identities'], 'identity', 'identities')} "
-      f"(threshold {s['threshold']:g}), {plural(s['groups'], 'group')} "
-      f"({'identity + ' if s.get('by') == 'identity' else ''}duplicate + file), "
-      f"{plural(s['dup_groups_multi'], 'duplicate group')} of 2+ segments\n")
+      f"(threshold {s['threshold']:g}), {plural(s['dup_groups_multi'], 'duplicate group')} of 2+ segments; "
+      f"{plural(s['groups'], 'group')} kept whole in one split (segments joined by "
+      f"{'identity, ' if s.get('by') == 'identity' else ''}near-duplicate or source file)\n")
     for name, p in s["splits"].items():
         # the share reached beside the one asked for: whole groups go to one split, so they differ
         share = f"{100 * p['segments'] / max(s['segments'], 1):5.1f}% of segments"

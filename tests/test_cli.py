@@ -87,7 +87,7 @@ def test_summaries_say_1_worker_1_segment_not_1_workers(capsys):
     out = capsys.readouterr().out
     for text in ("1 file -> 1 segment in", "1 worker)", "1 segment without a face", "1 near-duplicate group of",
                  "1 sample in 1 shard (", "1 shard already done", "1 segment could not be written",
-                 "1 image -> 1 sample in 1 shard (", "2 segments, 1 identity (", "1 group (", "1 duplicate group of",
+                 "1 image -> 1 sample in 1 shard (", "2 segments, 1 identity (", "1 group kept whole", "1 duplicate group of",
                  "1 segment ", "1 identity ", "lip 1 (1 id)", "1 segment could not be decoded"):
         assert text in out, (text, out)
     assert not re.search(r"\b1 (files|segments|workers|samples|shards|images|identities|groups|ids)\b", out), out
