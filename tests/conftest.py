@@ -64,3 +64,14 @@ def sample_shards(sample_manifests, tmp_path_factory):
     run_shard(str(sample_manifests[0]), str(out), cfg=ShardConfig(size=64, preset="veryfast", target_shard_bytes=1),
               workers=2, progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op torch thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`):
+    the test machine is shared, one thread is faster than two fighting for cores."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -17,12 +17,7 @@ from ifmdm_model.diffusion import (DDPMSchedule, cfg_model_fn, ddim_sample, ddim
 from ifmdm_model.stage2 import build_stage2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread per module
 
 
 def abar_lin(t, T=1000, b0=1e-4, b1=0.02):

@@ -19,13 +19,7 @@ TINY = STAGE1_CONFIGS["S1-tiny"]
 NO_VGG = Stage1LossConfig(perceptual=0.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The test machine is shared: one intra-op thread is faster than two fighting for cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread per module
 
 
 def images(n: int, seed: int, size: int = 64) -> torch.Tensor:

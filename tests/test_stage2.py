@@ -18,13 +18,7 @@ from ifmdm_model.stage2 import (STAGE2_CONFIGS, FramewiseTemporalGuidance, Motio
                                 MotionStatisticsGuidance, Stage2Config, build_stage2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The test machine is shared: one intra-op thread is faster than two fighting for cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread per module
 
 
 def inputs(n=2, length=32, d=20, s=80, seed=0):
