@@ -50,11 +50,12 @@ cv2.setNumThreads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from ifmdm_data import analyse, audio  # noqa: E402
-from ifmdm_data.config import load_config  # noqa: E402
-from ifmdm_data.decide import av_out_of_sync  # noqa: E402
-from ifmdm_data.probe import probe_file  # noqa: E402
-from ifmdm_data.work import plan_units  # noqa: E402
+from ifmdm_data.filter import analyse  # noqa: E402
+from ifmdm_data.media import audio
+from ifmdm_data.filter.config import load_config  # noqa: E402
+from ifmdm_data.filter.decide import av_out_of_sync  # noqa: E402
+from ifmdm_data.media.probe import probe_file  # noqa: E402
+from ifmdm_data.filter.work import plan_units  # noqa: E402
 
 # talking clips whose soundtrack is the speech of the person on screen (../shared/media/README.md)
 TALKING = ("aoc_talking.mp4", "man_suit_static_talking.mp4", "woman_quiet_talking.mp4",

@@ -48,13 +48,14 @@ torch.set_num_threads(1)
 cv2.setNumThreads(1)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ifmdm_data import analyse, audio  # noqa: E402
-from ifmdm_data.config import FilterConfig, load_config  # noqa: E402
+from ifmdm_data.filter import analyse  # noqa: E402
+from ifmdm_data.media import audio
+from ifmdm_data.filter.config import FilterConfig, load_config  # noqa: E402
 from ifmdm_data.errors import ClipError  # noqa: E402
-from ifmdm_data.inputs import VIDEO_EXTENSIONS  # noqa: E402
-from ifmdm_data.probe import probe_file  # noqa: E402
-from ifmdm_data.video import decode_only  # noqa: E402
-from ifmdm_data.work import plan_units  # noqa: E402
+from ifmdm_data.filter.inputs import VIDEO_EXTENSIONS  # noqa: E402
+from ifmdm_data.media.probe import probe_file  # noqa: E402
+from ifmdm_data.media.video import decode_only  # noqa: E402
+from ifmdm_data.filter.work import plan_units  # noqa: E402
 
 STAGES = ("decode+resize", "detector", "mesh", "mesh reset", "segmenter", "audio load", "vad", "syncnet", "identify")
 
@@ -75,7 +76,7 @@ class StageTimer:
 
     def __init__(self, models, speech):
         self.t = defaultdict(float)
-        from ifmdm_data import syncnet as sn
+        from ifmdm_data.faces import syncnet as sn
         sn.sync_scores = self._wrap(sn.sync_scores, "syncnet")
         for obj, name, stage in ((models.detector, "detect", "detector"),
                                  (models.landmarks, "landmarks", "mesh"),
@@ -217,7 +218,7 @@ def print_table(name, rows, stages):
 
 
 def load_bench_syncnet(path):
-    from ifmdm_data.syncnet import SyncNetPython, load_filter_syncnet
+    from ifmdm_data.faces.syncnet import SyncNetPython, load_filter_syncnet
     if path != "random":
         return load_filter_syncnet(path)
     return SyncNetPython().eval().requires_grad_(False)
@@ -228,7 +229,7 @@ def list_videos(d):
 
 
 def run_ray(media):
-    from ifmdm_data.pipeline import run_filter
+    from ifmdm_data.filter.pipeline import run_filter
     os.sched_setaffinity(0, _ALL_CPUS)
     n = len(list_videos(media))
     with tempfile.TemporaryDirectory() as out, quiet_stderr():
@@ -280,7 +281,7 @@ def main():
         syncnet = load_bench_syncnet(args.syncnet) if args.syncnet else None
         identify = None
         if cfg.identity.enabled:
-            from ifmdm_data.identify import identifier
+            from ifmdm_data.filter.identify import identifier
             identify = identifier(cfg.identity, cfg.audio.sample_rate)
         if sets and sets[0][1]:  # warm-up: first graph runs, first VAD call
             p = sets[0][1][0]

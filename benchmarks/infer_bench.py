@@ -58,7 +58,7 @@ def _speechlike(path: Path, seconds: float) -> Path:
     sentence synthesised by espeak-ng looped, else the syllabic tone of `_wav`."""
     import wave
 
-    from ifmdm_data.audio import load_audio
+    from ifmdm_data.media.audio import load_audio
     src = Path(__file__).resolve().parents[2] / "shared" / "media" / "audio" / "speech_en_16k_mono.wav"
     base = None
     if src.is_file():
@@ -117,7 +117,7 @@ def _long_one(run, img, wav, fps, steps, batch_frames, device, w2v, threads, war
     """One long-audio measurement, in a fresh process (so that ru_maxrss is this run's)."""
     import torch
 
-    from ifmdm_data.features import align_to_frames, build_features
+    from ifmdm_data.features.speech import align_to_frames, build_features
     from ifmdm_model.infer import generate, load_models, read_audio
     if threads:
         torch.set_num_threads(threads)

@@ -5,7 +5,7 @@
     python benchmarks/learning_bench.py --quick --skip-real   # synthetic data only (no ../shared/media)
 
 Prints one table per section and, last, `learning checks: K of N met`. Sections:
-1. stage 1 on a synthetic local-motion set (`ifmdm_model.learning.synthetic_local_motion`: a
+1. stage 1 on a synthetic local-motion set (`ifmdm_model.stage1.learning.synthetic_local_motion`: a
    global head shift plus an independently moving mouth patch; held-out frames are unseen
    motion): held-out PSNR vs the baselines (copy the appearance frame; the motion-blind
    per-clip median), PSNR inside the moving patch for the default, `groups: 1` and
@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
 
-from ifmdm_model.learning import (TrainSettings, baselines, cross_identity_psnr, model_config,  # noqa: E402
+from ifmdm_model.stage1.learning import (TrainSettings, baselines, cross_identity_psnr, model_config,  # noqa: E402
                                   shard_clips, synthetic_local_motion, train_small)
 
 MEDIA = ROOT.parent / "shared" / "media"
@@ -133,8 +133,8 @@ def stage1_runs(jobs: list[dict], n_jobs: int, device: str, threads: int, shards
     (`--stage1-only`) and the CPU sections run later from the same folder."""
     from safetensors.torch import load_file, save_file
 
-    from ifmdm_model.learning import RunResult
-    from ifmdm_model.stage1 import build_stage1
+    from ifmdm_model.stage1.learning import RunResult
+    from ifmdm_model.stage1.model import build_stage1
     out, todo = {}, []
     for j in jobs:
         j.update(device=device, threads=threads, shards=str(shards) if shards else None)
@@ -263,9 +263,9 @@ def main(argv=None) -> int:
     if cat_path.is_file():
         import copy
 
-        from ifmdm_model.lora import LoraConfig
-        from ifmdm_model.media_io import load_image, square_resize
-        from ifmdm_model.tune import Source, SubjectData, fit_adapter
+        from ifmdm_model.tune.lora import LoraConfig
+        from ifmdm_model.infer.media_io import load_image, square_resize
+        from ifmdm_model.tune.stage1 import Source, SubjectData, fit_adapter
         cat = square_resize(load_image(cat_path), 64)[None]
         subject = SubjectData(train=[Source(cat_path.name, cat, False)], heldout=[Source(cat_path.name, cat, False)],
                               heldout_kind="unseen motion")

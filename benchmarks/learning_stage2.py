@@ -66,10 +66,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from ifmdm_model.diffusion import DDPMSchedule, cfg_model_fn, ddim_sample, diffusion_loss  # noqa: E402
-from ifmdm_model.motion_windows import (EVAL_T, KEYS, concat_windows, cut_windows,  # noqa: E402,F401
+from ifmdm_model.stage2.diffusion import DDPMSchedule, cfg_model_fn, ddim_sample, diffusion_loss  # noqa: E402
+from ifmdm_model.stage2.motion_windows import (EVAL_T, KEYS, concat_windows, cut_windows,  # noqa: E402,F401
                                         heldout_loss, window_conditions as _cond)
-from ifmdm_model.stage2 import build_stage2  # noqa: E402
+from ifmdm_model.stage2.model import build_stage2  # noqa: E402
 
 VARIANTS = (("framewise+residual", "framewise", True),
             ("framewise, no residual", "framewise", False),
@@ -155,7 +155,7 @@ def windows_from_clips(stage1_model, shards_root, size: int, window: int = 16, t
     (windows every `stride` frames), the rest are held out (non-overlapping windows);
     statistics per clip part ("clip") or per window ("window")."""
     from ifmdm_data.loaders import STAGE2_READ, list_shards, load_checked
-    from ifmdm_data.shard_reader import TarShard, decode_frames, read_meta
+    from ifmdm_data.shard.reader import TarShard, decode_frames, read_meta
 
     model = stage1_model.eval()
     device = next(model.parameters()).device

@@ -124,9 +124,11 @@ def one(n: int, seconds: float, workers: int, work: Path, keep: bool) -> dict:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     clips = make_inputs(work, n, seconds)
     import ray
-    from ifmdm_data import console, pipeline, shard_pipeline
-    from ifmdm_data.config import load_config
-    from ifmdm_data.shard import ShardConfig
+    from ifmdm_data.io import console
+    from ifmdm_data.filter import pipeline
+    from ifmdm_data.shard import pipeline as shard_pipeline
+    from ifmdm_data.filter.config import load_config
+    from ifmdm_data.shard.segment import ShardConfig
 
     cpu = TreeCPU()
     marks = []   # (name, cpu, wall) at each stage boundary

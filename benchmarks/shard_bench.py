@@ -44,12 +44,12 @@ torch.set_num_threads(1)
 cv2.setNumThreads(1)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ifmdm_data.features import LogMelFeatures, Wav2Vec2Features  # noqa: E402
+from ifmdm_data.features.speech import LogMelFeatures, Wav2Vec2Features  # noqa: E402
 from ifmdm_data.loaders import (TarShard, read_meta, stage1_dataset, stage2_dataset,  # noqa: E402
                                 write_motion_sidecar)
 from ifmdm_data.schema import read_clips, read_tracks  # noqa: E402
-from ifmdm_data.shard import ShardConfig, make_sample  # noqa: E402
-from ifmdm_data.shard_pipeline import _row_dict, run_shard  # noqa: E402
+from ifmdm_data.shard.segment import ShardConfig, make_sample  # noqa: E402
+from ifmdm_data.shard.pipeline import _row_dict, run_shard  # noqa: E402
 
 TARGET_PAIRS = 200.0
 
@@ -95,8 +95,8 @@ def setup_manifests(args, tmp):
         todo.append(("media", str(media)))
     if todo:
         print("setup (not timed): " + ", ".join(n for n, _ in todo) + " -> filter, workers=1", flush=True)
-    from ifmdm_data.config import FilterConfig
-    from ifmdm_data.pipeline import run_filter
+    from ifmdm_data.filter.config import FilterConfig
+    from ifmdm_data.filter.pipeline import run_filter
     from ifmdm_data.sample import make_sample_set
     for name, src in todo:
         out = tmp / f"manifests_{name.split()[0]}"

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ifmdm_model.losses import local_flow_loss  # noqa: E402
-from ifmdm_model.stage1 import STAGE1_CONFIGS, build_discriminator, build_stage1  # noqa: E402
+from ifmdm_model.stage1.losses import local_flow_loss  # noqa: E402
+from ifmdm_model.stage1.model import STAGE1_CONFIGS, build_discriminator, build_stage1  # noqa: E402
 
 
 def n_params(module) -> int:

@@ -1,6 +1,6 @@
 """Stage-1 learning curves: held-out PSNR by training step for a few variants, each in its own
 process (in parallel), on the CPU or a GPU. The long-budget companion of
-`benchmarks/learning_bench.py`: the same data, loop (`ifmdm_model.learning.train_small`) and
+`benchmarks/learning_bench.py`: the same data, loop (`ifmdm_model.stage1.learning.train_small`) and
 metrics, but many more steps, so that one can see where a curve crosses the baselines.
 
     python benchmarks/stage1_curves.py --device cuda --steps 6000 --every 1000
@@ -37,7 +37,7 @@ VARIANTS = {
 
 
 def _data(kind: str, shards: Path):
-    from ifmdm_model.learning import shard_clips, synthetic_local_motion
+    from ifmdm_model.stage1.learning import shard_clips, synthetic_local_motion
     if kind == "synthetic":
         return synthetic_local_motion(n_clips=6, seed=0)
     if not (shards / "index.parquet").is_file():
@@ -54,7 +54,7 @@ def _progress(variant: str, row: dict) -> None:
 def _one(job: dict) -> dict:
     import torch
 
-    from ifmdm_model.learning import TrainSettings, baselines, model_config, train_small
+    from ifmdm_model.stage1.learning import TrainSettings, baselines, model_config, train_small
     torch.set_num_threads(job["threads"])
     clips = _data(job["data"], Path(job["shards"]))
     cfg = model_config("S1-tiny", **VARIANTS[job["name"]])

@@ -28,8 +28,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ifmdm_model.diffusion import DDPMSchedule, cfg_model_fn, ddim_sample  # noqa: E402
-from ifmdm_model.stage2 import STAGE2_CONFIGS, build_stage2  # noqa: E402
+from ifmdm_model.stage2.diffusion import DDPMSchedule, cfg_model_fn, ddim_sample  # noqa: E402
+from ifmdm_model.stage2.model import STAGE2_CONFIGS, build_stage2  # noqa: E402
 
 MODES = {"cond only (w=1)": (1.0, True), "CFG, 2 forwards": (2.5, False), "CFG, batched": (2.5, True)}
 

@@ -10,7 +10,7 @@ import logging
 import sys
 import time
 
-from .errors import IfmdmError
+from ifmdm_data.errors import IfmdmError
 
 EPILOG = """\
 examples:
@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def print_summary(s: dict, out: str) -> None:
-    from .console import plural
+    from ifmdm_data.io.console import plural
     w = sys.stdout.write
     w(f"\n{plural(s['inputs'], 'file')} -> {plural(s['segments'], 'segment')} in {s.get('elapsed_s', 0):.1f} s "
       f"({s.get('files_per_s') or 0:.2f} files/s, {plural(s.get('workers', '?'), 'worker')})\n")
@@ -202,7 +202,7 @@ def _print_logs(path) -> None:
 
 
 def print_shard_summary(s: dict, out: str) -> None:
-    from .console import plural
+    from ifmdm_data.io.console import plural
     w = sys.stdout.write
     w(f"\n{plural(s.get('samples_total', 0), 'sample')} in {plural(sum((s.get('shards') or {}).values()), 'shard')} "
       f"({s.get('bytes', 0) / 1e6:.1f} MB) in {s.get('elapsed_s', 0):.1f} s: "
@@ -219,7 +219,7 @@ def print_shard_summary(s: dict, out: str) -> None:
 
 
 def print_image_set_summary(s: dict, out: str) -> None:
-    from .console import plural
+    from ifmdm_data.io.console import plural
     w = sys.stdout.write
     w(f"\n{plural(s['inputs'], 'image')} -> {plural(s['samples_total'], 'sample')} in {plural(s['shards']['images'], 'shard')} "
       f"({s['bytes'] / 1e6:.1f} MB) in {s['elapsed_s']:.1f} s; {s['composited']} composited over white\n")
@@ -230,7 +230,7 @@ def print_image_set_summary(s: dict, out: str) -> None:
 
 
 def print_split_summary(s: dict, out: str) -> None:
-    from .console import plural
+    from ifmdm_data.io.console import plural
     w = sys.stdout.write
     w(f"\n{plural(s['segments'], 'segment')}, {plural(s['identities'], 'identity', 'identities')} "
       f"(threshold {s['threshold']:g}), {plural(s['dup_groups_multi'], 'duplicate group')} of 2+ segments; "
@@ -262,13 +262,13 @@ def _console(args):
     if args.verbose:
         yield None
         return
-    from .console import log_path_for, quiet_console
+    from ifmdm_data.io.console import log_path_for, quiet_console
     with quiet_console(log_path_for(args.cmd, args.out)) as path:
         yield path
 
 
 def _load_cfg(args):
-    from .config import load_config
+    from ifmdm_data.filter.config import load_config
     cfg = load_config(getattr(args, "config", None))
     if getattr(args, "analysis_fps", None):
         if args.analysis_fps <= 0:
@@ -289,7 +289,7 @@ def main(argv=None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.cmd == "sample":
-            from .sample import make_sample_set
+            from ifmdm_data.sample import make_sample_set
             t0 = time.time()
             with _console(args) as logs:       # mediapipe's TFLite / absl lines go to the log file
                 labels = make_sample_set(args.out, seed=args.seed, size=args.size, progress=True)
@@ -297,7 +297,7 @@ def main(argv=None) -> int:
             if logs is not None and logs.is_file():
                 print(f"logs: {logs}")
         elif args.cmd == "filter":
-            from .pipeline import run_filter
+            from ifmdm_data.filter.pipeline import run_filter
             if args.workers is not None and args.workers < 1:
                 raise IfmdmError("--workers must be >= 1")
             with _console(args) as logs:
@@ -308,17 +308,17 @@ def main(argv=None) -> int:
             print_summary(s, args.out)
             _print_logs(logs)
         elif args.cmd == "decide":
-            from .config import load_config
-            from .manifest import redecide, stored_config
+            from ifmdm_data.filter.config import load_config
+            from ifmdm_data.filter.finalise import redecide, stored_config
             # the run's own config under the user's file: keys the file leaves out keep their values
             counts = redecide(args.manifests, load_config(args.config, base=stored_config(args.manifests)))
             print_summary({"inputs": counts["files"], **counts}, args.manifests)
         elif args.cmd == "inspect":
-            from .inspect import inspect_manifest
+            from ifmdm_data.report.inspect import inspect_manifest
             ok = inspect_manifest(args.manifests, args.labels)
             return 0 if ok else 1
         elif args.cmd == "shard" and args.images:
-            from .image_set import ImageSetConfig, run_image_set
+            from ifmdm_data.shard.image_set import ImageSetConfig, run_image_set
             if args.manifests:
                 raise IfmdmError("give a manifest folder or --images INPUT, not both")
             video_only = [f for f, given in (("--subsets", args.subsets != "coarse,lip,hard"),
@@ -335,7 +335,7 @@ def main(argv=None) -> int:
             s = run_image_set(args.images, args.out, cfg, overwrite=args.overwrite)
             print_image_set_summary(s, args.out)
         elif args.cmd == "shard":
-            from .shard import ShardConfig
+            from ifmdm_data.shard.segment import ShardConfig
             if not args.manifests:
                 raise IfmdmError("give a manifest folder (or --images INPUT for an image set)")
             only = [f for f, v in (("--min-side", args.min_side), ("--dup-bits", args.dup_bits),
@@ -343,7 +343,7 @@ def main(argv=None) -> int:
             if only:
                 raise IfmdmError(f"{only[0]} applies to --images only")
             args.size = 512 if args.size is None else args.size
-            from .shard_pipeline import run_shard
+            from ifmdm_data.shard.pipeline import run_shard
             try:
                 layers = tuple(int(x) for x in args.wav2vec2_layers.split(","))
             except ValueError:
@@ -363,11 +363,11 @@ def main(argv=None) -> int:
             print_shard_summary(s, args.out)
             _print_logs(logs)
         elif args.cmd == "report":
-            from .report import write_report
+            from ifmdm_data.report import write_report
             path = write_report(args.manifests, args.out, examples_per_subset=args.examples, seed=args.seed)
             print(f"report: {path} (open it in a browser to see what was kept and why)")
         elif args.cmd == "split":
-            from .split import run_split
+            from ifmdm_data.split import run_split
             s = run_split(args.manifests, args.out, by=args.by, test_fraction=args.test_fraction,
                           val_fraction=args.val_fraction, seed=args.seed, threshold=args.identity_threshold,
                           max_distance=args.dup_bits, progress=not args.no_progress)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .storage import readable_mode  # noqa: F401 - re-exported (manifest.py, curriculum_template.py)
+from ifmdm_data.io.storage import readable_mode  # noqa: F401 - re-exported (manifest.py, curriculum_template.py)
 
 F32, F64, I32, I64, STR, BOOL = pa.float32(), pa.float64(), pa.int32(), pa.int64(), pa.string(), pa.bool_()
 
@@ -173,7 +173,7 @@ def write_parquet_atomic(table: pa.Table, path: str | Path) -> None:
     """Write to a hidden temporary file in the same folder, then rename: a reader never sees
     a half-written file under the final name, and a killed writer leaves only a .tmp file.
     `path` may be an object-storage URL (`storage.atomic_local`: upload, then commit)."""
-    from . import storage
+    from ifmdm_data.io import storage
 
     with storage.atomic_local(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
@@ -194,9 +194,9 @@ def _missing_manifest_message(path: Path) -> str:
 
 def read_clips(path: str | Path):
     """Read clips.parquet (or a subset file) as a pandas DataFrame, checking the schema."""
-    from .errors import InputError
+    from ifmdm_data.errors import InputError
 
-    from . import storage
+    from ifmdm_data.io import storage
 
     if storage.is_url(path):                 # object storage: s3://bucket/manifests[/x.parquet]
         path = str(path)
@@ -226,7 +226,7 @@ def read_clips(path: str | Path):
 def read_tracks(path: str | Path):
     """Read one per-segment tracks file (the layout before issue 12: tracks/<segment_id>.parquet):
     (DataFrame, metadata dict). `read_segment_tracks` finds a segment's tracks in either layout."""
-    from . import storage
+    from ifmdm_data.io import storage
 
     table = storage.read_parquet(path)
     meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
@@ -247,7 +247,7 @@ def write_unit_tracks(tables: dict, path: str | Path) -> None:
     then commit on object storage)."""
     import json
 
-    from . import storage
+    from ifmdm_data.io import storage
 
     index, schema = [], TRACKS_SCHEMA.remove_metadata()
     for k, (seg, table) in enumerate(tables.items()):
@@ -278,7 +278,7 @@ _TRACK_LISTINGS: dict[str, tuple[set, dict]] = {}
 
 def _track_names(tracks_dir: str, fresh: bool = False) -> tuple[set, dict]:
     """(the names in tracks_dir, {clip_id: its unit files' names}), kept per process."""
-    from . import storage
+    from ifmdm_data.io import storage
 
     if fresh or tracks_dir not in _TRACK_LISTINGS:
         if len(_TRACK_LISTINGS) > 64:
@@ -294,7 +294,7 @@ def _track_names(tracks_dir: str, fresh: bool = False) -> tuple[set, dict]:
 
 
 def _read_from_unit_files(tracks_dir: str, unit_files: list, segment_id: str):
-    from . import storage
+    from ifmdm_data.io import storage
 
     for n in unit_files:
         loc = storage.join(tracks_dir, n)
@@ -314,7 +314,7 @@ def read_segment_tracks(folder, segment_id: str):
     tracks/<unit_id>.parquet, else (runs of older versions, resumed or not) its own file
     tracks/<segment_id>.parquet. Raises FileNotFoundError when the segment has no tracks.
     The folder's listing is kept per process (listed again when a segment is not in it)."""
-    from . import storage
+    from ifmdm_data.io import storage
 
     tracks_dir = storage.join(str(folder).rstrip("/") if storage.is_url(folder) else folder, "tracks")
     for fresh in (False, True):
@@ -345,7 +345,7 @@ IDENTITY_COLUMNS = ("identity_id", "dup_group")   # what `report` shows per subs
 def manifest_folder(loc) -> str:
     """The `filter` manifest folder of a manifest location: the folder itself, or the folder
     holding a .parquet file (clips.parquet or a split file); absolute (URLs unchanged)."""
-    from . import storage
+    from ifmdm_data.io import storage
 
     s = str(loc).rstrip("/")
     if s.endswith(".parquet"):

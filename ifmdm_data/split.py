@@ -26,9 +26,9 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from .dedup import N_FRAMES, UnionFind
-from .errors import InputError
-from .identity import THRESHOLD
+from ifmdm_data.filter.dedup import N_FRAMES, UnionFind
+from ifmdm_data.errors import InputError
+from ifmdm_data.faces.identity import THRESHOLD
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ REJECTED = "rejected"
 def read_manifests(manifests: Sequence[str | Path]) -> pd.DataFrame:
     """One or more manifest folders / clips or split .parquet files -> one DataFrame (rows
     concatenated; a segment_id seen twice keeps its first row)."""
-    from .schema import read_clips, tracks_folders
+    from ifmdm_data.schema import read_clips, tracks_folders
 
     if not manifests:
         raise InputError("no manifest given")
@@ -68,8 +68,8 @@ def annotate(manifest_dir_or_df, identity: bool = True, dup: bool = True, force:
     ids. `encoder`: frame -> (128,) or None (default: DlibFaceEncoder).
     Also returns the per-segment cost in df.attrs["annotate_s_per_segment"].
     """
-    from .identify import collection_ids, empty_signals, segment_signals
-    from .schema import IDENTITY_SIGNALS
+    from ifmdm_data.filter.identify import collection_ids, empty_signals, segment_signals
+    from ifmdm_data.schema import IDENTITY_SIGNALS
 
     df = manifest_dir_or_df.copy() if isinstance(manifest_dir_or_df, pd.DataFrame) else read_manifests([manifest_dir_or_df])
     for c in IDENTITY_SIGNALS:
@@ -82,7 +82,7 @@ def annotate(manifest_dir_or_df, identity: bool = True, dup: bool = True, force:
     lacking = [i for i in range(len(df)) if force or not _has_signals(df.iloc[i], identity, dup)]
     if lacking:
         if identity and encoder is None:
-            from .identity import DlibFaceEncoder
+            from ifmdm_data.faces.identity import DlibFaceEncoder
             encoder = DlibFaceEncoder()
         t0, failed = time.time(), 0
         it = lacking
@@ -198,7 +198,7 @@ def stored_identity_settings(df: pd.DataFrame) -> tuple[Optional[float], Optiona
     the folders disagree or do not say."""
     import json
 
-    from . import storage
+    from ifmdm_data.io import storage
 
     seen = set()
     for folder in sorted(set(df["source_manifest"].dropna())) if "source_manifest" in df else []:
@@ -221,7 +221,7 @@ def run_split(manifests: Sequence[str | Path], out: str | Path, by: str = "ident
     """Read, annotate where needed, assign, write OUT/{train,val,test}.parquet; return a summary
     {splits: {name: {segments, fraction (the share asked for), identities, dup_groups,
     subsets: {subset: n}}}, groups, ...}."""
-    from .schema import split_table, write_parquet_atomic
+    from ifmdm_data.schema import split_table, write_parquet_atomic
 
     if by not in ("identity", "clip"):
         raise InputError(f"--by takes identity or clip, got {by!r}")
@@ -252,7 +252,7 @@ def run_split(manifests: Sequence[str | Path], out: str | Path, by: str = "ident
     split, comp, _ = assign_splits(df, {"test": test_fraction, "val": val_fraction}, seed=seed, by=by)
     df["split"] = split
     df["split_group"] = comp
-    from . import storage
+    from ifmdm_data.io import storage
 
     out = storage.prepare_output(str(out))       # a local folder or an object-storage prefix
     summary = {"segments": int(len(df)), "groups": int(comp.max()) + 1, "by": by, "seed": seed,

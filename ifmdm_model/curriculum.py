@@ -1,7 +1,7 @@
 """The training curriculum (manifests/curriculum.yaml): dataclasses, loading, validation.
 
 The default file and the fitting of its levels to the subsets `filter` found live on the data
-side (ifmdm_data/curriculum_template.py, ifmdm_data/configs/curriculum.yaml): the data
+side (ifmdm_data/filter/curriculum_template.py, ifmdm_data/configs/curriculum.yaml): the data
 package never imports this one."""
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import List, Optional
 
 import yaml
 
-from ifmdm_data.curriculum_template import DEFAULT_CURRICULUM
+from ifmdm_data.filter.curriculum_template import DEFAULT_CURRICULUM
 from ifmdm_data.errors import ConfigError
-from ifmdm_data.image_set import IMAGE_SUBSET
+from ifmdm_data.shard.image_set import IMAGE_SUBSET
 from ifmdm_data.reasons import SUBSETS
 
 # what a stage-1 level may train on: the video subsets, or the still images of an image set
@@ -59,7 +59,7 @@ class Stage1Plan:
     model: str = "S1-256"
     groups: Optional[int] = None          # G of the local flow module (paper: 16 best)
     motion_dim: Optional[int] = None      # D (paper: 20)
-    mask_norm: Optional[str] = None       # spatial | separable | paper (ifmdm_model/stage1.py)
+    mask_norm: Optional[str] = None       # spatial | separable | paper (ifmdm_model/stage1/model.py)
     motion_decoder: Optional[str] = None  # directions (LIA's latent axis) | mapping (MLP)
     coarse_to_fine: Optional[bool] = None  # flows refined from the scale below (ours; off)
     batch_size: int = 8
@@ -86,7 +86,7 @@ class Stage1Plan:
         """The Stage1Config this plan trains: the named size with the ablations applied
         (validated: a bad value is a one-line ConfigError naming the key)."""
         from dataclasses import replace
-        from .stage1 import STAGE1_CONFIGS
+        from ifmdm_model.stage1.model import STAGE1_CONFIGS
         if self.model not in STAGE1_CONFIGS:
             raise ConfigError(f"{where}.model: unknown stage-1 model {self.model!r}; "
                               f"known: {sorted(STAGE1_CONFIGS)}")
@@ -104,8 +104,8 @@ class Stage1Plan:
 
 @dataclass
 class Stage2Plan:
-    model: str = "M2-A0"            # M2-tiny (tests), M2-A0 (ifmdm_model/stage2.py)
-    # paper ablations (None: the model's default; ifmdm_model/stage2.py Stage2Config)
+    model: str = "M2-A0"            # M2-tiny (tests), M2-A0 (ifmdm_model/stage2/model.py)
+    # paper ablations (None: the model's default; ifmdm_model/stage2/model.py Stage2Config)
     modulation: Optional[str] = None        # framewise | global
     speech_residual: Optional[bool] = None  # speech projection added into each block's residual
     conditioning: Optional[str] = None      # sum | tokens (hint / mean / std as extra tokens)
@@ -234,7 +234,7 @@ def load_curriculum(path: str | Path) -> Curriculum:
 def _shards_location(value, curriculum: Path) -> Path | str:
     """A `shards:` value: an object-storage URL stays a str (s3://bucket/shards, no trailing
     '/'); a local path becomes absolute, relative to the curriculum's folder."""
-    from ifmdm_data import storage
+    from ifmdm_data.io import storage
 
     if isinstance(value, str) and storage.is_url(value):
         return value.rstrip("/")
@@ -246,7 +246,7 @@ def _check_stage2(plan: Stage2Plan, where: str) -> None:
     """Build the stage-2 config the plan names (without weights) so that a bad model name or
     ablation value fails when the curriculum is read, not hours later after stage 1."""
     from dataclasses import replace
-    from .stage2 import STAGE2_CONFIGS
+    from ifmdm_model.stage2.model import STAGE2_CONFIGS
     if plan.model not in STAGE2_CONFIGS:
         raise ConfigError(f"{where}.model: unknown stage-2 model {plan.model!r}; known: {sorted(STAGE2_CONFIGS)}")
     base = STAGE2_CONFIGS[plan.model]

@@ -30,34 +30,34 @@ export RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled
 # module -> FILE to mutate, TESTS to run (KSEL: a pytest -k selection in them), ONLY: mutant-name
 # filter (empty: all the mutants of the file)
 declare -A FILE TESTS KSEL ONLY
-FILE[decide]=ifmdm_data/decide.py
+FILE[decide]=ifmdm_data/filter/decide.py
 TESTS[decide]="tests/test_decide.py"
-FILE[scenes]=ifmdm_data/scenes.py
+FILE[scenes]=ifmdm_data/filter/scenes.py
 TESTS[scenes]="tests/test_signals.py tests/test_mutation_holes.py"
 # (not the cut-time test of test_mutation_holes.py: it runs analyse on encoded clips, ~4 s a mutant)
 KSEL[scenes]="not segment_after_a_cut"
-FILE[work]=ifmdm_data/work.py
+FILE[work]=ifmdm_data/filter/work.py
 TESTS[work]="tests/test_mutation_holes.py"
 KSEL[work]="not segment_after_a_cut and not steady_pan and not local_flow"
 # stage1: only the local-flow part is scored (mask normalisation, group weights, warps); the rest of
 # the file is the StyleGAN-style generator, covered by the training tests, far too slow to mutate.
-FILE[stage1]=ifmdm_model/stage1.py
+FILE[stage1]=ifmdm_model/stage1/model.py
 TESTS[stage1]="tests/test_stage1.py tests/test_mutation_holes.py"
 # (the local-flow tests: the whole-model ones take ~25 s a mutant here)
 KSEL[stage1]="mask_normalisation or local_flow or coarse_to_fine"
-ONLY[stage1]="ifmdm_model.stage1.x_log_spatial_masks__mutmut_* ifmdm_model.stage1.x_normalise_masks__mutmut_* ifmdm_model.stage1.xǁLocalFlowModuleǁ*"
-FILE[diffusion]=ifmdm_model/diffusion.py
+ONLY[stage1]="ifmdm_model.stage1.model.x_log_spatial_masks__mutmut_* ifmdm_model.stage1.model.x_normalise_masks__mutmut_* ifmdm_model.stage1.model.xǁLocalFlowModuleǁ*"
+FILE[diffusion]=ifmdm_model/stage2/diffusion.py
 TESTS[diffusion]="tests/test_stage2.py tests/test_diffusion_behaviour.py"
 # (not the three learning tests: 4-40 s each)
 KSEL[diffusion]="not generated_std_follows_m_sigma and not tiny_model_learns and not learning_checks"
-FILE[infer_cli]=ifmdm_model/infer_cli.py
+FILE[infer_cli]=ifmdm_model/cli/infer.py
 TESTS[infer_cli]="tests/test_infer.py"
 # (the argument checks and their mapping onto generate/reenact, in process; not the end-to-end
 # generations nor the subprocess checks of test_infer.py, seconds each)
 KSEL[infer_cli]="test_help or test_args_"
 # infer.py: only its option parsing (--dtype's autocast, --motion-mean); generate() itself is
 # covered by the end-to-end tests, minutes per mutant
-FILE[infer]=ifmdm_model/infer.py
+FILE[infer]=ifmdm_model/infer/__init__.py
 TESTS[infer]="tests/test_infer_options.py"
 KSEL[infer]="test_option_"
 ONLY[infer]="ifmdm_model.infer.x_motion_mean_arg__mutmut_* ifmdm_model.infer.x__autocast__mutmut_*"

@@ -45,8 +45,8 @@ def sample_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def sample_manifests(ray_session, sample_dir, tmp_path_factory):
-    from ifmdm_data.config import load_config
-    from ifmdm_data.pipeline import run_filter
+    from ifmdm_data.filter.config import load_config
+    from ifmdm_data.filter.pipeline import run_filter
 
     out = tmp_path_factory.mktemp("manifests")
     summary = run_filter([str(sample_dir)], str(out), load_config(), workers=2, progress=False)
@@ -56,8 +56,8 @@ def sample_manifests(ray_session, sample_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def sample_shards(sample_manifests, tmp_path_factory):
     """Shards of the sample set at 64 px (log-mel features), for loader and trainer tests."""
-    from ifmdm_data.shard import ShardConfig
-    from ifmdm_data.shard_pipeline import run_shard
+    from ifmdm_data.shard.segment import ShardConfig
+    from ifmdm_data.shard.pipeline import run_shard
 
     out = tmp_path_factory.mktemp("shards")
     # one sample per shard: several shards per subset, so DDP ranks and loader workers all get data

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ifmdm_model import train_stage1 as ts
+from ifmdm_model.stage1 import train as ts
 from ifmdm_model.curriculum import load_curriculum
 
 

@@ -1,4 +1,4 @@
-"""Tests for ifmdm_data.audio: decoding, VAD, loudness, envelope, audio-visual sync.
+"""Tests for ifmdm_data.media.audio: decoding, VAD, loudness, envelope, audio-visual sync.
 
 Real-media tests use the shared sample media (../shared/media next to the repository) and
 skip when it is absent. The speech-ratio bounds below come from measurements on those files
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ifmdm_data.audio import (SpeechDetector, av_sync, envelope, load_audio,
+from ifmdm_data.media.audio import (SpeechDetector, av_sync, envelope, load_audio,
                               loudness_dbfs)
 from ifmdm_data.errors import ClipError
 from ifmdm_data.reasons import Stage2Reason
@@ -200,7 +200,7 @@ def test_vad_resamples_other_rates(detector):
 def test_detector_keeps_callers_thread_count():
     # `import silero_vad` calls torch.set_num_threads(1); SpeechDetector undoes that.
     code = ("import torch; torch.set_num_threads(2);"
-            "from ifmdm_data.audio import SpeechDetector; SpeechDetector();"
+            "from ifmdm_data.media.audio import SpeechDetector; SpeechDetector();"
             "print(torch.get_num_threads())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, check=True)

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ifmdm_data.config import FilterConfig, load_config
-from ifmdm_data.decide import decide
+from ifmdm_data.filter.config import FilterConfig, load_config
+from ifmdm_data.filter.decide import decide
 from tests.test_decide import _row
 
 SRC = "/work/shared/media/video/aoc_talking.mp4"
@@ -42,7 +42,7 @@ def clips(tmp_path_factory):
 
 def _stats(path, start_s=0.0, end_s=6.0):
     """What the pipeline computes for a segment's audio (no VAD: coverage does not need it)."""
-    from ifmdm_data.analyse import _audio_stats
+    from ifmdm_data.filter.analyse import _audio_stats
 
     cfg = FilterConfig()
     t = np.arange(start_s, end_s, 1.0 / cfg.analysis.fps)
@@ -61,7 +61,7 @@ def test_coverage_of_short_and_full_audio(clips):
 
 
 def test_no_audio_stream_gives_nan():
-    from ifmdm_data.analyse import _audio_stats
+    from ifmdm_data.filter.analyse import _audio_stats
 
     unit = {"path": SRC, "probe": {"has_audio": False}}
     out = _audio_stats(unit, 0.0, 6.0, np.zeros(0), np.zeros(0, np.float32), FilterConfig(), None)

@@ -39,8 +39,9 @@ def test_own_audio_scores_above_every_other_clips_audio():
     (`analysis.dense_mouth` off, the score before) gets both orderings wrong."""
     from conftest import media
 
-    from ifmdm_data import analyse, audio
-    from ifmdm_data.config import load_config
+    from ifmdm_data.filter import analyse
+    from ifmdm_data.media import audio
+    from ifmdm_data.filter.config import load_config
 
     names = ("aoc_talking.mp4", "woman_quiet_talking.mp4")              # analysed
     audios = [media("video", n) for n in (*names, "man_suit_static_talking.mp4")]
@@ -68,8 +69,9 @@ def test_rotated_phone_copy_scores_like_the_source(tmp_path, degrees):
     from conftest import media
     from media_factory import write_rotated
 
-    from ifmdm_data import analyse, audio
-    from ifmdm_data.config import load_config
+    from ifmdm_data.filter import analyse
+    from ifmdm_data.media import audio
+    from ifmdm_data.filter.config import load_config
 
     src = media("video", "aoc_talking.mp4")
     rot = write_rotated(src, tmp_path / "rot.mp4", degrees)

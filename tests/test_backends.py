@@ -18,10 +18,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("face_alignment")
 pytest.importorskip("facexlib")
 
-from ifmdm_data.backends import SCHEMES, build_models  # noqa: E402
-from ifmdm_data.backends.facexlib_backend import (BISENET_FILE, RETINAFACE_FILE,  # noqa: E402
+from ifmdm_data.faces.backends import SCHEMES, build_models  # noqa: E402
+from ifmdm_data.faces.backends.facexlib_backend import (BISENET_FILE, RETINAFACE_FILE,  # noqa: E402
                                                   BiSeNetSegmenter, RetinaFaceDetector)
-from ifmdm_data.backends.fan_backend import (FAN2D_FILE, S3FD_FILE, FANLandmarks,  # noqa: E402
+from ifmdm_data.faces.backends.fan_backend import (FAN2D_FILE, S3FD_FILE, FANLandmarks,  # noqa: E402
                                              S3FDDetector, WeightsLoadError, heatmap_points)
 from ifmdm_data.errors import ConfigError, IfmdmError, MissingWeightsError  # noqa: E402
 
@@ -212,7 +212,7 @@ def test_build_models_needs_weights_dir(backend):
 def test_mediapipe_landmarks_array_matches_protobuf_fields():
     """The serialised-bytes fast path and the attribute fallback read the same numbers."""
     from mediapipe.framework.formats import landmark_pb2
-    from ifmdm_data.backends.mediapipe_backend import landmarks_array
+    from ifmdm_data.faces.backends.mediapipe_backend import landmarks_array
 
     rng = np.random.default_rng(0)
     pts = rng.uniform(0.05, 0.95, (478, 3)).astype(np.float32)

@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ifmdm_data.config import load_config
+from ifmdm_data.filter.config import load_config
 from ifmdm_data.errors import InputError
-from ifmdm_data.pipeline import run_filter
-from ifmdm_data.probe import probe_file
+from ifmdm_data.filter.pipeline import run_filter
+from ifmdm_data.media.probe import probe_file
 
 from media_factory import write_audio_only, write_rotated, write_vfr, write_video
 

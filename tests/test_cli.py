@@ -43,7 +43,7 @@ def test_bad_config_and_bad_input(tmp_path):
 
 
 def test_train_without_curriculum_is_one_line(tmp_path, capsys):
-    from ifmdm_model import cli
+    from ifmdm_model.cli import train as cli
     assert cli.train_main(["--curriculum", str(tmp_path), "-o", str(tmp_path / "r")]) == 2
     assert "no curriculum" in capsys.readouterr().err
 

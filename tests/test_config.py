@@ -2,7 +2,7 @@
 import pytest
 import yaml
 
-from ifmdm_data.config import DEFAULT_CONFIG_PATH, FilterConfig, load_config
+from ifmdm_data.filter.config import DEFAULT_CONFIG_PATH, FilterConfig, load_config
 from ifmdm_data.errors import ConfigError
 
 
@@ -46,7 +46,7 @@ def test_bad_config_names_key_and_file(tmp_path, text, needle):
 def test_second_pass_settings_default_to_the_detector_constants(tmp_path):
     """The small-face second pass (issue 11) reads its settings from the filter config; the
     defaults are the backends' constants, and a user file overrides them."""
-    from ifmdm_data.backends.base import SECOND_PASS_SMALL_FRAC, TILE_FRAC
+    from ifmdm_data.faces.backends.base import SECOND_PASS_SMALL_FRAC, TILE_FRAC
 
     a = load_config().analysis
     assert (a.second_pass, a.second_pass_small_frac, a.tile_frac) == (True, SECOND_PASS_SMALL_FRAC, TILE_FRAC)
@@ -66,7 +66,7 @@ def test_shipped_curriculum_equals_plan_defaults():
     the dataclasses' default values; the ablation keys (None: the model's default) are comments."""
     from dataclasses import asdict, fields
 
-    from ifmdm_data.curriculum_template import DEFAULT_CURRICULUM
+    from ifmdm_data.filter.curriculum_template import DEFAULT_CURRICULUM
     from ifmdm_model.curriculum import (STAGE1_ABLATIONS, STAGE2_ABLATIONS, Stage1Plan, Stage2Plan,
                                         load_curriculum)
 

@@ -63,7 +63,7 @@ class _Tty(__import__("io").StringIO):
 def test_stage_bar_plain_log_one_line_per_tenth_and_terminal_redraws():
     import io
 
-    from ifmdm_data.console import StageBar
+    from ifmdm_data.io.console import StageBar
 
     log = io.StringIO()
     bar = StageBar("analyse", 25, "units", stream=log, rate_unit="clips")
@@ -83,7 +83,7 @@ def test_stage_bar_plain_log_one_line_per_tenth_and_terminal_redraws():
 
 
 def test_plural_says_one_item_and_many_items():
-    from ifmdm_data.console import plural
+    from ifmdm_data.io.console import plural
 
     assert [plural(1, "worker"), plural(2, "worker"), plural(0, "segment"), plural("?", "worker")] == \
         ["1 worker", "2 workers", "0 segments", "? workers"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from ifmdm_data.curriculum_template import DEFAULT_CURRICULUM, fit_curriculum, write_curriculum
+from ifmdm_data.filter.curriculum_template import DEFAULT_CURRICULUM, fit_curriculum, write_curriculum
 from ifmdm_model.curriculum import load_curriculum
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,8 +81,8 @@ def test_fit_of_flow_style_levels_and_a_single_subset():
 def test_filter_writes_a_curriculum_fitted_to_what_it_found(ray_session, sample_dir, sample_manifests, tmp_path):
     """The real filter: on the whole sample set (every subset found) the curriculum is the
     default; on its lip and hard clips only, level 'coarse' is dropped and the file says why."""
-    from ifmdm_data.config import load_config
-    from ifmdm_data.pipeline import run_filter
+    from ifmdm_data.filter.config import load_config
+    from ifmdm_data.filter.pipeline import run_filter
 
     out, summary = sample_manifests
     assert all(summary["subsets"][s] > 0 for s in ("coarse", "lip", "hard"))

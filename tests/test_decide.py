@@ -2,8 +2,8 @@
 import numpy as np
 import pandas as pd
 
-from ifmdm_data.config import FilterConfig
-from ifmdm_data.decide import decide
+from ifmdm_data.filter.config import FilterConfig
+from ifmdm_data.filter.decide import decide
 
 
 def _row(**kw):
@@ -312,7 +312,7 @@ def test_stored_reads_numbers_in_the_manifest_precision():
     """`stored`: an absent column is all NaN (float), text is NaN, a float32 statistic becomes
     float32, and a float64 one (duration_s) stays float64: a duration just under min_duration_s
     is too short even though its float32 is min_duration_s."""
-    from ifmdm_data.decide import stored
+    from ifmdm_data.filter.decide import stored
 
     df = pd.DataFrame({"sharpness": ["1.5", "n/a"], "duration_s": [2.5, 2.5]})
     miss = stored(df, "sync_conf")

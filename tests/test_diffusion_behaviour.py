@@ -1,4 +1,4 @@
-"""Behaviour of ifmdm_model/diffusion.py that test_stage2.py leaves open (issue 16, mutation
+"""Behaviour of ifmdm_model/stage2/diffusion.py that test_stage2.py leaves open (issue 16, mutation
 testing): the schedule's argument bounds and cosine length, timestep sampling and respacing
 bounds, explicit sampler chains and their checks, x_T, the generator and dtype of the samplers'
 draws, clip_x0, diffusion_loss's draws and its train-mode-only drops, and classifier-free guidance
@@ -12,9 +12,9 @@ from fractions import Fraction
 import pytest
 import torch
 
-from ifmdm_model.diffusion import (DDPMSchedule, cfg_model_fn, ddim_sample, ddim_step, ddpm_sample,
+from ifmdm_model.stage2.diffusion import (DDPMSchedule, cfg_model_fn, ddim_sample, ddim_step, ddpm_sample,
                                    ddpm_step, diffusion_loss, rescale_guided_x0, respace)
-from ifmdm_model.stage2 import build_stage2
+from ifmdm_model.stage2.model import build_stage2
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread per module

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from ifmdm_model import eval_stage1 as ev
+from ifmdm_model.eval import stage1 as ev
 from ifmdm_model.checkpoint import CheckpointError, save_checkpoint
-from ifmdm_model.stage1 import MotionAutoencoder, build_stage1
+from ifmdm_model.stage1.model import MotionAutoencoder, build_stage1
 
 SMALL = dict(n_clips=4, pairs_per_clip=2, device="cpu", batch_size=4)
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from ifmdm_model import eval_stage1, eval_video as ev
+from ifmdm_model.eval import stage1 as eval_stage1, video as ev
 from ifmdm_model.infer import save_random_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -372,7 +372,7 @@ def astronaut_pair():
     pytest.importorskip("mediapipe")
     from skimage import data
 
-    from ifmdm_data.backends.mediapipe_backend import MediapipeMesh
+    from ifmdm_data.faces.backends.mediapipe_backend import MediapipeMesh
     img = np.ascontiguousarray(data.astronaut())
     m = cv2.getRotationMatrix2D((230, 130), 25, 1.4)
     m[:, 2] += (-40, 60)
@@ -408,7 +408,7 @@ def test_arcface_alignment_undoes_a_similarity(astronaut_pair):
 def test_syncnet_face_crops_frame_the_face(astronaut_pair):
     """The 224 x 224 crop holds the whole face, centred, mouth below the middle (as
     syncnet_python's crops, which extend the box towards the chin)."""
-    from ifmdm_data.backends.mediapipe_backend import MediapipeMesh
+    from ifmdm_data.faces.backends.mediapipe_backend import MediapipeMesh
     imgs, lms = astronaut_pair
     crops, missing = ev.syncnet_face_crops(np.stack([imgs[0]] * 6), [lms[0], None] + [lms[0]] * 4, 25.0)
     assert crops.shape == (6, 224, 224, 3) and missing == 1
@@ -436,7 +436,7 @@ def test_syncnet_mfcc_equals_python_speech_features():
     """Reference values: python_speech_features 0.6 `mfcc(signal, 16000)` (transposed) on
     `_chirp_int16()`, computed once in a separate environment and stored as a test file
     (the package is not a dependency)."""
-    from ifmdm_model.eval_video import syncnet_mfcc
+    from ifmdm_model.eval.video import syncnet_mfcc
 
     ref = np.load(Path(__file__).parent / "data" / "python_speech_features_mfcc_chirp.npy")
     ours = syncnet_mfcc(_chirp_int16().astype(np.float64), 16000)

@@ -15,11 +15,11 @@ import torch
 
 from ifmdm_data.loaders import (TarShard, decode_frames, list_shards, read_meta, sidecar_path,
                                 stage2_dataset, to_tensor, write_motion_sidecar)
-from ifmdm_model import stage1
+from ifmdm_model.stage1 import model as stage1
 from ifmdm_model.checkpoint import save_checkpoint
-from ifmdm_model.extract import (ExtractionError, MissingShardsError, NoCheckpointError,
+from ifmdm_model.stage2.extract import (ExtractionError, MissingShardsError, NoCheckpointError,
                                  NoIndexError, encoder_id, extract_motion)
-from ifmdm_model.stage1 import build_stage1
+from ifmdm_model.stage1.model import build_stage1
 
 
 def save_tiny(run: Path, step: int, seed: int):

@@ -1,4 +1,4 @@
-"""Tests for ifmdm_data.features: log-mel, wav2vec2 (tiny random-init checkpoints saved to a
+"""Tests for ifmdm_data.features.speech: log-mel, wav2vec2 (tiny random-init checkpoints saved to a
 temp dir and loaded through the real loading code), frame alignment, user-facing errors.
 
 Everything runs on the CPU in a few seconds. The tiny Wav2Vec2 configs have conv strides
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ifmdm_data.errors import IfmdmError, MissingWeightsError
-from ifmdm_data.features import (FeatureError, FrameStream, LogMelFeatures, Wav2Vec2Features,
+from ifmdm_data.features.speech import (FeatureError, FrameStream, LogMelFeatures, Wav2Vec2Features,
                                  align_to_frames, build_features, stream_frames)
 
 SR = 16000

@@ -8,7 +8,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from ifmdm_data.inputs import fs_path, manifest_path
+from ifmdm_data.filter.inputs import fs_path, manifest_path
 
 from media_factory import write_video
 
@@ -28,8 +28,8 @@ def test_manifest_path_round_trips(raw):
 
 @pytest.fixture(scope="module")
 def odd_run(ray_session, tmp_path_factory):
-    from ifmdm_data.config import load_config
-    from ifmdm_data.pipeline import run_filter
+    from ifmdm_data.filter.config import load_config
+    from ifmdm_data.filter.pipeline import run_filter
 
     d = tmp_path_factory.mktemp("names")
     write_video(d / "normal.mp4", 30, audio=True)

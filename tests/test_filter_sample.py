@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-from ifmdm_data.inspect import match_labels
+from ifmdm_data.report.inspect import match_labels
 from ifmdm_data.schema import CLIPS_SCHEMA, TRACKS_SCHEMA, read_clips, read_segment_tracks
 
 

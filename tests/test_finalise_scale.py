@@ -10,10 +10,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from ifmdm_data import dedup
-from ifmdm_data.dedup import dup_groups, popcount64
-from ifmdm_data.fingerprint import audio_dup_pairs
-from ifmdm_data.work import PartStore, concat_parts
+from ifmdm_data.filter import dedup
+from ifmdm_data.filter.dedup import dup_groups, popcount64
+from ifmdm_data.filter.fingerprint import audio_dup_pairs
+from ifmdm_data.filter.work import PartStore, concat_parts
 
 
 def _reference(hashes, max_distance, min_matches=2, bands=4, max_bucket=5000):

@@ -8,8 +8,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from ifmdm_data.audio import load_audio
-from ifmdm_data.fingerprint import RATE_HZ, audio_dup_pairs, audio_fingerprint, ber_at, match
+from ifmdm_data.media.audio import load_audio
+from ifmdm_data.filter.fingerprint import RATE_HZ, audio_dup_pairs, audio_fingerprint, ber_at, match
 from tests.conftest import media
 
 SR = 16000

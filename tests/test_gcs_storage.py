@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ifmdm_data import storage
+from ifmdm_data.io import storage
 from test_object_storage import (NOT_COMPARED, _clips, _free_port, _index, _ours,  # noqa: F401
                                  clips_local, local_run)   # clips_local, local_run: fixtures
 

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from ifmdm_data.identity import cluster_identities, segment_identity
+from ifmdm_data.faces.identity import cluster_identities, segment_identity
 from tests.conftest import media
 
 TALKING = ["aoc_talking.mp4", "man_talking_2s.mp4", "woman_quiet_talking.mp4"]
@@ -62,8 +62,8 @@ def near_copy(tmp_path_factory):
 
 def test_dlib_identity_real_media(near_copy):
     pytest.importorskip("dlib")
-    from ifmdm_data.dedup import sample_frames
-    from ifmdm_data.identity import DlibFaceEncoder, describe_segment
+    from ifmdm_data.filter.dedup import sample_frames
+    from ifmdm_data.faces.identity import DlibFaceEncoder, describe_segment
 
     enc = DlibFaceEncoder()
     paths = [media("video", f) for f in TALKING] + [near_copy]
@@ -107,7 +107,7 @@ def test_split_of_a_filter_manifest_uses_the_stored_signals(sample_manifests, tm
 
 
 def test_identity_config_is_validated():
-    from ifmdm_data.config import config_from_dict
+    from ifmdm_data.filter.config import config_from_dict
     from ifmdm_data.errors import ConfigError
 
     for bad in ({"threshold": 0}, {"threshold": 3.0}, {"frames": 0}, {"max_phash_distance": 70}, {"enabled": 1}):
@@ -126,7 +126,7 @@ def test_mixed_segment_links_every_person_it_shows_and_merges_nobody():
     keeps all three segments in one group."""
     import pandas as pd
 
-    from ifmdm_data.identify import collection_ids
+    from ifmdm_data.filter.identify import collection_ids
     from ifmdm_data.split import components
 
     rng = np.random.default_rng(0)
@@ -153,7 +153,7 @@ def test_mixed_segment_links_every_person_it_shows_and_merges_nobody():
 def test_not_computed_is_null_not_empty():
     """Without an encoder or with audio off, the signals are None (not computed), unlike []
     (looked, found nothing): split and report must not count such rows as 'no face'."""
-    from ifmdm_data.identify import segment_signals
+    from ifmdm_data.filter.identify import segment_signals
 
     s = segment_signals(str(media("video", "aoc_talking.mp4")), 0.0, 3.0, encoder=None, audio=False)
     assert s["face_descriptor"] is None and s["identity_faces"] is None and s["audio_fingerprint"] is None

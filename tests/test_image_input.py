@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ifmdm_model.media_io import composite_alpha, load_image
+from ifmdm_model.infer.media_io import composite_alpha, load_image
 
 
 def _rgba():
@@ -49,7 +49,7 @@ def test_opaque_images_are_untouched(tmp_path):
 
 
 def test_inspect_tells_same_named_clips_apart():
-    from ifmdm_data.inspect import display_paths
+    from ifmdm_data.report.inspect import display_paths
     got = display_paths(["/data/set/a/clip.mp4", "/data/set/b/clip.mp4", "/data/set/a/x/y.mp4"])
     assert got == ["a/clip.mp4", "b/clip.mp4", "a/x/y.mp4"]
     assert display_paths(["/d/only.mp4"]) == ["only.mp4"]

@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from ifmdm_data.cli import main as data_main
-from ifmdm_data.image_pairs import elastic_field, image_motion_pair, warp_maps
-from ifmdm_data.image_set import DUPLICATE
+from ifmdm_data.shard.image_pairs import elastic_field, image_motion_pair, warp_maps
+from ifmdm_data.shard.image_set import DUPLICATE
 
 CAT = Path("/work/shared/media/image/cat_face.png")
 SIZE = 64
@@ -251,7 +251,7 @@ def _tiny_curriculum(shards, levels) -> str:
 
 
 def test_curriculum_level_on_images_and_train_two_steps(image_shards, tmp_path, capsys):
-    from ifmdm_model.cli import train_main
+    from ifmdm_model.cli.train import train_main
     from ifmdm_model.curriculum import load_curriculum
 
     d = tmp_path / "manifests"
@@ -265,7 +265,7 @@ def test_curriculum_level_on_images_and_train_two_steps(image_shards, tmp_path, 
     assert "stage2" not in out                                # an image set has no audio: stage 1 only
     assert train_main(["--curriculum", str(d), "-o", str(tmp_path / "run"), "--stage", "2"]) == 2
     assert "is an image set" in capsys.readouterr().err
-    from ifmdm_model.eval_stage1 import main as eval_main
+    from ifmdm_model.eval.stage1 import main as eval_main
     assert eval_main(["--checkpoint", str(tmp_path / "run"), "--shards", str(image_shards)]) == 2
     assert "is an image set" in capsys.readouterr().err
     latest = (tmp_path / "run" / "stage1" / "latest").read_text().strip()
@@ -280,7 +280,7 @@ def test_curriculum_level_on_images_and_train_two_steps(image_shards, tmp_path, 
 def test_levels_mix_video_and_image_shard_folders(image_shards, sample_shards, tmp_path, capsys):
     """A level's own `shards:` folder: video levels from the curriculum's shards, then an image
     level from an image set; checkpoints record the folder only for levels that name one."""
-    from ifmdm_model.cli import train_main
+    from ifmdm_model.cli.train import train_main
 
     d = tmp_path / "manifests"
     d.mkdir()
@@ -313,7 +313,7 @@ def test_images_from_and_to_object_storage(image_folder, tmp_path, monkeypatch):
 
     from moto.server import ThreadedMotoServer
 
-    from ifmdm_data import storage
+    from ifmdm_data.io import storage
     from ifmdm_data.loaders import list_shards
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
@@ -347,7 +347,7 @@ def test_float_images_rejected_and_size_bounded(tmp_path, capsys):
     from PIL import Image
 
     from ifmdm_data.cli import main
-    from ifmdm_data.image_pairs import warp_maps
+    from ifmdm_data.shard.image_pairs import warp_maps
     d = tmp_path / "in"
     d.mkdir()
     Image.fromarray(np.full((64, 64), 0.5, np.float32), mode="F").save(d / "float.tif")
@@ -355,7 +355,7 @@ def test_float_images_rejected_and_size_bounded(tmp_path, capsys):
     assert main(["shard", "--images", str(d), "-o", str(tmp_path / "o"), "--size", "32", "--no-progress"]) == 0
     rej = pq.read_table(tmp_path / "o" / "rejected.parquet").to_pandas()
     assert list(rej["reasons"].map(list)) == [["decode_error"]] and "floating-point" in rej["detail"][0]
-    from ifmdm_model.media_io import InferenceError, load_image      # the portrait / tune reader: same rule
+    from ifmdm_model.infer.media_io import InferenceError, load_image      # the portrait / tune reader: same rule
     with pytest.raises(InferenceError, match="floating-point"):
         load_image(d / "float.tif")
     assert main(["shard", "--images", str(d), "-o", str(tmp_path / "o3"), "--size", "60000"]) == 2
@@ -366,13 +366,13 @@ def test_float_images_rejected_and_size_bounded(tmp_path, capsys):
 
 def test_one_alpha_compositing_for_image_sets_and_infer():
     """`shard --images` and `ifmdm-infer` composite transparency with the same function
-    (ifmdm_data.crop.composite_alpha; 8 and 16 bits)."""
+    (ifmdm_data.shard.crop.composite_alpha; 8 and 16 bits)."""
     import io
 
     from PIL import Image
 
-    from ifmdm_data import crop, image_set
-    from ifmdm_model import media_io
+    from ifmdm_data.shard import crop, image_set
+    from ifmdm_model.infer import media_io
 
     assert media_io.composite_alpha is crop.composite_alpha and not hasattr(image_set, "composite_over_white")
     rgba = np.zeros((4, 4, 4), np.uint8)

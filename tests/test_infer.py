@@ -41,7 +41,7 @@ def _write_wav(path: Path, wav: np.ndarray, rate: int = AUDIO_RATE, channels: in
 def _speech(seconds: float, rate: int = AUDIO_RATE) -> np.ndarray:
     src = MEDIA / "audio" / "speech_en_16k_mono.wav"
     if src.is_file() and rate == AUDIO_RATE:
-        from ifmdm_data.audio import load_audio
+        from ifmdm_data.media.audio import load_audio
         wav = load_audio(src, 0.5, 0.5 + seconds)
         if np.sqrt(np.mean(wav ** 2)) > 1e-3:
             return wav
@@ -134,7 +134,7 @@ def test_48k_stereo_24bit_input(run, image, tmp_path):
         with av.open(str(src)) as c:                              # a 0.6 s cut of the real file
             a = c.streams.audio[0]
             assert a.rate == 48000
-        from ifmdm_data.audio import load_audio
+        from ifmdm_data.media.audio import load_audio
         wav = load_audio(src, 1.0, 1.6, sample_rate=48000)
     else:
         t = np.arange(int(0.6 * 48000)) / 48000
@@ -238,7 +238,7 @@ def _probe_first_write(monkeypatch, rec):
 def test_first_frames_before_the_audio_is_read(run, image, tmp_path, monkeypatch):
     """Streaming: the first frames are written when the features of the first half second of
     a 2 s audio are computed, not the whole audio."""
-    from ifmdm_data.features import LogMelFeatures
+    from ifmdm_data.features.speech import LogMelFeatures
     p = _write_wav(tmp_path / "s.wav", _speech(2.0))
     rec = _Recording(LogMelFeatures(), block_s=0.5)
     seen = _probe_first_write(monkeypatch, rec)
@@ -252,7 +252,7 @@ def test_wav2vec2_streamed_in_chunks(image, tmp_path, monkeypatch):
     written after its first chunk, and the motion equals the one from whole-clip features."""
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-    from ifmdm_data.features import LogMelFeatures, Wav2Vec2Features
+    from ifmdm_data.features.speech import LogMelFeatures, Wav2Vec2Features
     torch.manual_seed(0)
     cfg = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                          conv_dim=(32, 32), conv_stride=(5, 2), conv_kernel=(10, 3),
@@ -407,7 +407,7 @@ stage2:
 @pytest.fixture(scope="module")
 def trained_run(sample_shards, tmp_path_factory):
     """A real (tiny) run: the trainer test's recipe, stage 1 then stage 2 on the sample shards."""
-    from ifmdm_model.cli import train_main
+    from ifmdm_model.cli.train import train_main
 
     d = tmp_path_factory.mktemp("trained")
     (d / "manifests").mkdir()
@@ -433,7 +433,7 @@ def test_generate_from_trained_run(trained_run, sample_dir, image, tmp_path, cap
 def test_video_writer_background_thread(tmp_path):
     """The encoder thread writes the same video as the synchronous path, and an encoder error
     reaches the caller (next write or close) as an InferenceError; abort leaves no file."""
-    from ifmdm_model.media_io import VideoWriter
+    from ifmdm_model.infer.media_io import VideoWriter
 
     rng = np.random.default_rng(0)
     # 64 px: below that x264 reads uninitialised memory and the bytes vary (see VideoWriter)
@@ -513,7 +513,7 @@ def test_bad_arguments_rejected_before_torch_is_imported(tmp_path, extra, needle
     args = {"--checkpoint": "{d}/run", "--image": "{d}/face.png", "--audio": "{d}/speech.wav", "-o": "{d}/o.mp4"}
     opts = dict(zip(extra[::2], extra[1::2]))
     argv = [x.format(d=tmp_path) for k, v in {**args, **opts}.items() for x in (k, v)]
-    code = ("import sys; from ifmdm_model.infer_cli import main; rc = main(sys.argv[1:]); "
+    code = ("import sys; from ifmdm_model.cli.infer import main; rc = main(sys.argv[1:]); "
             "sys.exit(rc if 'torch' not in sys.modules else 99)")
     r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60)
     err = r.stderr.strip()
@@ -524,7 +524,7 @@ def test_bad_arguments_rejected_before_torch_is_imported(tmp_path, extra, needle
 # --- argument handling of ifmdm-infer, in process (issue 16: bash scripts/mutation.sh infer_cli) ---
 
 def _args(*extra, audio=True):
-    from ifmdm_model.infer_cli import parser
+    from ifmdm_model.cli.infer import parser
     base = ["--checkpoint", "c", "--image", "i.png", "-o", "o.mp4"] + (["--audio", "a.wav"] if audio else [])
     return parser().parse_args(base + list(extra))
 
@@ -534,7 +534,7 @@ def _args(*extra, audio=True):
     ["--cfg-rescale", "0"], ["--cfg-rescale", "1"], ["--fps", "1"], ["--fps", "240"],
     ["--batch-frames", "1"], ["--size", "16"], ["--size", "4096"], ["--size", "512"]])
 def test_args_values_at_their_bounds_are_accepted(extra):
-    from ifmdm_model.infer_cli import check_values
+    from ifmdm_model.cli.infer import check_values
     check_values(_args(*extra))
 
 
@@ -548,7 +548,7 @@ def test_args_values_at_their_bounds_are_accepted(extra):
     (["--size", "17"], "--size"), (["--size", "4098"], "--size")])
 def test_args_values_past_their_bounds_are_one_error_naming_the_option(extra, needle):
     from ifmdm_data.errors import InputError
-    from ifmdm_model.infer_cli import check_values
+    from ifmdm_model.cli.infer import check_values
     with pytest.raises(InputError) as e:
         check_values(_args(*extra))
     assert needle in str(e.value) and extra[1] in str(e.value)
@@ -556,7 +556,7 @@ def test_args_values_past_their_bounds_are_one_error_naming_the_option(extra, ne
 
 def test_args_paths_are_checked_with_a_message_naming_the_input(tmp_path):
     from ifmdm_data.errors import InputError
-    from ifmdm_model.infer_cli import check_paths, parser
+    from ifmdm_model.cli.infer import check_paths, parser
 
     d = tmp_path
     (d / "run").mkdir()
@@ -602,7 +602,7 @@ _STATS = {"output": "o.mp4", "frames": 50, "seconds": 2.0, "fps_video": 25.0, "w
 def _cli(tmp_path, monkeypatch, argv, result=None):
     """main(argv) with generate / reenact replaced by recorders: (exit code, calls)."""
     import ifmdm_model.infer as infer_mod
-    from ifmdm_model.infer_cli import main as cli_main
+    from ifmdm_model.cli.infer import main as cli_main
 
     calls = []
 
@@ -679,7 +679,7 @@ def test_args_errors_and_interrupts_are_one_line_and_an_exit_code(tmp_path, monk
 def test_args_usage_needs_one_speech_source_and_documents_every_option(capsys):
     """Exactly one of --audio / --driving-video; a usage error names the program; every option
     has a help line and the help ends with the notes on the image (EPILOG)."""
-    from ifmdm_model.infer_cli import EPILOG, parser
+    from ifmdm_model.cli.infer import EPILOG, parser
 
     base = ["--checkpoint", "c", "--image", "i.png", "-o", "o.mp4"]
     for argv in (base, base + ["--audio", "a.wav", "--driving-video", "d.mp4"], ["--image", "i", "-o", "o", "--audio", "a"],

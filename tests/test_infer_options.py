@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import ifmdm_model.diffusion as diffusion
+import ifmdm_model.stage2.diffusion as diffusion
 import ifmdm_model.infer as infer
 from ifmdm_model.infer import generate, load_models, save_random_run
 from test_infer import _speech, _write_wav, image  # noqa: F401 - `image` is a fixture

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from ifmdm_data.errors import InputError
-from ifmdm_data.inputs import clip_id, resolve_inputs, resolve_keyed
+from ifmdm_data.filter.inputs import clip_id, resolve_inputs, resolve_keyed
 
 
 @pytest.fixture()

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from ifmdm_model.learning import (Clip, baselines, box_psnr, mask_compactness, psnr,
+from ifmdm_model.stage1.learning import (Clip, baselines, box_psnr, mask_compactness, psnr,
                                   synthetic_local_motion, to_tensor)
-from ifmdm_model.stage1 import MASK_NORMS, log_spatial_masks
+from ifmdm_model.stage1.model import MASK_NORMS, log_spatial_masks
 
 
 def best_quadrant_mass(mode: str, steps: int = 300, size: int = 16) -> float:
@@ -81,7 +81,7 @@ def test_baselines_and_psnr_are_right_on_known_inputs():
 def test_train_small_augment_and_device_options():
     """`TrainSettings.augment` trains on jittered pairs (a different run from the plain one, same
     seed); `device` is honoured and evaluation follows the model's device."""
-    from ifmdm_model.learning import TrainSettings, model_config, train_small
+    from ifmdm_model.stage1.learning import TrainSettings, model_config, train_small
     clips = synthetic_local_motion(n_clips=2, n_train=6, n_heldout=2, seed=3)
     cfg = model_config("S1-tiny")
     plain_model, plain = train_small(cfg, clips, TrainSettings(steps=3, seed=1, threads=1, device="cpu"))
@@ -95,7 +95,7 @@ def test_train_small_augment_and_device_options():
 def test_train_small_ema_measures_and_returns_the_ema_weights():
     """`TrainSettings.ema` > 0: the result's PSNR is the EMA copy's (the returned model holds the
     EMA weights), `psnr_raw` the raw weights' (the same run as without EMA: same draws)."""
-    from ifmdm_model.learning import TrainSettings, evaluate, model_config, train_small
+    from ifmdm_model.stage1.learning import TrainSettings, evaluate, model_config, train_small
     clips = synthetic_local_motion(n_clips=2, n_train=6, n_heldout=2, seed=3)
     cfg = model_config("S1-tiny")
     _, plain = train_small(cfg, clips, TrainSettings(steps=4, seed=1, threads=1))

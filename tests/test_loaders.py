@@ -24,7 +24,7 @@ import webdataset as wds
 from ifmdm_data.loaders import (TarShard, decode_frames, jitter_pair, read_motion,
                                 stage1_dataset, stage1_loader, stage2_dataset, stage2_loader,
                                 write_motion_sidecar)
-from ifmdm_data.shard_format import INDEX_SCHEMA, ShardFormatError, npy_bytes
+from ifmdm_data.shard.format import INDEX_SCHEMA, ShardFormatError, npy_bytes
 
 SIZE, DIM, D = 64, 6, 4
 SUBSETS = ("coarse", "lip", "hard")

@@ -6,8 +6,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ifmdm_data.config import load_config
-from ifmdm_data.pipeline import run_filter
+from ifmdm_data.filter.config import load_config
+from ifmdm_data.filter.pipeline import run_filter
 
 from conftest import MEDIA
 
@@ -160,8 +160,8 @@ def test_a_copy_and_a_redub_join_the_original_s_duplicate_group(media_run, copie
     clip's person but joins aoc's duplicate group through its audio fingerprint alone, and only
     with audio fingerprints on."""
     pytest.importorskip("dlib")
-    from ifmdm_data.identify import collection_ids, identifier
-    from ifmdm_data.config import IdentityConfig
+    from ifmdm_data.filter.identify import collection_ids, identifier
+    from ifmdm_data.filter.config import IdentityConfig
 
     ident = identifier(IdentityConfig())
     df = media_run[0]
@@ -184,8 +184,8 @@ def test_decide_reclusters_identities_at_a_new_threshold(media_run, tmp_path):
     (0.27 apart), at 0.1 they do not."""
     import shutil
 
-    from ifmdm_data.config import config_from_dict
-    from ifmdm_data.manifest import redecide
+    from ifmdm_data.filter.config import config_from_dict
+    from ifmdm_data.filter.finalise import redecide
 
     shutil.copy(media_run[2] / "clips.parquet", tmp_path / "clips.parquet")
     got = {}

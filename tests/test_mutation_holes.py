@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ifmdm_data.scenes import SceneCutDetector
+from ifmdm_data.filter.scenes import SceneCutDetector
 
 
 # --- scene cuts ------------------------------------------------------------------------------
@@ -112,7 +112,7 @@ def test_frame_histogram_of_planar_yuv_reads_the_planes_without_converting_the_f
     """Planar YUV frames (yuv420p / 422p / 444p, odd sizes too): the histogram comes from the
     planes alone (the frame is never converted to RGB) and matches the RGB one; a packed format
     such as bgr24 is converted, with its channels in the right order."""
-    from ifmdm_data.scenes import frame_histogram, hsv_histogram
+    from ifmdm_data.filter.scenes import frame_histogram, hsv_histogram
 
     img = cv2.resize(_panorama(300, 64, seed=5), (301, 203), interpolation=cv2.INTER_LINEAR)
     img = np.ascontiguousarray(img)
@@ -144,7 +144,7 @@ def test_frame_histogram_of_planar_yuv_reads_the_planes_without_converting_the_f
 def test_hsv_histogram_bins_are_opencv_hsv_over_its_full_ranges(rgb, h, s, v):
     """A one-colour frame puts all its mass in the bin of its HSV value: 16 hue bins over
     [0, 180), 4 saturation and 4 value bins over [0, 256), index (hue, sat, val) row-major."""
-    from ifmdm_data.scenes import hsv_histogram
+    from ifmdm_data.filter.scenes import hsv_histogram
 
     img = np.full((100, 140, 3), rgb, np.uint8)
     want = np.zeros(16 * 4 * 4)
@@ -156,7 +156,7 @@ def test_hsv_histogram_bins_are_opencv_hsv_over_its_full_ranges(rgb, h, s, v):
 def test_frame_histogram_of_a_frame_too_small_for_the_planes_is_its_rgb_histogram(size):
     """A frame with fewer than two chroma samples across (or down) has no 4:2:0 thumbnail: its
     histogram is that of the frame converted to RGB, and still a distribution."""
-    from ifmdm_data.scenes import frame_histogram, hsv_histogram
+    from ifmdm_data.filter.scenes import frame_histogram, hsv_histogram
 
     w, h = size
     img = np.full((h, w, 3), (200, 60, 30), np.uint8)
@@ -192,7 +192,7 @@ class _NoFace:
     """Face models that find nothing: analyse_unit's segmentation runs without mediapipe."""
 
     def __init__(self):
-        from ifmdm_data.backends.base import SCHEMES
+        from ifmdm_data.faces.backends.base import SCHEMES
         self.scheme = SCHEMES["mp478"]
 
     def detect(self, rgb):
@@ -216,10 +216,10 @@ def test_segment_after_a_cut_starts_at_the_cut_time(tmp_path, skip_nonref):
     """Cut at frame 54 of 25 fps (t = 2.16 s), between the analysis frames at 2.08 and 2.24
     (6.25 fps): the second segment starts at 2.16 s, within half a source frame, not at the
     next analysed frame."""
-    from ifmdm_data.analyse import analyse_unit
-    from ifmdm_data.backends.base import FaceModels
-    from ifmdm_data.config import FilterConfig
-    from ifmdm_data.probe import probe_file
+    from ifmdm_data.filter.analyse import analyse_unit
+    from ifmdm_data.faces.backends.base import FaceModels
+    from ifmdm_data.filter.config import FilterConfig
+    from ifmdm_data.media.probe import probe_file
 
     fps, cut = 25, 54
     path = _write_cut_clip(tmp_path / "cut.mp4", 125, cut, fps)
@@ -261,7 +261,7 @@ def test_local_flow_group_weights_are_the_normalised_masks(mode):
     and spreads differ, the two differ by far more than the tolerance."""
     import torch
     from torch import nn
-    from ifmdm_model.stage1 import LocalFlowModule
+    from ifmdm_model.stage1.model import LocalFlowModule
 
     torch.manual_seed(0)
     n, g, c, r = 2, 4, 8, 8
@@ -302,7 +302,7 @@ def test_mask_normalisation_default_is_spatial_and_unknown_modes_are_refused():
     """stage1.log_spatial_masks' docstring: "spatial" (a 2-D softmax over H*W) is the default,
     of the functions and of LocalFlowModule; an unknown mode is an error naming the choices."""
     import torch
-    from ifmdm_model.stage1 import MASK_NORMS, LocalFlowModule, log_spatial_masks, normalise_masks
+    from ifmdm_model.stage1.model import MASK_NORMS, LocalFlowModule, log_spatial_masks, normalise_masks
 
     logits = torch.randn(2, 3, 5, 6) * 2
     spatial = torch.softmax(logits.reshape(2, 3, 30), -1).reshape(2, 3, 5, 6)
@@ -325,7 +325,7 @@ def _tracks(n=3, points=5):
 
 
 def _row_for(uid):
-    from ifmdm_data.work import failure_row
+    from ifmdm_data.filter.work import failure_row
     return failure_row(uid.rsplit("_", 1)[0], f"/x/{uid}.mp4", "decode_error", "test")
 
 
@@ -335,8 +335,9 @@ def test_a_write_that_fails_midway_leaves_no_part_and_the_unit_is_redone(tmp_pat
     or the final rename fails) leaves nothing under the final name and no temporary file, so
     `done()` does not count the unit and a re-run writes it."""
     import pyarrow.parquet as pq
-    from ifmdm_data import schema, storage
-    from ifmdm_data.work import PartStore
+    from ifmdm_data import schema
+    from ifmdm_data.io import storage
+    from ifmdm_data.filter.work import PartStore
 
     store = PartStore(tmp_path)
     store.write("a_w0000", [_row_for("a_w0000")])                  # a finished unit
@@ -386,7 +387,7 @@ def test_a_writer_killed_midway_leaves_no_part(tmp_path):
     import subprocess
     import sys
     import pyarrow.parquet as pq
-    from ifmdm_data.work import PartStore
+    from ifmdm_data.filter.work import PartStore
 
     code = f"""
 import os, signal, pyarrow.parquet as pq
@@ -396,7 +397,7 @@ def half_write(table, where, **kw):
         f.flush()
     os.kill(os.getpid(), signal.SIGKILL)
 pq.write_table = half_write
-from ifmdm_data.work import PartStore, failure_row
+from ifmdm_data.filter.work import PartStore, failure_row
 PartStore({str(tmp_path)!r}).write("b_w0000", [failure_row("b", "/x/b.mp4", "decode_error", "t")])
 """
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
@@ -414,7 +415,7 @@ PartStore({str(tmp_path)!r}).write("b_w0000", [failure_row("b", "/x/b.mp4", "dec
 def test_unit_and_segment_ids_are_the_names_resume_relies_on():
     """A part is named by its unit id, a track file by its segment id: both are fixed-width, so
     they sort in time order and a re-run finds the same names (start in whole milliseconds)."""
-    from ifmdm_data.work import segment_id, unit_id
+    from ifmdm_data.filter.work import segment_id, unit_id
 
     assert unit_id("clip", 7) == "clip_w0007"
     assert segment_id("clip", 0.0) == "clip_000000000"
@@ -423,7 +424,7 @@ def test_unit_and_segment_ids_are_the_names_resume_relies_on():
 
 
 def test_plan_units_cuts_equal_windows_of_at_most_the_maximum():
-    from ifmdm_data.work import plan_units
+    from ifmdm_data.filter.work import plan_units
 
     probe = {"duration_s": 45.0}
     units = plan_units("c", "/v/c.mp4", probe, 20.0)                 # ceil(45 / 20) = 3 windows of 15 s
@@ -449,7 +450,7 @@ def test_plan_units_cuts_equal_windows_of_at_most_the_maximum():
 
 
 def test_failure_row_keeps_the_probe_fields_and_the_window():
-    from ifmdm_data.work import PROBE_FIELDS, failure_row
+    from ifmdm_data.filter.work import PROBE_FIELDS, failure_row
 
     record = {"width": 640, "height": 480, "fps": 25.0, "duration_s": 9.5, "head_motion": 0.3}
     row = failure_row("c", "/v/c.mp4", "decode_error", "x" * 600, record, start_s=2.0)
@@ -473,7 +474,7 @@ def test_collected_results_commit_to_the_same_files_as_a_direct_write(tmp_path):
     part a PartStore would have written; an empty payload (nothing written) commits nothing."""
     import pyarrow.parquet as pq
     from ifmdm_data.schema import read_segment_tracks, tracks_table
-    from ifmdm_data.work import CollectingStore, PartStore
+    from ifmdm_data.filter.work import CollectingStore, PartStore
 
     assert CollectingStore().payload() == b""
     store = PartStore(tmp_path / "out")
@@ -499,8 +500,8 @@ def test_part_store_on_object_storage_names_and_reads_its_parts(tmp_path, monkey
     nothing is created locally, and read_all fetches every part (one GET each) into one frame
     with a fresh index."""
     import os
-    from ifmdm_data import storage
-    from ifmdm_data.work import PartStore, part_table
+    from ifmdm_data.io import storage
+    from ifmdm_data.filter.work import PartStore, part_table
 
     monkeypatch.chdir(tmp_path)
     store = PartStore("s3://bucket/run/out/")
@@ -518,7 +519,7 @@ def test_part_store_on_object_storage_names_and_reads_its_parts(tmp_path, monkey
 
 
 def test_part_table_stores_reasons_as_lists():
-    from ifmdm_data.work import part_table
+    from ifmdm_data.filter.work import part_table
 
     t = part_table([dict(clip_id="a", reasons=("x", "y")), dict(clip_id="b", reasons=None)])
     assert t.column("reasons").to_pylist() == [["x", "y"], []]
@@ -535,11 +536,11 @@ def test_run_unit_rows_tracks_and_identity_signals(tmp_path, monkeypatch):
     backend, the identity signals (called with the segment's window and the rotation), and its
     tracks written under the segment id in the unit's one tracks file; the part is written last
     under the unit id."""
-    from ifmdm_data import analyse
-    from ifmdm_data.config import FilterConfig
-    from ifmdm_data.identify import failed_signals
+    from ifmdm_data.filter import analyse
+    from ifmdm_data.filter.config import FilterConfig
+    from ifmdm_data.filter.identify import failed_signals
     from ifmdm_data.schema import read_segment_tracks
-    from ifmdm_data.work import PartStore, run_unit
+    from ifmdm_data.filter.work import PartStore, run_unit
 
     segs = [dict(start_s=20.0, end_s=27.5, duration_s=7.5, landmark_scheme="mp478"),
             dict(start_s=27.5, end_s=40.0, duration_s=12.5)]
@@ -591,10 +592,11 @@ def test_run_unit_rows_tracks_and_identity_signals(tmp_path, monkeypatch):
 
 
 def test_run_unit_turns_a_clip_failure_into_one_row_and_a_store_failure_into_an_error(tmp_path, monkeypatch):
-    from ifmdm_data import analyse, storage
-    from ifmdm_data.config import FilterConfig
+    from ifmdm_data.filter import analyse
+    from ifmdm_data.io import storage
+    from ifmdm_data.filter.config import FilterConfig
     from ifmdm_data.errors import ClipError
-    from ifmdm_data.work import PartStore, run_unit
+    from ifmdm_data.filter.work import PartStore, run_unit
 
     def failing(exc):
         def f(*a, **k):
@@ -629,9 +631,9 @@ def test_fault_injection_kills_only_the_named_clip(tmp_path, monkeypatch):
     """IFMDM_FAULT_CRASH (tests/test_resume.py's worker crash) exits the worker for a path whose
     file name contains it, and only for that one."""
     import os
-    from ifmdm_data import analyse
-    from ifmdm_data.config import FilterConfig
-    from ifmdm_data.work import CollectingStore, run_unit
+    from ifmdm_data.filter import analyse
+    from ifmdm_data.filter.config import FilterConfig
+    from ifmdm_data.filter.work import CollectingStore, run_unit
 
     monkeypatch.setattr(analyse, "analyse_unit", lambda *a, **k: [])
     exits = []
@@ -654,7 +656,7 @@ def test_local_flow_checkpoint_and_coarse_flow_give_the_same_output_and_gradient
     import copy
 
     import torch
-    from ifmdm_model.stage1 import LocalFlowModule
+    from ifmdm_model.stage1.model import LocalFlowModule
 
     torch.manual_seed(0)
     n, g, c, r = 2, 2, 4, 8
@@ -692,7 +694,7 @@ def test_local_flow_head_is_grouped_nonlinear_small_at_init_and_not_in_the_state
     outputs (near-identity warps, near-uniform masks: std ~0.08 for unit features, not ~1), and
     the pixel-centre grid rebuilt from the resolution, not saved in checkpoints."""
     import torch
-    from ifmdm_model.stage1 import LocalFlowModule
+    from ifmdm_model.stage1.model import LocalFlowModule
 
     torch.manual_seed(0)
     n, c, g, r = 3, 16, 4, 8

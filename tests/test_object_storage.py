@@ -21,11 +21,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from ifmdm_data import storage
-from ifmdm_data.config import load_config
-from ifmdm_data.pipeline import run_filter
-from ifmdm_data.shard import ShardConfig
-from ifmdm_data.shard_pipeline import run_shard
+from ifmdm_data.io import storage
+from ifmdm_data.filter.config import load_config
+from ifmdm_data.filter.pipeline import run_filter
+from ifmdm_data.shard.segment import ShardConfig
+from ifmdm_data.shard.pipeline import run_shard
 
 CLI = [sys.executable, "-m", "ifmdm_data.cli"]
 CLIPS = ("lip_talk.mp4", "noaudio_talk.mp4", "short_talk.mp4")   # accepted, accepted (no audio), rejected
@@ -243,8 +243,8 @@ def test_storage_writes_are_atomic_and_listings_fresh(s3_server):
 
 
 def test_decide_inspect_and_report_read_s3_manifests(s3_run, sample_dir, tmp_path, capsys):
-    from ifmdm_data.inspect import inspect_manifest
-    from ifmdm_data.manifest import redecide
+    from ifmdm_data.report.inspect import inspect_manifest
+    from ifmdm_data.filter.finalise import redecide
     from ifmdm_data.report import write_report
 
     sm, _, ssum = s3_run
@@ -272,7 +272,7 @@ def test_decide_inspect_and_report_read_s3_manifests(s3_run, sample_dir, tmp_pat
 
 def test_s3_inputs_folders_globs_and_lists(clips_s3, s3_server):
     from ifmdm_data.errors import InputError
-    from ifmdm_data.inputs import resolve_keyed
+    from ifmdm_data.filter.inputs import resolve_keyed
 
     want = [(f"{clips_s3}/{n}", n) for n in sorted(CLIPS)]
     assert resolve_keyed([clips_s3]) == want                                   # a prefix is a folder
@@ -327,7 +327,7 @@ def stage2_runs(sample_shards, s3_server, tmp_path_factory):
     import io
     from contextlib import redirect_stdout
 
-    from ifmdm_model.cli import train_main
+    from ifmdm_model.cli.train import train_main
 
     base = tmp_path_factory.mktemp("s3stage2")
     local = base / "shards"
@@ -393,21 +393,21 @@ def test_train_stage2_from_s3_shards_writes_the_same_sidecars_to_s3(stage2_runs,
     assert out_s["stage2"]["last"] == out_l["stage2"]["last"]   # the same training steps
     # `shards: s3://...` in curriculum.yaml is kept as a URL (not made a local path)
     from ifmdm_model.curriculum import load_curriculum
-    from ifmdm_model.train_stage1 import subset_samples
+    from ifmdm_model.stage1.train import subset_samples
     (base / "m2").mkdir(exist_ok=True)
     (base / "m2" / "curriculum.yaml").write_text(S2_CURRICULUM.format(shards=remote + "/"))
     assert load_curriculum(base / "m2").shards == remote
     assert subset_samples(remote) == subset_samples(local)
     # again: the extraction finds its complete sidecars on s3 and skips them
-    from ifmdm_model.extract import extract_motion
+    from ifmdm_model.stage2.extract import extract_motion
     again = extract_motion(run_s, remote, progress=False, decode_workers=0)
     assert again["out_root"] == m_s and again["shards_written"] == 0 and again["shards_skipped"] == len(side_s)
 
 
 def test_unreachable_bucket_is_one_clear_line(stage2_runs, s3_server, monkeypatch, capsys):
     from ifmdm_data.errors import IfmdmError
-    from ifmdm_model.cli import train_main
-    from ifmdm_model.extract import ExtractionError, extract_motion
+    from ifmdm_model.cli.train import train_main
+    from ifmdm_model.stage2.extract import ExtractionError, extract_motion
 
     _, remote, outs, base = stage2_runs
     run = outs["s3"][0]
@@ -435,7 +435,7 @@ def test_motion_sidecar_on_s3_is_whole_or_absent(s3_server):
     import numpy as np
 
     from ifmdm_data.loaders import TarShard
-    from ifmdm_data.motion_sidecar import write_motion_sidecar
+    from ifmdm_data.shard.motion_sidecar import write_motion_sidecar
 
     loc = f"{s3_server}/sidecar-unit/motion/coarse/000000.tar"
 

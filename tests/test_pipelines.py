@@ -41,7 +41,7 @@ def test_every_example_is_well_formed():
     import ray
 
     from ifmdm_data.cli import build_parser
-    from ifmdm_data.config import load_config
+    from ifmdm_data.filter.config import load_config
 
     scripts = sorted(PIPELINES.glob("*.sh"))
     assert {p.name for p in scripts} >= {"filter_on_cluster.sh", "submit_filter_job.sh", "s3_filter_shard_job.sh"}

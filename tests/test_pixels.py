@@ -45,8 +45,8 @@ def _blocks(x: np.ndarray, k: int = 8) -> np.ndarray:
 def test_full_range_source_shards_like_limited(tmp_path):
     """yuvj420p (full range, the issue's recipe) shards within 2 levels of the limited copy:
     before the fix p99 was 255 vs 239 and the block-mean difference ~9 levels."""
-    from ifmdm_data.shard import ShardConfig, render_video
-    from ifmdm_data.video import iter_frames
+    from ifmdm_data.shard.segment import ShardConfig, render_video
+    from ifmdm_data.media.video import iter_frames
 
     lim = _ffmpeg(tmp_path / "lim.mp4", "-c:v", "libx264", "-crf", "12", "-pix_fmt", "yuv420p", "-an")
     full = _ffmpeg(tmp_path / "yuvj.mp4", "-c:v", "libx264", "-crf", "12", "-pix_fmt", "yuvj420p", "-an")
@@ -65,7 +65,7 @@ def test_full_range_source_shards_like_limited(tmp_path):
 def test_shard_output_is_tagged_limited(tmp_path):
     import av
 
-    from ifmdm_data.shard import ShardConfig, render_video
+    from ifmdm_data.shard.segment import ShardConfig, render_video
 
     full = _ffmpeg(tmp_path / "yuvj.mp4", "-c:v", "libx264", "-pix_fmt", "yuvj420p", "-an")
     data, _ = render_video(full, 0.0, 3, ShardConfig(size=64, preset="ultrafast"), (0, 0, 512, 512))
@@ -83,7 +83,7 @@ def _face_box_aspect(res) -> float:
 def test_non_square_pixels_analysed_in_display_geometry(tmp_path):
     """SAR 2:1 (256x512 coded, 512x512 displayed): probe says 512 wide, the face is found and
     its box has the source's aspect, and the shard crop is not squeezed."""
-    from ifmdm_data.shard import ShardConfig, render_video
+    from ifmdm_data.shard.segment import ShardConfig, render_video
 
     sar = _ffmpeg(tmp_path / "sar2.mp4", "-vf", "scale=256:512,setsar=2", "-c:v", "libx264", "-c:a", "aac")
     ref = _ffmpeg(tmp_path / "ref.mp4", "-c:v", "libx264", "-c:a", "aac")
@@ -102,9 +102,9 @@ def test_non_square_pixels_analysed_in_display_geometry(tmp_path):
 
 def _analyse_first_segments(paths: dict) -> dict:
     """name -> path of each file: name -> (probe, analyse_unit's first result), default config."""
-    from ifmdm_data.analyse import analyse_unit, load_models
-    from ifmdm_data.config import load_config
-    from ifmdm_data.probe import probe_file
+    from ifmdm_data.filter.analyse import analyse_unit, load_models
+    from ifmdm_data.filter.config import load_config
+    from ifmdm_data.media.probe import probe_file
 
     cfg = load_config()
     models, speech = load_models(cfg)
@@ -120,7 +120,7 @@ def test_pal_16_15_analysed_in_display_geometry(tmp_path):
     """PAL 720x576 SAR 16:15 (768x576 displayed): width 768, head and lip statistics as on the
     same picture with square pixels (the issue measured +4% head motion and +8% lip motion when
     the SAR was ignored), face boxes and shard crops not narrower."""
-    from ifmdm_data.shard import ShardConfig, render_video
+    from ifmdm_data.shard.segment import ShardConfig, render_video
 
     square = "scale=576:576,pad=768:576:96:0"                  # the 512x512 face picture, 4:3
     pal = _ffmpeg(tmp_path / "pal.mp4", "-vf", f"{square},scale=720:576,setsar=16/15",

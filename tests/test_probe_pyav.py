@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from ifmdm_data import probe as probe_mod
+from ifmdm_data.media import probe as probe_mod
 from ifmdm_data.errors import ClipError
-from ifmdm_data.probe import probe_file
+from ifmdm_data.media.probe import probe_file
 from ifmdm_data.reasons import Reason
 from media_factory import write_audio_only, write_rotated, write_vfr
 

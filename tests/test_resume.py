@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-from ifmdm_data.config import load_config
-from ifmdm_data.pipeline import run_filter
+from ifmdm_data.filter.config import load_config
+from ifmdm_data.filter.pipeline import run_filter
 from ifmdm_data.schema import CLIPS_SCHEMA
 
 CLI = [sys.executable, "-m", "ifmdm_data.cli"]

@@ -20,10 +20,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from ifmdm_data import shard_format as sf
-from ifmdm_data.crop import crop_box, crop_frame, landmarks_to_crop
-from ifmdm_data.shard import ShardConfig, interp_landmarks
-from ifmdm_data.shard_pipeline import run_shard
+from ifmdm_data.shard import format as sf
+from ifmdm_data.shard.crop import crop_box, crop_frame, landmarks_to_crop
+from ifmdm_data.shard.segment import ShardConfig, interp_landmarks
+from ifmdm_data.shard.pipeline import run_shard
 
 SIZE = 128
 # ~370 KB per 4 s sample at 128 px (landmarks and wav dominate): two samples per shard
@@ -193,7 +193,7 @@ def test_index_matches_tars(shards):
 
 
 def test_speech_features_are_aligned_to_frames(shards):
-    from ifmdm_data.audio import envelope
+    from ifmdm_data.media.audio import envelope
 
     man, out, _ = shards
     clips = pd.read_parquet(man / "clips.parquet")
@@ -291,9 +291,9 @@ def test_make_sample_with_a_local_wav2vec2(sample_manifests, tmp_path):
     """The --wav2vec2 path: speech.npy has the checkpoint's width, json says which features."""
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-    from ifmdm_data.features import build_features
+    from ifmdm_data.features.speech import build_features
     from ifmdm_data.schema import read_segment_tracks
-    from ifmdm_data.shard import make_sample
+    from ifmdm_data.shard.segment import make_sample
 
     cfg = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                          intermediate_size=64, conv_dim=(16,) * 7, num_conv_pos_embeddings=16,
@@ -330,10 +330,10 @@ def test_fix_av_offset_shifts_the_audio_window(sample_manifests, offset):
     """--fix-av-offset: the wav starts at start_s - sync_offset_frames / 25 (an audio lag,
     negative offset, takes later audio; before the file start: zeros); no offset, no shift;
     without the option the offset is ignored."""
-    from ifmdm_data.audio import load_audio
-    from ifmdm_data.features import build_features
+    from ifmdm_data.media.audio import load_audio
+    from ifmdm_data.features.speech import build_features
     from ifmdm_data.schema import read_segment_tracks
-    from ifmdm_data.shard import AUDIO_RATE, make_sample
+    from ifmdm_data.shard.segment import AUDIO_RATE, make_sample
 
     man, _ = sample_manifests
     clips = pd.read_parquet(man / "clips.parquet")

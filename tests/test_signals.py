@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from ifmdm_data import signals as sig
-from ifmdm_data.backends.base import SCHEMES
-from ifmdm_data.scenes import SceneCutDetector
+from ifmdm_data.faces import signals as sig
+from ifmdm_data.faces.backends.base import SCHEMES
+from ifmdm_data.filter.scenes import SceneCutDetector
 
 MP = SCHEMES["mp478"]
 
@@ -92,7 +92,7 @@ def test_frame_histogram_matches_rgb_histogram(tmp_path):
     """The strided-YUV histogram of a decoded frame is close to the RGB-thumbnail one."""
     import av
     from skimage import data
-    from ifmdm_data.scenes import frame_histogram, hsv_histogram
+    from ifmdm_data.filter.scenes import frame_histogram, hsv_histogram
 
     img = np.ascontiguousarray(data.astronaut()[:, :, :3][::2, ::2])        # (256, 256, 3)
     other = np.ascontiguousarray(np.roll(img[:, ::-1, ::-1], 40, axis=0))    # other colours
@@ -181,7 +181,7 @@ def test_dense_mouth_motion_energy():
 
 
 def test_resample_track_grid_gaps_and_open_end():
-    from ifmdm_data.audio import resample_track
+    from ifmdm_data.media.audio import resample_track
 
     t = np.array([0.0, 0.1, 0.2, 0.8, 0.9])                        # a 0.6 s gap
     g, x = resample_track(t, t * 10, 0.0, 1.0, 20.0, max_gap_s=0.25)

@@ -30,17 +30,17 @@ def _half(i, side):
 
 @pytest.fixture(scope="module")
 def models():
-    from ifmdm_data.backends import build_models
+    from ifmdm_data.faces.backends import build_models
     m = build_models("mediapipe")
     yield m
     m.close()
 
 
 def _analyse(path, models):
-    from ifmdm_data.analyse import analyse_unit
-    from ifmdm_data.config import FilterConfig
-    from ifmdm_data.decide import decide
-    from ifmdm_data.probe import probe_file
+    from ifmdm_data.filter.analyse import analyse_unit
+    from ifmdm_data.filter.config import FilterConfig
+    from ifmdm_data.filter.decide import decide
+    from ifmdm_data.media.probe import probe_file
 
     cfg = FilterConfig()
     probe = probe_file(str(path))
@@ -109,10 +109,10 @@ def test_second_pass_tiles_come_from_the_config(tmp_path, models, second_pass, t
     tile_frac of the analysed frame, and with the second pass off only full frames are seen."""
     import dataclasses
 
-    from ifmdm_data.analyse import analyse_unit
-    from ifmdm_data.backends.base import FaceModels
-    from ifmdm_data.config import FilterConfig
-    from ifmdm_data.probe import probe_file
+    from ifmdm_data.filter.analyse import analyse_unit
+    from ifmdm_data.faces.backends.base import FaceModels
+    from ifmdm_data.filter.config import FilterConfig
+    from ifmdm_data.media.probe import probe_file
 
     two = tmp_path / "two.mp4"
     _ffmpeg("-t", "1", "-i", str(A), "-t", "1", "-i", str(B), "-filter_complex",

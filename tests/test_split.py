@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ifmdm_data.dedup import dup_groups, frame_hashes, hamming, sample_frames
+from ifmdm_data.filter.dedup import dup_groups, frame_hashes, hamming, sample_frames
 from ifmdm_data.schema import SPLIT_SCHEMA, clips_table, read_clips, write_parquet_atomic
 from ifmdm_data.split import assign_splits, run_split
 from tests.conftest import media
@@ -248,8 +248,8 @@ def test_split_records_its_source_manifest(sample_manifests, sample_split):
 
 
 def test_shard_a_split_file_writes_exactly_its_rows(sample_split, tmp_path):
-    from ifmdm_data.shard import ShardConfig
-    from ifmdm_data.shard_pipeline import run_shard
+    from ifmdm_data.shard.segment import ShardConfig
+    from ifmdm_data.shard.pipeline import run_shard
 
     test = read_clips(sample_split / "test.parquet")
     train = read_clips(sample_split / "train.parquet")
@@ -316,8 +316,8 @@ def test_train_on_a_split_file_says_shard_it_first(sample_manifests, sample_spli
 
 def test_train_and_eval_given_a_split_file_as_shards_say_shard_it(sample_manifests, sample_split, tmp_path, capsys):
     from ifmdm_data.loaders import list_shards
-    from ifmdm_data.shard_format import ShardFormatError
-    from ifmdm_model.cli import train_main
+    from ifmdm_data.shard.format import ShardFormatError
+    from ifmdm_model.cli.train import train_main
 
     split_file = sample_split / "test.parquet"
     rc = train_main(["--curriculum", str(sample_manifests[0]), "--shards", str(split_file), "-o", str(tmp_path)])

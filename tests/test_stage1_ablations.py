@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ifmdm_model.cli import train_main
+from ifmdm_model.cli.train import train_main
 
 CURRICULUM = """\
 shards: {shards}
@@ -38,9 +38,9 @@ def _write(folder: Path, shards, ablations: str) -> Path:
 
 def test_ablations_train_and_are_rebuilt_by_extraction_eval_and_inference(sample_shards, tmp_path, capsys):
     from ifmdm_model import infer
-    from ifmdm_model.eval_stage1 import load_stage1
-    from ifmdm_model.extract import load_encoder, resolve_checkpoint
-    from ifmdm_model.stage1 import STAGE1_CONFIGS
+    from ifmdm_model.eval.stage1 import load_stage1
+    from ifmdm_model.stage2.extract import load_encoder, resolve_checkpoint
+    from ifmdm_model.stage1.model import STAGE1_CONFIGS
 
     text = "".join(f"  {k}: {v}\n" for k, v in ABLATED.items())
     manifests = _write(tmp_path / "manifests", sample_shards, text)

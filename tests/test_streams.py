@@ -33,7 +33,7 @@ def cover_mkv(tmp_path_factory):
 def test_main_streams_skip_the_cover(cover_mkv):
     import av
 
-    from ifmdm_data.video import main_streams
+    from ifmdm_data.media.video import main_streams
 
     with av.open(cover_mkv) as c:
         v, a = main_streams(c)
@@ -42,9 +42,9 @@ def test_main_streams_skip_the_cover(cover_mkv):
 
 
 def test_probe_and_decode_use_the_main_stream(cover_mkv):
-    from ifmdm_data.probe import probe_file
-    from ifmdm_data.shard import ShardConfig, render_video
-    from ifmdm_data.video import iter_frames
+    from ifmdm_data.media.probe import probe_file
+    from ifmdm_data.shard.segment import ShardConfig, render_video
+    from ifmdm_data.media.video import iter_frames
 
     p = probe_file(cover_mkv)
     assert (p["width"], p["height"]) == (512, 512)

@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 import torch
 
-from ifmdm_data.config import FilterConfig, load_config
-from ifmdm_data.decide import decide
+from ifmdm_data.filter.config import FilterConfig, load_config
+from ifmdm_data.filter.decide import decide
 from ifmdm_data.schema import read_clips
-from ifmdm_data.syncnet import (SYNCNET_PY_FPS, SyncNet, SyncNetPython, SyncWindowCollector,
+from ifmdm_data.faces.syncnet import (SYNCNET_PY_FPS, SyncNet, SyncNetPython, SyncWindowCollector,
                                 syncnet_face_crop)
 from test_decide import _row
 
@@ -34,7 +34,7 @@ def random_syncnet_v2(tmp_path_factory):
 
 
 def test_filter_with_random_syncnet(ray_session, sample_dir, random_syncnet_v2, tmp_path, capsys):
-    from ifmdm_data.pipeline import run_filter
+    from ifmdm_data.filter.pipeline import run_filter
 
     clips = [str(sample_dir / n) for n in ("lip_talk.mp4", "noaudio_talk.mp4")]
     s = run_filter(clips, str(tmp_path / "m"), load_config(), workers=2, progress=False,
@@ -51,7 +51,7 @@ def test_filter_with_random_syncnet(ray_session, sample_dir, random_syncnet_v2, 
     assert talk["accepted"] and talk["sync_conf"] < 3.0 and list(talk["stage2_reasons"]) == ["av_out_of_sync"]
     assert math.isnan(silent["sync_conf"]) and math.isnan(silent["sync_offset_frames"])
     assert silent["sync_windows"] == 0 and list(silent["stage2_reasons"]) == ["no_audio"]
-    from ifmdm_data.inspect import inspect_manifest
+    from ifmdm_data.report.inspect import inspect_manifest
     inspect_manifest(str(tmp_path / "m"))
     out = capsys.readouterr().out
     assert "sync_conf" in out and "sync_off" in out
@@ -61,7 +61,7 @@ def test_syncnet_gpus_without_gpus_is_an_error(ray_session, sample_dir, random_s
     """Actors asking for more GPUs than the cluster has would never start: refused up front.
     Asks for 0.5 more than the cluster has, so it runs on machines with and without GPUs."""
     from ifmdm_data.errors import InputError
-    from ifmdm_data.pipeline import run_filter
+    from ifmdm_data.filter.pipeline import run_filter
     import ray
 
     have = ray.cluster_resources().get("GPU", 0)
@@ -151,8 +151,8 @@ def test_filter_crops_are_syncnet_crops_of_the_full_frame(sample_dir):
     import av
     import cv2
 
-    from ifmdm_data.analyse import _sync_collector
-    from ifmdm_data.probe import probe_file
+    from ifmdm_data.filter.analyse import _sync_collector
+    from ifmdm_data.media.probe import probe_file
 
     path = str(sample_dir / "lip_talk.mp4")
     with av.open(path) as c:

@@ -51,9 +51,9 @@ def _lag_samples(ref: np.ndarray, x: np.ndarray, max_lag: int) -> int:
 
 @pytest.fixture(scope="module")
 def stats_fn():
-    from ifmdm_data.analyse import _audio_stats
-    from ifmdm_data.audio import SpeechDetector
-    from ifmdm_data.config import load_config
+    from ifmdm_data.filter.analyse import _audio_stats
+    from ifmdm_data.media.audio import SpeechDetector
+    from ifmdm_data.filter.config import load_config
 
     cfg = load_config()
     speech = SpeechDetector(cfg.audio.vad_threshold)
@@ -77,7 +77,7 @@ def test_filter_audio_stats_match_source(shifted, stats_fn, name):
 
 @pytest.mark.parametrize("name", ["ts10.mp4", "a.ts", "a.mkv"])
 def test_shard_audio_lines_up_with_source(shifted, name):
-    from ifmdm_data.shard import shifted_audio
+    from ifmdm_data.shard.segment import shifted_audio
 
     src, files = shifted
     ref = shifted_audio(str(src), 2.0, 4.0)
@@ -91,7 +91,7 @@ def test_shard_audio_lines_up_with_source(shifted, name):
 def test_infer_audio_has_no_leading_silence(shifted, tmp_path):
     """`ifmdm-infer --audio` reads through `read_audio`: a video with a 10 s timestamp offset,
     and an audio-only file with a 5 s offset, give the stream's audio and nothing before it."""
-    from ifmdm_model.media_io import read_audio
+    from ifmdm_model.infer.media_io import read_audio
 
     src, files = shifted
     ref = read_audio(src)
@@ -140,7 +140,7 @@ def test_video_starting_at_33ms_shard_audio_lines_up(suit):
     the audio at [2.033, 6.033) of the stream, +-20 ms (ignoring the offset gives 33 ms)."""
     import av
 
-    from ifmdm_data.shard import shifted_audio
+    from ifmdm_data.shard.segment import shifted_audio
 
     src, _, ref_wav = suit
     with av.open(str(src)) as c:
@@ -160,7 +160,7 @@ def test_mp3_encoder_delay_removed(suit, stats_fn):
     """The MP3 copy's shard audio lines up with the source's and with the stream as ffmpeg
     decodes it (+-20 ms: the 1105-sample encoder delay, 25 ms, is trimmed), from the start of
     the file (where the priming is), and its speech statistics match (speech_ratio +-0.02)."""
-    from ifmdm_data.shard import shifted_audio
+    from ifmdm_data.shard.segment import shifted_audio
 
     src, mp3, ref_wav = suit
     ref, got = shifted_audio(str(src), 0.0, 4.0), shifted_audio(str(mp3), 0.0, 4.0)

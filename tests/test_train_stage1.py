@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ifmdm_model import train_stage1 as ts
+from ifmdm_model.stage1 import train as ts
 from ifmdm_model.checkpoint import CheckpointError
-from ifmdm_model.cli import train_main
+from ifmdm_model.cli.train import train_main
 from ifmdm_model.curriculum import load_curriculum
 
 CURRICULUM = """\
@@ -102,7 +102,7 @@ def test_corrupt_and_mismatched_checkpoints_are_clear_errors(curriculum, tmp_pat
 
 
 def test_nan_loss_stops_with_step_and_keys(curriculum, tmp_path, monkeypatch):
-    from ifmdm_model import losses
+    from ifmdm_model.stage1 import losses
 
     real = losses.Stage1Loss.forward
     calls = {"n": 0}
@@ -131,7 +131,7 @@ def test_ddp_two_cpu_processes(curriculum, tmp_path):
     run = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", "29517", "-m", "ifmdm_model.cli", "--curriculum", str(curriculum),
+                          "--master_port", "29517", "-m", "ifmdm_model.cli.train", "--curriculum", str(curriculum),
                           "-o", str(run), "--max-steps", "2", "--device", "cpu", "--stage", "1"],
                          env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -180,7 +180,7 @@ def test_ddp_gan_keeps_discriminator_and_generator_equal_on_ranks(curriculum, tm
         assert w0.keys() == w1.keys() and w0
         diff = [k for k in w0 if not torch.equal(w0[k], w1[k])]
         assert not diff, f"{name}: {len(diff)} tensors differ between ranks, e.g. {diff[0]}"
-    from ifmdm_model.stage1 import build_discriminator
+    from ifmdm_model.stage1.model import build_discriminator
     torch.manual_seed(0)
     fresh = build_discriminator(load_curriculum(curriculum).stage1.model_config()).state_dict()
     assert any(not torch.equal(fresh[k], r0["weights"]["disc"][k]) for k in fresh)

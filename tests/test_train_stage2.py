@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ifmdm_model.checkpoint import CheckpointError
-from ifmdm_model.cli import train_main
+from ifmdm_model.cli.train import train_main
 
 CURRICULUM = """\
 shards: {shards}
@@ -79,8 +79,8 @@ def test_stage2_resume_with_other_encoder_is_refused(manifests, tmp_path, capsys
     (manifests / "curriculum.yaml").write_text(text)
     with pytest.raises(CheckpointError):
         from ifmdm_model.curriculum import load_curriculum
-        from ifmdm_model.train_stage1 import TrainOptions, train_stage1
-        from ifmdm_model.train_stage2 import train_stage2
+        from ifmdm_model.stage1.train import TrainOptions, train_stage1
+        from ifmdm_model.stage2.train import train_stage2
         cur = load_curriculum(manifests)
         with pytest.raises(CheckpointError):          # stage 1: other levels than its checkpoint
             train_stage1(cur, TrainOptions(run_dir=run))
@@ -95,16 +95,16 @@ def test_stage2_nan_and_ddp(manifests, tmp_path, monkeypatch, capsys):
     import subprocess
     import sys
 
-    from ifmdm_model import train_stage2 as t2
+    from ifmdm_model.stage2 import train as t2
     from ifmdm_model.curriculum import load_curriculum
-    from ifmdm_model.train_stage1 import TrainingError, TrainOptions
+    from ifmdm_model.stage1.train import TrainingError, TrainOptions
 
     run = tmp_path / "run"
     assert train_main(["--curriculum", str(manifests), "-o", str(run), "--stage", "1"]) == 0
     capsys.readouterr()
     # DDP: two CPU processes (gloo) share the extraction and train stage 2
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", "29531", "-m", "ifmdm_model.cli", "--curriculum", str(manifests),
+                          "--master_port", "29531", "-m", "ifmdm_model.cli.train", "--curriculum", str(manifests),
                           "-o", str(run), "--stage", "2", "--max-steps", "2", "--device", "cpu"],
                          env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -115,7 +115,7 @@ def test_stage2_nan_and_ddp(manifests, tmp_path, monkeypatch, capsys):
 
     import torch
 
-    import ifmdm_model.diffusion as diff
+    import ifmdm_model.stage2.diffusion as diff
     other = tmp_path / "other"
     shutil.copytree(run / "stage1", other / "stage1")
     monkeypatch.setattr(diff, "diffusion_loss",

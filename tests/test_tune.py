@@ -13,9 +13,9 @@ import torch
 
 from conftest import media
 from ifmdm_model.infer import InferenceError, load_models, load_stage1, save_random_run
-from ifmdm_model.lora import (LoraConfig, LoraError, add_lora, apply_adapter, merge_lora, set_lora_enabled,
+from ifmdm_model.tune.lora import (LoraConfig, LoraError, add_lora, apply_adapter, merge_lora, set_lora_enabled,
                               weights_sha256)
-from ifmdm_model.tune import TuneError, eval_pairs, load_subject, recon_error, tune_stage1
+from ifmdm_model.tune.stage1 import TuneError, eval_pairs, load_subject, recon_error, tune_stage1
 
 CLIP = media("video", "man_talking_2s.mp4")
 
@@ -64,7 +64,7 @@ def test_base_run_is_never_written(tuned):
 
 
 def test_merged_adapter_equals_unmerged():
-    from ifmdm_model.stage1 import build_stage1
+    from ifmdm_model.stage1.model import build_stage1
     torch.manual_seed(0)
     model = build_stage1("S1-tiny").eval()
     ups = add_lora(model, LoraConfig(rank=4, alpha=4.0, targets="all"))
@@ -104,8 +104,8 @@ def test_infer_applies_the_adapter_and_refuses_another_base(tuned, base_run, tmp
 
 
 def test_cli_runs_and_errors_are_one_line(base_run, tmp_path, capsys):
-    from ifmdm_model.infer_cli import main as infer_main
-    from ifmdm_model.tune_cli import main
+    from ifmdm_model.cli.infer import main as infer_main
+    from ifmdm_model.cli.tune import main
     out = tmp_path / "s"
     assert main(["--base", str(base_run), "--data", str(CLIP), "-o", str(out), "--steps", "2"]) == 0
     txt = capsys.readouterr().out
@@ -128,7 +128,7 @@ def test_cli_runs_and_errors_are_one_line(base_run, tmp_path, capsys):
 
 
 def test_eval_loads_the_adapter(tuned, base_run, tmp_path):
-    from ifmdm_model.eval_stage1 import load_stage1 as eval_load
+    from ifmdm_model.eval.stage1 import load_stage1 as eval_load
     out = tuned[0]
     plain, _, _ = eval_load(base_run)
     adapted, _, _ = eval_load(base_run, lora=out)
@@ -158,9 +158,9 @@ def test_images_are_subjects_with_augmented_pairs(tmp_path):
 
 
 def test_stage2_adapter_lowers_heldout_denoising_loss_and_is_applied(tmp_path):
-    from ifmdm_model.lora import find_adapters
-    from ifmdm_model.motion_windows import heldout_loss
-    from ifmdm_model.tune_stage2 import fit_stage2_adapter, subject_windows, tune_stage2
+    from ifmdm_model.tune.lora import find_adapters
+    from ifmdm_model.stage2.motion_windows import heldout_loss
+    from ifmdm_model.tune.stage2 import fit_stage2_adapter, subject_windows, tune_stage2
     base = save_random_run(tmp_path / "base", n_frames=16)
     talk = media("video", "aoc_talking.mp4")
     rec = tune_stage2(base, [str(talk), str(media("image", "cat_face.png"))], tmp_path / "s", steps=60,
@@ -193,7 +193,7 @@ def test_bad_files_skipped_output_outside_base_and_readable_files(base_run, tmp_
     import os
     import stat
 
-    from ifmdm_model.tune_cli import main
+    from ifmdm_model.cli.tune import main
     data = tmp_path / "data"
     data.mkdir()
     shutil.copy(media("image", "cat_face.png"), data / "cat.png")
@@ -225,7 +225,7 @@ def _umask() -> int:
 def test_odd_arguments_and_broken_adapters_are_one_line_errors(tuned, base_run, tmp_path, capsys):
     from safetensors.torch import load_file, save_file
 
-    from ifmdm_model.tune_cli import main
+    from ifmdm_model.cli.tune import main
     out = tuned[0]
     common = ["--base", str(base_run), "--data", str(CLIP), "--steps", "1"]
     assert main(common + ["-o", str(tmp_path / "a"), "--lr", "inf"]) == 2

@@ -6,10 +6,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from ifmdm_data import analyse
-from ifmdm_data.config import FilterConfig
+from ifmdm_data.filter import analyse
+from ifmdm_data.filter.config import FilterConfig
 from ifmdm_data.schema import read_segment_tracks, tracks_table, unit_tracks_index, write_parquet_atomic
-from ifmdm_data.work import PartStore, run_unit
+from ifmdm_data.filter.work import PartStore, run_unit
 
 
 def _tracks(n, seed):

@@ -1,0 +1,10 @@
+"""Face model backends, one role each: face detector (counting faces), landmark model
+(per-frame mesh), segmenter (person / face-region mask).
+
+Defaults ship inside their packages (mediapipe 0.10.21). Optional backends load weights
+from a local `weights_dir` and never download: see `build_models`.
+"""
+from ifmdm_data.faces.backends.base import Detector, LandmarkModel, Segmenter, FaceModels, LandmarkScheme, SCHEMES, build_models
+
+__all__ = ["Detector", "LandmarkModel", "Segmenter", "FaceModels", "LandmarkScheme", "SCHEMES",
+           "build_models"]
