@@ -51,7 +51,7 @@ cv2.setNumThreads(1)
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from ifmdm_data.filter import analyse  # noqa: E402
-from ifmdm_data.media import audio
+from ifmdm_data.media import audio, avsync
 from ifmdm_data.filter.config import load_config  # noqa: E402
 from ifmdm_data.filter.decide import av_out_of_sync  # noqa: E402
 from ifmdm_data.media.probe import probe_file  # noqa: E402
@@ -201,7 +201,7 @@ def main(argv=None) -> int:
 
     pd.set_option("display.width", 200)
     pd.set_option("display.max_rows", 500)
-    what = (f"audio.motion_sync (lip motion of every decoded frame at {audio.MOTION_RATE_HZ} Hz)"
+    what = (f"audio.motion_sync (lip motion of every decoded frame at {avsync.MOTION_RATE_HZ} Hz)"
             if cfg.analysis.dense_mouth else f"audio.av_sync (landmark mouth opening at {cfg.analysis.fps} fps)")
     print(f"\nscore: {what}, lags within +-{cfg.audio.max_lag_s} s;"
           f" rule: av_corr < {d.min_av_corr} or |av_lag_s| > {d.max_av_lag_s} -> out of sync")

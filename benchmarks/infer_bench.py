@@ -117,7 +117,8 @@ def _long_one(run, img, wav, fps, steps, batch_frames, device, w2v, threads, war
     """One long-audio measurement, in a fresh process (so that ru_maxrss is this run's)."""
     import torch
 
-    from ifmdm_data.features.speech import align_to_frames, build_features
+    from ifmdm_data.features import align_to_frames
+    from ifmdm_data.features.speech import build_features
     from ifmdm_model.infer import generate, load_models, read_audio
     if threads:
         torch.set_num_threads(threads)
@@ -142,7 +143,7 @@ def _long_one(run, img, wav, fps, steps, batch_frames, device, w2v, threads, war
 
 def long_audio(args):
     """--long-audio: first-frame latency and peak memory vs audio length (see the docstring)."""
-    from ifmdm_model.infer import save_random_run
+    from ifmdm_model.testing import save_random_run
 
     lengths = [float(x) for x in args.long_audio.split(",")]
     steps = int(args.steps.split(",")[0])
@@ -189,7 +190,8 @@ def long_audio(args):
 
 
 def main(argv=None):
-    from ifmdm_model.infer import generate, load_models, save_random_run
+    from ifmdm_model.infer import generate, load_models
+    from ifmdm_model.testing import save_random_run
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", default="tiny,256", help="comma list of tiny, 256, 512")

@@ -263,8 +263,9 @@ def main(argv=None) -> int:
     if cat_path.is_file():
         import copy
 
-        from ifmdm_model.tune.lora import LoraConfig
-        from ifmdm_model.infer.media_io import load_image, square_resize
+        from ifmdm_model.lora import LoraConfig
+        from ifmdm_data.shard.crop import square_resize
+        from ifmdm_model.infer.media_io import load_image
         from ifmdm_model.tune.stage1 import Source, SubjectData, fit_adapter
         cat = square_resize(load_image(cat_path), 64)[None]
         subject = SubjectData(train=[Source(cat_path.name, cat, False)], heldout=[Source(cat_path.name, cat, False)],

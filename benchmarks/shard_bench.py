@@ -44,7 +44,7 @@ torch.set_num_threads(1)
 cv2.setNumThreads(1)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ifmdm_data.features.speech import LogMelFeatures, Wav2Vec2Features  # noqa: E402
+from ifmdm_data.features import LogMelFeatures, Wav2Vec2Features  # noqa: E402
 from ifmdm_data.loaders import (TarShard, read_meta, stage1_dataset, stage2_dataset,  # noqa: E402
                                 write_motion_sidecar)
 from ifmdm_data.schema import read_clips, read_tracks  # noqa: E402

@@ -12,7 +12,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ifmdm_data.io.storage import readable_mode  # noqa: F401 - re-exported (manifest.py, curriculum_template.py)
 
 F32, F64, I32, I64, STR, BOOL = pa.float32(), pa.float64(), pa.int32(), pa.int64(), pa.string(), pa.bool_()
 

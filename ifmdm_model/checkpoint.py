@@ -6,6 +6,10 @@
         optim.pt                optimizer (+ discriminator) state, torch.save
         state.json              model config, curriculum, position (global step, level), rng seed
     runs/x/stage1/latest        name of the newest complete checkpoint folder
+
+Reading one back for inference, evaluation or motion extraction: `read_state`, `read_weights`,
+`load_weights`, and `load_stage1_checkpoint` (the one loader of a stage-1 model, or its encoder
+alone, from a checkpoint folder). Each takes `error=`: the caller's own error type.
 """
 from __future__ import annotations
 
@@ -13,8 +17,9 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -114,7 +119,9 @@ def load_checkpoint(ckpt: Path, map_location="cpu") -> dict:
     return {"model": model, "ema": ema, "optim": optim, "state": state}
 
 
-def load_weights(module: torch.nn.Module, sd: dict, where: str) -> None:
+def load_weights(module: torch.nn.Module, sd: dict, where: str, error=CheckpointError) -> None:
+    """Strict load of state dict `sd` into `module`; a missing / unexpected key or a shape
+    mismatch raises `error` naming `where` (the weights file)."""
     m = module.module if hasattr(module, "module") else module
     own = m.state_dict()
     missing = sorted(set(own) - set(sd))
@@ -123,5 +130,74 @@ def load_weights(module: torch.nn.Module, sd: dict, where: str) -> None:
     if missing or extra or shapes:
         detail = (f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra
                   else f"shape of {shapes[0]}: {tuple(sd[shapes[0]].shape)} vs {tuple(own[shapes[0]].shape)}")
-        raise CheckpointError(f"{where} does not match the model configuration ({detail})")
+        raise error(f"{where} does not match the model configuration ({detail})")
     m.load_state_dict(sd)
+
+
+def read_state(ck: Path, weights: str = "ema.safetensors", error=CheckpointError) -> dict:
+    """A checkpoint's state.json (a dict), after checking that state.json and the `weights` file
+    the caller will read are both there. Failures are raised as `error`."""
+    ck = Path(ck)
+    for f in ("state.json", weights):
+        if not (ck / f).is_file():
+            raise error(f"checkpoint {ck} is incomplete: {f} is missing")
+    try:
+        state = json.loads((ck / "state.json").read_text())
+    except (OSError, ValueError) as e:
+        raise error(f"{ck}/state.json is unreadable ({e})") from None
+    if not isinstance(state, dict):
+        raise error(f"{ck}/state.json is not a JSON object")
+    return state
+
+
+def read_weights(ck: Path, weights: str = "ema.safetensors", error=CheckpointError) -> dict:
+    """The state dict (name -> CPU tensor) of a checkpoint's `weights` file; `error` when it
+    cannot be parsed."""
+    try:
+        return load_file(str(Path(ck) / weights))
+    except Exception as e:  # noqa: BLE001 - any parse failure is a corrupt checkpoint
+        raise error(f"checkpoint {ck} is corrupt ({type(e).__name__}: {e})") from None
+
+
+def stage1_config(state: dict, where: str, error=CheckpointError):
+    """The `Stage1Config` a stage-1 state.json records: its `model_config`, else the registry
+    entry its `model` names (a copy). `where`: the state.json, for messages."""
+    from ifmdm_model.stage1.model import STAGE1_CONFIGS, Stage1Config
+
+    if isinstance(state.get("model_config"), dict):
+        try:
+            return Stage1Config.from_dict(state["model_config"], where=f"{where} model_config")
+        except IfmdmError as e:
+            raise error(str(e)) from None
+    if state.get("model") in STAGE1_CONFIGS:
+        return replace(STAGE1_CONFIGS[state["model"]])
+    raise error(f"{where} has neither 'model_config' nor a known 'model'")
+
+
+def load_stage1_checkpoint(ck: Path, device="cpu", weights: str = "ema.safetensors",
+                           encoder_only: bool = False, state: Optional[dict] = None,
+                           error=CheckpointError) -> Tuple[torch.nn.Module, dict]:
+    """The stage-1 model of checkpoint folder `ck` (model config from its state.json, strict
+    load of `weights`: EMA by default, "model.safetensors" for the raw weights), in eval mode
+    without gradients on `device`. Returns (model, state.json dict).
+
+    encoder_only: build the visual encoder E_v alone (`VisualEncoder`, its `cfg` attached) from
+    the `encoder.*` weights (motion extraction); default the whole `MotionAutoencoder`.
+    state: the state.json already read (`read_state`). Failures are raised as `error`: the
+    caller's own type (inference: InferenceError, extraction: NoCheckpointError)."""
+    from ifmdm_model.stage1.model import MotionAutoencoder, VisualEncoder
+
+    ck = Path(ck)
+    if state is None:
+        state = read_state(ck, weights, error)
+    cfg = stage1_config(state, f"{ck}/state.json", error)
+    sd = read_weights(ck, weights, error)
+    if encoder_only:
+        sd = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
+        model = VisualEncoder(cfg)
+        load_weights(model, sd, f"{ck}/{weights} (encoder.*)", error)
+        model.cfg = cfg
+    else:
+        model = MotionAutoencoder(cfg)
+        load_weights(model, sd, f"{ck}/{weights}", error)
+    return model.to(device).eval().requires_grad_(False), state

@@ -59,7 +59,7 @@ class Stage1Plan:
     model: str = "S1-256"
     groups: Optional[int] = None          # G of the local flow module (paper: 16 best)
     motion_dim: Optional[int] = None      # D (paper: 20)
-    mask_norm: Optional[str] = None       # spatial | separable | paper (ifmdm_model/stage1/model.py)
+    mask_norm: Optional[str] = None       # spatial | separable | paper (ifmdm_model/stage1/local_flow.py)
     motion_decoder: Optional[str] = None  # directions (LIA's latent axis) | mapping (MLP)
     coarse_to_fine: Optional[bool] = None  # flows refined from the scale below (ours; off)
     batch_size: int = 8

@@ -39,13 +39,13 @@ KSEL[scenes]="not segment_after_a_cut"
 FILE[work]=ifmdm_data/filter/work.py
 TESTS[work]="tests/test_mutation_holes.py"
 KSEL[work]="not segment_after_a_cut and not steady_pan and not local_flow"
-# stage1: only the local-flow part is scored (mask normalisation, group weights, warps); the rest of
-# the file is the StyleGAN-style generator, covered by the training tests, far too slow to mutate.
-FILE[stage1]=ifmdm_model/stage1/model.py
+# stage1: only the local-flow module is scored (mask normalisation, group weights, warps); the rest of
+# stage 1 is the StyleGAN-style generator, covered by the training tests, far too slow to mutate.
+FILE[stage1]=ifmdm_model/stage1/local_flow.py
 TESTS[stage1]="tests/test_stage1.py tests/test_mutation_holes.py"
 # (the local-flow tests: the whole-model ones take ~25 s a mutant here)
 KSEL[stage1]="mask_normalisation or local_flow or coarse_to_fine"
-ONLY[stage1]="ifmdm_model.stage1.model.x_log_spatial_masks__mutmut_* ifmdm_model.stage1.model.x_normalise_masks__mutmut_* ifmdm_model.stage1.model.xǁLocalFlowModuleǁ*"
+ONLY[stage1]="ifmdm_model.stage1.local_flow.x_log_spatial_masks__mutmut_* ifmdm_model.stage1.local_flow.x_normalise_masks__mutmut_* ifmdm_model.stage1.local_flow.xǁLocalFlowModuleǁ*"
 FILE[diffusion]=ifmdm_model/stage2/diffusion.py
 TESTS[diffusion]="tests/test_stage2.py tests/test_diffusion_behaviour.py"
 # (not the three learning tests: 4-40 s each)
@@ -57,10 +57,10 @@ TESTS[infer_cli]="tests/test_infer.py"
 KSEL[infer_cli]="test_help or test_args_"
 # infer.py: only its option parsing (--dtype's autocast, --motion-mean); generate() itself is
 # covered by the end-to-end tests, minutes per mutant
-FILE[infer]=ifmdm_model/infer/__init__.py
+FILE[infer]=ifmdm_model/infer/options.py
 TESTS[infer]="tests/test_infer_options.py"
 KSEL[infer]="test_option_"
-ONLY[infer]="ifmdm_model.infer.x_motion_mean_arg__mutmut_* ifmdm_model.infer.x__autocast__mutmut_*"
+ONLY[infer]="ifmdm_model.infer.options.x_motion_mean_arg__mutmut_* ifmdm_model.infer.options.x_autocast_for__mutmut_*"
 ALL=(decide scenes work stage1 diffusion infer_cli infer)
 
 table() {
@@ -68,12 +68,12 @@ table() {
 import fnmatch, json, sys
 from pathlib import Path
 mods = sys.argv[1:]
-print(f"{'module':<11} {'file':<26} {'mutants':>7} {'killed':>6} {'survived':>8} {'timeout':>7} {'no test':>7} {'not run':>7} {'other':>5} {'score':>6}")
+print(f"{'module':<11} {'file':<34} {'mutants':>7} {'killed':>6} {'survived':>8} {'timeout':>7} {'no test':>7} {'not run':>7} {'other':>5} {'score':>6}")
 for spec in mods:
     mod, file, only = spec.split("|")
     meta = Path(".mutation") / mod / "mutants" / (file + ".meta")
     if not meta.exists():
-        print(f"{mod:<11} {file:<26} (not run)")
+        print(f"{mod:<11} {file:<34} (not run)")
         continue
     codes = json.loads(meta.read_text())["exit_code_by_key"]
     pats = only.split()
@@ -89,7 +89,7 @@ for spec in mods:
     # it; "not run": the run was stopped before it; "other": a crash, a type-check kill (counted killed)
     score = 100.0 * (n["killed"] + n["timeout"]) / total if total else float("nan")
     name = mod + ("*" if pats else "")
-    print(f"{name:<11} {file:<26} {total:>7} {n['killed']:>6} {n['survived']:>8} {n['timeout']:>7} {n['no tests']:>7} {n['not run']:>7} {n['other']:>5} {score:>5.1f}%")
+    print(f"{name:<11} {file:<34} {total:>7} {n['killed']:>6} {n['survived']:>8} {n['timeout']:>7} {n['no tests']:>7} {n['not run']:>7} {n['other']:>5} {score:>5.1f}%")
 EOF
 }
 

@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ifmdm_data.media.audio import (SpeechDetector, av_sync, envelope, load_audio,
-                              loudness_dbfs)
+from ifmdm_data.media.vad import SpeechDetector
+from ifmdm_data.media.avsync import av_sync
+from ifmdm_data.media.loudness import envelope, loudness_dbfs
+from ifmdm_data.media.audio import load_audio
 from ifmdm_data.errors import ClipError
 from ifmdm_data.reasons import Stage2Reason
 
@@ -200,7 +202,7 @@ def test_vad_resamples_other_rates(detector):
 def test_detector_keeps_callers_thread_count():
     # `import silero_vad` calls torch.set_num_threads(1); SpeechDetector undoes that.
     code = ("import torch; torch.set_num_threads(2);"
-            "from ifmdm_data.media.audio import SpeechDetector; SpeechDetector();"
+            "from ifmdm_data.media.vad import SpeechDetector; SpeechDetector();"
             "print(torch.get_num_threads())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, check=True)

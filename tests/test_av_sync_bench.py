@@ -70,7 +70,7 @@ def test_rotated_phone_copy_scores_like_the_source(tmp_path, degrees):
     from media_factory import write_rotated
 
     from ifmdm_data.filter import analyse
-    from ifmdm_data.media import audio
+    from ifmdm_data.media import audio, avsync
     from ifmdm_data.filter.config import load_config
 
     src = media("video", "aoc_talking.mp4")
@@ -83,6 +83,6 @@ def test_rotated_phone_copy_scores_like_the_source(tmp_path, degrees):
     n = min(len(ma), len(mb))
     assert np.corrcoef(ma[:n], mb[:n])[0, 1] > 0.8                   # the same lip motion
     wav = audio.load_audio(str(src), 0.0, a["end_s"], cfg.audio.sample_rate)
-    sa, sb = (audio.motion_sync(*s["dense"], wav, cfg.audio.sample_rate, 0.0, a["end_s"])["av_corr"]
+    sa, sb = (avsync.motion_sync(*s["dense"], wav, cfg.audio.sample_rate, 0.0, a["end_s"])["av_corr"]
               for s in (a, b))
     assert sa > 0.3 and abs(sa - sb) < 0.05, (sa, sb)

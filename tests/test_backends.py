@@ -22,7 +22,8 @@ from ifmdm_data.faces.backends import SCHEMES, build_models  # noqa: E402
 from ifmdm_data.faces.backends.facexlib_backend import (BISENET_FILE, RETINAFACE_FILE,  # noqa: E402
                                                   BiSeNetSegmenter, RetinaFaceDetector)
 from ifmdm_data.faces.backends.fan_backend import (FAN2D_FILE, S3FD_FILE, FANLandmarks,  # noqa: E402
-                                             S3FDDetector, WeightsLoadError, heatmap_points)
+                                             S3FDDetector, heatmap_points)
+from ifmdm_data.faces.backends.weights import WeightsLoadError  # noqa: E402
 from ifmdm_data.errors import ConfigError, IfmdmError, MissingWeightsError  # noqa: E402
 
 MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media" / "image" / "woman_portrait.jpg"

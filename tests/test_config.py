@@ -46,7 +46,7 @@ def test_bad_config_names_key_and_file(tmp_path, text, needle):
 def test_second_pass_settings_default_to_the_detector_constants(tmp_path):
     """The small-face second pass (issue 11) reads its settings from the filter config; the
     defaults are the backends' constants, and a user file overrides them."""
-    from ifmdm_data.faces.backends.base import SECOND_PASS_SMALL_FRAC, TILE_FRAC
+    from ifmdm_data.faces.counting import SECOND_PASS_SMALL_FRAC, TILE_FRAC
 
     a = load_config().analysis
     assert (a.second_pass, a.second_pass_small_frac, a.tile_frac) == (True, SECOND_PASS_SMALL_FRAC, TILE_FRAC)

@@ -1,4 +1,4 @@
-"""`ifmdm-eval`: stage-1 same- / cross-identity metrics on the sample set's shards, with a
+"""`ifmdm-eval stage1`: stage-1 same- / cross-identity metrics on the sample set's shards, with a
 randomly initialised S1-tiny checkpoint (saved directly, no training) and monkeypatched
 "oracle" models that show the metrics rank reconstructions the right way round."""
 from __future__ import annotations
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from ifmdm_model.eval import stage1 as ev
+from ifmdm_model.cli import eval as cli_eval
+from ifmdm_model.eval import metrics as em, stage1 as ev
 from ifmdm_model.checkpoint import CheckpointError, save_checkpoint
 from ifmdm_model.stage1.model import MotionAutoencoder, build_stage1
 
@@ -38,16 +39,16 @@ def run_dir(tmp_path_factory):
 def test_psnr_and_ssim_of_identical_and_noisy_images():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(3, 3, 32, 32, generator=g)
-    assert torch.allclose(ev.ssim(x, x), torch.ones(3), atol=1e-5)
-    assert torch.equal(ev.psnr(x, x), torch.full((3,), ev.PSNR_CAP_DB))   # capped, not inf
+    assert torch.allclose(em.ssim(x, x), torch.ones(3), atol=1e-5)
+    assert torch.equal(em.psnr(x, x), torch.full((3,), em.PSNR_CAP_DB))   # capped, not inf
     noisy = (x + 0.1 * torch.randn(x.shape, generator=g)).clamp(0, 1)
     very = (x + 0.3 * torch.randn(x.shape, generator=g)).clamp(0, 1)
-    assert (ev.ssim(x, noisy) < 0.99).all() and (ev.ssim(x, very) < ev.ssim(x, noisy)).all()
-    assert (ev.psnr(x, very) < ev.psnr(x, noisy)).all() and (ev.psnr(x, noisy) < 100).all()
+    assert (em.ssim(x, noisy) < 0.99).all() and (em.ssim(x, very) < em.ssim(x, noisy)).all()
+    assert (em.psnr(x, very) < em.psnr(x, noisy)).all() and (em.psnr(x, noisy) < 100).all()
     # a uniform error of 0.1 on [0, 1]: MSE 0.01 -> 20 dB; L1 0.1
     y = (torch.full((1, 3, 16, 16), 0.5))
-    assert ev.psnr(y, y + 0.1).item() == pytest.approx(20.0, abs=1e-3)
-    assert ev.l1(y, y + 0.1).item() == pytest.approx(0.1, abs=1e-6)
+    assert em.psnr(y, y + 0.1).item() == pytest.approx(20.0, abs=1e-3)
+    assert em.l1(y, y + 0.1).item() == pytest.approx(0.1, abs=1e-6)
 
 
 def test_ssim_matches_skimage_gaussian_ssim():
@@ -58,7 +59,7 @@ def test_ssim_matches_skimage_gaussian_ssim():
     ref = metrics.structural_similarity(a, b, gaussian_weights=True, sigma=1.5,
                                         use_sample_covariance=False, data_range=1.0, channel_axis=2)
     ta, tb = (torch.from_numpy(v).permute(2, 0, 1)[None].float() for v in (a, b))
-    assert ev.ssim(ta, tb).item() == pytest.approx(ref, abs=1e-4)
+    assert em.ssim(ta, tb).item() == pytest.approx(ref, abs=1e-4)
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -138,7 +139,7 @@ def test_oracle_scores_best_and_copying_the_appearance_frame_does_not(run_dir, s
 
 def test_cli_writes_json_and_prints_table(run_dir, sample_shards, tmp_path, capsys):
     out = tmp_path / "res" / "eval.json"
-    rc = ev.main(["--checkpoint", str(run_dir), "--shards", str(sample_shards), "--clips", "2",
+    rc = cli_eval.main(["stage1", "--checkpoint", str(run_dir), "--shards", str(sample_shards), "--clips", "2",
                   "--pairs", "1", "--subsets", "coarse,lip,hard", "--device", "cpu", "--raw",
                   "-o", str(out)])
     assert rc == 0
@@ -155,21 +156,42 @@ def _one_line_error(capsys, needle):
 
 
 def test_cli_user_errors_exit_2(run_dir, sample_shards, tmp_path, capsys):
-    assert ev.main(["--checkpoint", str(tmp_path / "missing"), "--shards", str(sample_shards)]) == 2
+    assert cli_eval.main(["stage1", "--checkpoint", str(tmp_path / "missing"), "--shards", str(sample_shards)]) == 2
     _one_line_error(capsys, "no checkpoint at")
     empty = tmp_path / "empty_shards"
     empty.mkdir()
-    assert ev.main(["--checkpoint", str(run_dir), "--shards", str(empty)]) == 2
+    assert cli_eval.main(["stage1", "--checkpoint", str(run_dir), "--shards", str(empty)]) == 2
     _one_line_error(capsys, "no shards")
     # shards exist but hold no clip: our own error
     (empty / "hard").mkdir()
     with tarfile.open(empty / "hard" / "hard-000000.tar", "w"):
         pass
-    assert ev.main(["--checkpoint", str(run_dir), "--shards", str(empty)]) == 2
+    assert cli_eval.main(["stage1", "--checkpoint", str(run_dir), "--shards", str(empty)]) == 2
     _one_line_error(capsys, "no clips")
-    assert ev.main(["--checkpoint", str(run_dir), "--shards", str(sample_shards),
+    assert cli_eval.main(["stage1", "--checkpoint", str(run_dir), "--shards", str(sample_shards),
                     "--subsets", "nope"]) == 2
     _one_line_error(capsys, "unknown subset")
-    assert ev.main(["--checkpoint", str(run_dir), "--shards", str(sample_shards),
+    assert cli_eval.main(["stage1", "--checkpoint", str(run_dir), "--shards", str(sample_shards),
                     "--clips", "0"]) == 2
     _one_line_error(capsys, "n_clips must be >= 1")
+
+
+def test_cli_needs_a_subcommand(capsys):
+    """`ifmdm-eval` has two explicit subcommands; none, an unknown one or the old flag-only
+    form is a one-line error naming both (exit 2, no argparse usage dump); -h is help."""
+    for argv in ([], ["bogus"], ["--checkpoint", "runs/x", "--clips", "a.mp4", "-o", "out"]):
+        assert cli_eval.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("ifmdm-eval: error:"), err
+        assert "ifmdm-eval stage1" in err and "ifmdm-eval video" in err
+    assert cli_eval.main(["nope"]) == 2
+    assert "unknown subcommand 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli_eval.main(["-h"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "stage1" in out and "video" in out
+    for sub in ("stage1", "video"):
+        with pytest.raises(SystemExit) as e:
+            cli_eval.main([sub, "--help"])
+        assert e.value.code == 0 and f"ifmdm-eval {sub}" in capsys.readouterr().out

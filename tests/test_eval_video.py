@@ -1,4 +1,4 @@
-"""ifmdm-eval --clips: talking-head evaluation on a random-init run (CPU, short clips).
+"""ifmdm-eval video: talking-head evaluation on a random-init run (CPU, short clips).
 
 Tiny random feature extractors (state dicts of the module's own network classes, and a
 random torchvision Inception-v3) go through the same loading and metric code as real weights.
@@ -13,8 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from ifmdm_model.eval import stage1 as eval_stage1, video as ev
-from ifmdm_model.infer import save_random_run
+from ifmdm_data.faces import syncnet as sn
+from ifmdm_data.features import mfcc as mf
+from ifmdm_model.cli import eval as cli_eval
+from ifmdm_model.eval import csim, fid, lipsync, nets, video as ev
+from ifmdm_model.testing import save_random_run
 
 ROOT = Path(__file__).resolve().parents[1]
 MEDIA = ROOT.parent / "shared" / "media"
@@ -34,7 +37,8 @@ def clip(tmp_path_factory):
     # fallback: a moving picture with a syllabic tone, written by infer's VideoWriter
     from skimage import data
 
-    from ifmdm_model.infer import AUDIO_RATE, VideoWriter, square_resize
+    from ifmdm_model.infer import AUDIO_RATE, VideoWriter
+    from ifmdm_data.shard.crop import square_resize
     p = tmp_path_factory.mktemp("clip") / "talk.mp4"
     t = np.arange(int(1.2 * AUDIO_RATE)) / AUDIO_RATE
     wav = (0.3 * np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t))).astype(np.float32)
@@ -52,8 +56,8 @@ def weights(tmp_path_factory):
     torch.manual_seed(0)
     inc = inception_v3(weights=None, aux_logits=True, init_weights=False)
     torch.save(inc.state_dict(), d / "inception.pt")
-    torch.save(ev.IResNet(layers=(1, 1, 1, 1), widths=(8, 8, 16, 16), stem=8).state_dict(), d / "arcface.pt")
-    torch.save(ev.SyncNet(width=8, emb=32).state_dict(), d / "syncnet.pt")
+    torch.save(nets.IResNet(layers=(1, 1, 1, 1), widths=(8, 8, 16, 16), stem=8).state_dict(), d / "arcface.pt")
+    torch.save(sn.SyncNet(width=8, emb=32).state_dict(), d / "syncnet.pt")
     return {k: d / f"{k}.pt" for k in ("inception", "arcface", "syncnet")}
 
 
@@ -90,41 +94,41 @@ def test_with_random_extractors(run, clip, tmp_path, weights):
 def test_frechet_distance():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(40, 2048))
-    assert abs(ev.frechet_distance(a, a)) < 1e-6 * max(1.0, float(np.sum(np.var(a, 0))))
+    assert abs(fid.frechet_distance(a, a)) < 1e-6 * max(1.0, float(np.sum(np.var(a, 0))))
     b = rng.normal(size=(300, 16))
     c = rng.normal(size=(200, 16)) + 1.0
-    assert abs(ev.frechet_distance(b, b)) < 1e-6
+    assert abs(fid.frechet_distance(b, b)) < 1e-6
     # the small-sample (Gram) route equals the d x d route
-    full = ev.frechet_distance(b, c)
+    full = fid.frechet_distance(b, c)
     x, y = b[:10], c[:12]
     from scipy import linalg
     s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
     ref = (np.sum((x.mean(0) - y.mean(0)) ** 2) + np.trace(s1) + np.trace(s2)
            - 2 * np.real(np.trace(linalg.sqrtm(s1 @ s2))))
-    assert ev.frechet_distance(x, y) == pytest.approx(ref, rel=1e-5, abs=1e-6)
+    assert fid.frechet_distance(x, y) == pytest.approx(ref, rel=1e-5, abs=1e-6)
     assert full > 10                                            # mean shift of 1 in 16 dims
 
 
 def test_wrong_state_dict_errors(tmp_path):
     bad = tmp_path / "bad.pt"
-    torch.save(ev.SyncNet(width=8, emb=32).state_dict(), bad)
-    with pytest.raises(ev.VideoEvalError, match="bad.pt"):
-        ev.load_arcface(bad)
-    with pytest.raises(ev.VideoEvalError, match="bad.pt"):
-        ev.load_inception(bad)
-    sd = ev.IResNet(layers=(1, 1, 1, 1), widths=(8, 8, 8, 8), stem=8).state_dict()
+    torch.save(sn.SyncNet(width=8, emb=32).state_dict(), bad)
+    with pytest.raises(nets.VideoEvalError, match="bad.pt"):
+        nets.load_arcface(bad)
+    with pytest.raises(nets.VideoEvalError, match="bad.pt"):
+        nets.load_inception(bad)
+    sd = nets.IResNet(layers=(1, 1, 1, 1), widths=(8, 8, 8, 8), stem=8).state_dict()
     sd["fc.weight"] = sd["fc.weight"][:, :5]
     torch.save(sd, tmp_path / "arc.pt")
-    with pytest.raises(ev.VideoEvalError, match="arc.pt"):
-        ev.load_arcface(tmp_path / "arc.pt")
-    with pytest.raises(ev.VideoEvalError, match="missing.pt"):
-        ev.load_syncnet(tmp_path / "missing.pt")
+    with pytest.raises(nets.VideoEvalError, match="arc.pt"):
+        nets.load_arcface(tmp_path / "arc.pt")
+    with pytest.raises(nets.VideoEvalError, match="missing.pt"):
+        nets.load_syncnet(tmp_path / "missing.pt")
 
 
 def test_cli_writes_results(run, clip, tmp_path, capsys):
     out = tmp_path / "eval_out"
-    rc = eval_stage1.main(["--checkpoint", str(run), "--clips", str(clip), "-o", str(out),
-                           "--steps", "2", "--max-frames", "12", "--device", "cpu"])
+    rc = cli_eval.main(["video", "--checkpoint", str(run), "--clips", str(clip), "-o", str(out),
+                        "--steps", "2", "--max-frames", "12", "--device", "cpu"])
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
     assert res["summary"]["n_clips"] == 1 and "fid" in res["skipped"]
@@ -132,9 +136,9 @@ def test_cli_writes_results(run, clip, tmp_path, capsys):
 
 
 def test_cli_user_errors(run, clip, tmp_path, capsys, weights):
-    assert ev.main(["--checkpoint", str(tmp_path / "nope"), "--clips", str(clip), "-o", str(tmp_path / "o")]) == 2
-    assert ev.main(["--checkpoint", str(run), "--clips", str(tmp_path / "no.mp4"), "-o", str(tmp_path / "o")]) == 2
-    assert ev.main(["--checkpoint", str(run), "--clips", str(clip), "-o", str(tmp_path / "o"),
+    assert cli_eval.main(["video", "--checkpoint", str(tmp_path / "nope"), "--clips", str(clip), "-o", str(tmp_path / "o")]) == 2
+    assert cli_eval.main(["video", "--checkpoint", str(run), "--clips", str(tmp_path / "no.mp4"), "-o", str(tmp_path / "o")]) == 2
+    assert cli_eval.main(["video", "--checkpoint", str(run), "--clips", str(clip), "-o", str(tmp_path / "o"),
                     "--arcface", str(weights["syncnet"]), "--max-frames", "5"]) == 2
     err = capsys.readouterr().err
     assert err.count("ifmdm-eval: error:") == 3 and "syncnet.pt" in err
@@ -165,14 +169,14 @@ def syncnet_v2_file(tmp_path_factory):
     is: torch.save of a plain state dict (here without the BatchNorm counters, as that
     pre-PyTorch-0.4.1 file)."""
     torch.manual_seed(0)
-    sd = {k: v for k, v in ev.SyncNetPython().state_dict().items() if not k.endswith("num_batches_tracked")}
+    sd = {k: v for k, v in sn.SyncNetPython().state_dict().items() if not k.endswith("num_batches_tracked")}
     p = tmp_path_factory.mktemp("syncnet_v2") / "syncnet_v2.model"
     torch.save(sd, p)
     return p
 
 
 def test_syncnet_python_layout_matches_syncnet_v2():
-    net = ev.SyncNetPython().eval()
+    net = sn.SyncNetPython().eval()
     sd = net.state_dict()
     for k, shape in SYNCNET_V2_SHAPES.items():
         assert tuple(sd[k].shape) == shape, k
@@ -186,28 +190,28 @@ def test_syncnet_python_layout_matches_syncnet_v2():
 
 
 def test_load_syncnet_picks_layout(tmp_path, syncnet_v2_file):
-    net = ev.load_syncnet(syncnet_v2_file)
-    assert isinstance(net, ev.SyncNetPython) and net.layout == "syncnet_python" and not net.training
+    net = nets.load_syncnet(syncnet_v2_file)
+    assert isinstance(net, sn.SyncNetPython) and net.layout == "syncnet_python" and not net.training
     ref = torch.load(syncnet_v2_file, weights_only=True)
     assert torch.equal(net.state_dict()["netcnnlip.0.weight"], ref["netcnnlip.0.weight"])
     # a SyncNetInstance's own state dict (keys under "__S__.") loads too
     torch.save({f"__S__.{k}": v for k, v in ref.items()}, tmp_path / "instance.model")
-    assert ev.load_syncnet(tmp_path / "instance.model").layout == "syncnet_python"
-    torch.save(ev.SyncNet(width=8, emb=32).state_dict(), tmp_path / "ours.pt")
-    ours = ev.load_syncnet(tmp_path / "ours.pt")
-    assert isinstance(ours, ev.SyncNet) and ours.layout == "ifmdm"
+    assert nets.load_syncnet(tmp_path / "instance.model").layout == "syncnet_python"
+    torch.save(sn.SyncNet(width=8, emb=32).state_dict(), tmp_path / "ours.pt")
+    ours = nets.load_syncnet(tmp_path / "ours.pt")
+    assert isinstance(ours, sn.SyncNet) and ours.layout == "ifmdm"
     # wrong shape, missing key, unknown layout: errors naming the file
     bad = dict(ref)
     bad["netcnnlip.0.weight"] = bad["netcnnlip.0.weight"][:, :, :3]
     torch.save(bad, tmp_path / "shape.model")
-    with pytest.raises(ev.VideoEvalError, match="shape.model"):
-        ev.load_syncnet(tmp_path / "shape.model")
+    with pytest.raises(nets.VideoEvalError, match="shape.model"):
+        nets.load_syncnet(tmp_path / "shape.model")
     torch.save({k: v for k, v in ref.items() if not k.startswith("netfclip.3")}, tmp_path / "short.model")
-    with pytest.raises(ev.VideoEvalError, match="short.model.*netfclip.3"):
-        ev.load_syncnet(tmp_path / "short.model")
-    torch.save(ev.IResNet(layers=(1, 1, 1, 1), widths=(8, 8, 8, 8), stem=8).state_dict(), tmp_path / "arc.pt")
-    with pytest.raises(ev.VideoEvalError, match="arc.pt.*netcnnaud"):
-        ev.load_syncnet(tmp_path / "arc.pt")
+    with pytest.raises(nets.VideoEvalError, match="short.model.*netfclip.3"):
+        nets.load_syncnet(tmp_path / "short.model")
+    torch.save(nets.IResNet(layers=(1, 1, 1, 1), widths=(8, 8, 8, 8), stem=8).state_dict(), tmp_path / "arc.pt")
+    with pytest.raises(nets.VideoEvalError, match="arc.pt.*netcnnaud"):
+        nets.load_syncnet(tmp_path / "arc.pt")
 
 
 def test_lse_with_syncnet_python_layout(run, clip, tmp_path, syncnet_v2_file, weights):
@@ -216,8 +220,8 @@ def test_lse_with_syncnet_python_layout(run, clip, tmp_path, syncnet_v2_file, we
     c, s = res["clips"][0], res["summary"]
     assert res["syncnet_layout"] == "syncnet_python"
     assert _finite(s["lse_d"]) and s["lse_d"] >= 0 and _finite(s["lse_c"]) and s["lse_c"] >= 0
-    assert c["lse_fps"] == 25.0 and abs(c["offset_frames"]) <= ev.SYNC_VSHIFT
-    n25 = len(ev.resample_indices(c["frames_generated"], c["fps"]))
+    assert c["lse_fps"] == 25.0 and abs(c["offset_frames"]) <= sn.SYNC_VSHIFT
+    n25 = len(lipsync.resample_indices(c["frames_generated"], c["fps"]))
     assert 0 <= c["lse_no_face_frames"] <= n25
     assert 0 <= c["csim_unaligned_frames"] <= c["frames_generated"] and isinstance(c["csim_source_aligned"], bool)
     assert s["csim_unaligned_frames"] == c["csim_unaligned_frames"]
@@ -226,15 +230,15 @@ def test_lse_with_syncnet_python_layout(run, clip, tmp_path, syncnet_v2_file, we
 
 def test_lse_scores_from_syncnet_python_windows(syncnet_v2_file):
     """The LSE path on its own: 1 s of 25 fps face crops against 1 s of audio."""
-    net = ev.load_syncnet(syncnet_v2_file)
+    net = nets.load_syncnet(syncnet_v2_file)
     rng = np.random.default_rng(0)
     video = rng.integers(0, 256, size=(25, 224, 224, 3), dtype=np.uint8)
     wav = (0.1 * rng.standard_normal(16000)).astype(np.float32)
-    r = ev.lse(net, video, wav, 25.0)
+    r = lipsync.lse(net, video, wav, 25.0)
     assert _finite(r["lse_d"]) and _finite(r["lse_c"]) and r["lse_c"] >= 0
     with pytest.raises(ValueError, match="25 fps"):
-        ev.lse(net, video, wav, 30.0)
-    assert ev.lse(net, video[:5], wav, 25.0)["lse_d"] is None        # no window fits
+        lipsync.lse(net, video, wav, 30.0)
+    assert lipsync.lse(net, video[:5], wav, 25.0)["lse_d"] is None        # no window fits
 
 
 def test_offset_scores_finds_the_shift():
@@ -242,7 +246,7 @@ def test_offset_scores_finds_the_shift():
     torch.manual_seed(0)
     ea = torch.randn(40, 16)
     ev_ = torch.cat([ea[3:], torch.randn(3, 16)])                  # video window i ~ audio i + 3
-    r = ev.offset_scores(ev_, ea, vshift=15)
+    r = sn.offset_scores(ev_, ea, vshift=15)
     assert r["offset_frames"] == -3 and r["lse_d"] < 1.0 and r["lse_c"] > 2.0
 
 
@@ -256,10 +260,10 @@ def _noise(seconds, seed=0):
 
 def test_syncnet_mfcc_shape_and_energy():
     x = _noise(1.0)
-    m = ev.syncnet_mfcc(x)
+    m = mf.syncnet_mfcc(x)
     assert m.shape == (13, 99)                                      # 1 + ceil((16000 - 400) / 160)
-    assert ev.syncnet_mfcc(_noise(2.5)).shape == (13, 1 + math.ceil((40000 - 400) / 160))
-    assert ev.syncnet_mfcc(x[:300]).shape == (13, 1)               # shorter than a frame
+    assert mf.syncnet_mfcc(_noise(2.5)).shape == (13, 1 + math.ceil((40000 - 400) / 160))
+    assert mf.syncnet_mfcc(x[:300]).shape == (13, 1)               # shorter than a frame
     # c0 is the log energy of the pre-emphasised 400-sample frame: by Parseval about half its
     # sum of squares over the one-sided 512-point spectrum
     y = np.concatenate([x[:1], x[1:] - 0.97 * x[:-1]])
@@ -267,17 +271,17 @@ def test_syncnet_mfcc_shape_and_energy():
         frame = np.pad(y, (0, 400))[160 * t:160 * t + 400]
         assert m[0, t] == pytest.approx(np.log(0.5 * np.sum(frame ** 2)), abs=0.05)
     # only c0 depends on the signal's scale (hence the int16 scaling before it)
-    m2 = ev.syncnet_mfcc(2.0 * x)
+    m2 = mf.syncnet_mfcc(2.0 * x)
     np.testing.assert_allclose(m2[0] - m[0], np.log(4.0), atol=1e-9)
     np.testing.assert_allclose(m2[1:], m[1:], atol=1e-9)
     # the lifter: 1 + 11 sin(pi n / 22) multiplies c_n (n >= 1); silence stays finite
-    z = ev.syncnet_mfcc(np.zeros(3200))
+    z = mf.syncnet_mfcc(np.zeros(3200))
     assert np.isfinite(z).all() and np.allclose(z[0], np.log(np.finfo(float).eps))
-    assert ev.to_int16_scale(np.array([0.5, -1.0, 1.0]))[0] == 16384.0
+    assert mf.to_int16_scale(np.array([0.5, -1.0, 1.0]))[0] == 16384.0
 
 
 def test_mel_filterbank_and_tone_band():
-    fb = ev.mel_filterbank(26, 512, 16000)
+    fb = mf.mel_filterbank(26, 512, 16000)
     assert fb.shape == (26, 257) and fb.max() == pytest.approx(1.0) and fb.min() >= 0
     peaks = fb.argmax(1)
     assert np.all(np.diff(peaks) > 0)                               # centres rise with the filter index
@@ -288,7 +292,7 @@ def test_mel_filterbank_and_tone_band():
     assert np.all(np.abs(peaks * 16000 / 512 - centres) <= 2 * 16000 / 512)
     t = np.arange(16000) / 16000
     for j in (3, 10, 18, 24):
-        mel, energy = ev.mel_energies(8000 * np.sin(2 * np.pi * centres[j] * t))
+        mel, energy = mf.mel_energies(8000 * np.sin(2 * np.pi * centres[j] * t))
         assert mel.shape == (99, 26) and energy.shape == (99,)
         assert int(np.argmax(mel.mean(0))) == j, j
 
@@ -299,18 +303,18 @@ def test_sync_windows_line_up():
     n = 12
     video = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None], (n, 4, 4, 3)).copy()
     wav = np.zeros(n * 640)
-    feats = np.tile(np.arange(ev.syncnet_mfcc(wav).shape[1], dtype=np.float64), (13, 1))   # column t = t
-    starts = ev.sync_window_starts(n, len(wav) // 640, drop_last=True)
+    feats = np.tile(np.arange(mf.syncnet_mfcc(wav).shape[1], dtype=np.float64), (13, 1))   # column t = t
+    starts = sn.sync_window_starts(n, len(wav) // 640, drop_last=True)
     assert list(starts) == list(range(n - 5))                       # syncnet_python: min_length - 5
-    assert len(ev.sync_window_starts(n, n)) == n - 4                 # every window that fits
-    v, a = ev.sync_windows(video, feats, starts, "syncnet_python")
+    assert len(sn.sync_window_starts(n, n)) == n - 4                 # every window that fits
+    v, a = sn.sync_windows(video, feats, starts, "syncnet_python")
     assert v.shape == (len(starts), 3, 5, 4, 4) and a.shape == (len(starts), 1, 13, 20)
     for i in starts:
         assert v[i, 0, :, 0, 0].tolist() == [i, i + 1, i + 2, i + 3, i + 4]
         assert a[i, 0, 0].tolist() == list(range(4 * i, 4 * i + 20))
         assert 4 * i * 160 / 16000 == pytest.approx(i / 25)         # same start time
         assert (4 * i + 20) * 160 / 16000 == pytest.approx((i + 5) / 25)   # same span
-    v2, _ = ev.sync_windows(video[..., 0], feats, starts[:2], "ifmdm")
+    v2, _ = sn.sync_windows(video[..., 0], feats, starts[:2], "ifmdm")
     assert v2.shape == (2, 5, 4, 4) and float(v2[1, 0, 0, 0]) == pytest.approx(1 / 255)
 
 
@@ -319,10 +323,10 @@ def test_sync_window_audio_burst_under_its_frame():
     i that holds frame 7: MFCC columns 4 (7 - i) .. 4 (7 - i) + 3 carry the energy."""
     wav = np.random.default_rng(1).standard_normal(20 * 640) * 1e-4
     wav[7 * 640:8 * 640] += np.random.default_rng(2).standard_normal(640) * 0.3
-    feats = ev.syncnet_mfcc(ev.to_int16_scale(wav))
-    starts = ev.sync_window_starts(20, len(wav) // 640, drop_last=True)
+    feats = mf.syncnet_mfcc(mf.to_int16_scale(wav))
+    starts = sn.sync_window_starts(20, len(wav) // 640, drop_last=True)
     video = np.zeros((20, 2, 2, 3), np.uint8)
-    _, a = ev.sync_windows(video, feats, starts, "syncnet_python")
+    _, a = sn.sync_windows(video, feats, starts, "syncnet_python")
     for i in range(3, 8):                                           # windows holding frame 7
         col = int(torch.argmax(a[i, 0, 0]))                         # c0 = log energy
         assert 4 * (7 - i) <= col <= 4 * (7 - i) + 3, (i, col)
@@ -335,12 +339,12 @@ def test_sync_window_audio_burst_under_its_frame():
 def test_syncnet_face_crop_geometry():
     yy, xx = np.mgrid[0:256, 0:256]
     frame = np.stack([xx, yy, np.zeros_like(xx)], -1).astype(np.uint8)   # R = x, G = y
-    crop = ev.syncnet_face_crop(frame, 128, 100, 40)
+    crop = sn.syncnet_face_crop(frame, 128, 100, 40)
     assert crop.shape == (224, 224, 3) and crop.dtype == np.uint8
     # BGR: R (x) in channel 2, G (y) in channel 1; columns 128 -+ 56, rows 100 - 40 .. 100 + 72
     assert abs(int(crop[0, 0, 2]) - 72) <= 1 and abs(int(crop[0, 0, 1]) - 60) <= 1
     assert abs(int(crop[-1, -1, 2]) - 183) <= 1 and abs(int(crop[-1, -1, 1]) - 171) <= 1
-    edge = ev.syncnet_face_crop(frame, 10, 10, 40)                   # box leaves the frame
+    edge = sn.syncnet_face_crop(frame, 10, 10, 40)                   # box leaves the frame
     assert edge.shape == (224, 224, 3) and tuple(edge[0, 0]) == (110, 110, 110)
 
 
@@ -348,16 +352,16 @@ def test_face_track_and_resampling():
     def lm(cx, cy, half):
         return np.array([[cx - half, cy - half, 0], [cx + half, cy + half / 2, 0]], np.float32)
     lms = [lm(50, 60, 10), None, None, lm(80, 60, 10)] + [lm(80, 60, 10)] * 10
-    track = ev.face_track(lms, smooth=1)
+    track = lipsync.face_track(lms, smooth=1)
     np.testing.assert_allclose(track[:4, 0], [50, 60, 70, 80])       # interpolated over the gap
     np.testing.assert_allclose(track[:, 2], 10)                       # max(width, height) / 2
-    assert ev.face_track([None, None]) is None
+    assert lipsync.face_track([None, None]) is None
     jumpy = [lm(50, 60, 10)] * 6 + [lm(200, 60, 10)] + [lm(50, 60, 10)] * 6
-    assert ev.face_track(jumpy)[6, 0] == pytest.approx(50)          # 13-frame median removes a spike
-    idx = ev.resample_indices(30, 30000 / 1001)
+    assert lipsync.face_track(jumpy)[6, 0] == pytest.approx(50)          # 13-frame median removes a spike
+    idx = lipsync.resample_indices(30, 30000 / 1001)
     assert len(idx) == 25 and idx[0] == 0 and np.all(np.diff(idx) >= 1) and idx[-1] <= 29
-    assert list(ev.resample_indices(7, 25.0)) == list(range(7))
-    assert list(ev.resample_indices(4, 12.5)) == [0, 1, 1, 2, 2, 3, 3, 3]
+    assert list(lipsync.resample_indices(7, 25.0)) == list(range(7))
+    assert list(lipsync.resample_indices(4, 12.5)) == [0, 1, 1, 2, 2, 3, 3, 3]
 
 
 # ------------------------------------------------------------------------------------------
@@ -389,18 +393,18 @@ def astronaut_pair():
 
 def test_arcface_alignment_undoes_a_similarity(astronaut_pair):
     imgs, lms = astronaut_pair
-    aligned, unaligned = ev.arcface_crops(imgs, lms)
+    aligned, unaligned = csim.arcface_crops(imgs, lms)
     assert aligned.shape == (2, 112, 112, 3) and unaligned == 0
-    plain, n_plain = ev.arcface_crops(imgs, [None, None])
+    plain, n_plain = csim.arcface_crops(imgs, [None, None])
     assert n_plain == 2
     diff_aligned = np.abs(aligned[0].astype(float) - aligned[1]).mean()
     diff_plain = np.abs(plain[0].astype(float) - plain[1]).mean()
     assert diff_aligned < 10 and diff_plain > 40 and diff_plain > 5 * diff_aligned
     for lm in lms:
-        p = ev.five_points(lm)
-        m = ev.arcface_matrix(p)
+        p = csim.five_points(lm)
+        m = csim.arcface_matrix(p)
         q = p @ m[:, :2].T + m[:, 2]
-        err = np.linalg.norm(q - ev.ARCFACE_TEMPLATE, axis=1)
+        err = np.linalg.norm(q - csim.ARCFACE_TEMPLATE, axis=1)
         assert err[:2].max() < 4 and err.max() < 10                # eyes tight, all five close
         assert q[0, 0] < q[1, 0] and q[3, 0] < q[4, 0]              # image-left first, as the template
 
@@ -410,7 +414,7 @@ def test_syncnet_face_crops_frame_the_face(astronaut_pair):
     syncnet_python's crops, which extend the box towards the chin)."""
     from ifmdm_data.faces.backends.mediapipe_backend import MediapipeMesh
     imgs, lms = astronaut_pair
-    crops, missing = ev.syncnet_face_crops(np.stack([imgs[0]] * 6), [lms[0], None] + [lms[0]] * 4, 25.0)
+    crops, missing = lipsync.syncnet_face_crops(np.stack([imgs[0]] * 6), [lms[0], None] + [lms[0]] * 4, 25.0)
     assert crops.shape == (6, 224, 224, 3) and missing == 1
     mesh = MediapipeMesh()
     lm = mesh.landmarks(np.ascontiguousarray(crops[0][..., ::-1]))  # BGR -> RGB
@@ -436,7 +440,7 @@ def test_syncnet_mfcc_equals_python_speech_features():
     """Reference values: python_speech_features 0.6 `mfcc(signal, 16000)` (transposed) on
     `_chirp_int16()`, computed once in a separate environment and stored as a test file
     (the package is not a dependency)."""
-    from ifmdm_model.eval.video import syncnet_mfcc
+    from ifmdm_data.features.mfcc import syncnet_mfcc
 
     ref = np.load(Path(__file__).parent / "data" / "python_speech_features_mfcc_chirp.npy")
     ours = syncnet_mfcc(_chirp_int16().astype(np.float64), 16000)
@@ -464,7 +468,7 @@ def _fid_ref(x, y):
 
 
 def test_fid_is_generated_against_real(run, tmp_path, monkeypatch):
-    """FID in `evaluate_videos` (what `ifmdm-eval --clips` runs) compares the generated frames
+    """FID in `evaluate_videos` (what `ifmdm-eval video` runs) compares the generated frames
     with the real ones. Known distributions: the real clip's frames are flat colours around
     RGB 0.3, the (stubbed) generator's around 0.7; the 'Inception' features are each frame's
     mean colour. FID(gen, real) is then ~3 * 0.4^2 (computed here from the colours written),

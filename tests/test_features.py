@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from ifmdm_data.errors import IfmdmError, MissingWeightsError
-from ifmdm_data.features.speech import (FeatureError, FrameStream, LogMelFeatures, Wav2Vec2Features,
-                                 align_to_frames, build_features, stream_frames)
+from ifmdm_data.features import FeatureError, FrameStream, LogMelFeatures, Wav2Vec2Features, align_to_frames, stream_frames
+from ifmdm_data.features.speech import build_features
 
 SR = 16000
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,

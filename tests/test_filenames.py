@@ -8,7 +8,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from ifmdm_data.filter.inputs import fs_path, manifest_path
+from ifmdm_data.io.paths import fs_path, manifest_path
 
 from media_factory import write_video
 

@@ -265,8 +265,8 @@ def test_curriculum_level_on_images_and_train_two_steps(image_shards, tmp_path, 
     assert "stage2" not in out                                # an image set has no audio: stage 1 only
     assert train_main(["--curriculum", str(d), "-o", str(tmp_path / "run"), "--stage", "2"]) == 2
     assert "is an image set" in capsys.readouterr().err
-    from ifmdm_model.eval.stage1 import main as eval_main
-    assert eval_main(["--checkpoint", str(tmp_path / "run"), "--shards", str(image_shards)]) == 2
+    from ifmdm_model.cli.eval import main as eval_main
+    assert eval_main(["stage1", "--checkpoint", str(tmp_path / "run"), "--shards", str(image_shards)]) == 2
     assert "is an image set" in capsys.readouterr().err
     latest = (tmp_path / "run" / "stage1" / "latest").read_text().strip()
     st = json.loads((tmp_path / "run" / "stage1" / latest / "state.json").read_text())

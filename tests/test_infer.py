@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from ifmdm_model.infer import (AUDIO_RATE, InferenceError, generate, load_models, main, reenact,
-                               save_random_run)
+from ifmdm_model.cli.infer import main
+from ifmdm_model.infer import AUDIO_RATE, InferenceError, generate, load_models, reenact
+from ifmdm_model.testing import save_random_run
 
 ROOT = Path(__file__).resolve().parents[1]
 MEDIA = ROOT.parent / "shared" / "media"
@@ -181,7 +182,7 @@ def test_common_audio_and_image_formats(run, image, speech, tmp_path, kind):
 def test_seed_determinism(run, image, tmp_path, monkeypatch):
     """The guarantee: the same seed gives the same motion, the same rendered frames and the same
     mp4 bytes (one x264 thread); checked layer by layer so a failure names the layer."""
-    import ifmdm_model.infer as infer
+    import ifmdm_model.infer.generation as infer            # where generate finds VideoWriter
     rendered = {}
 
     class Recording(infer.VideoWriter):
@@ -222,7 +223,7 @@ class _Recording:
 def _probe_first_write(monkeypatch, rec):
     """[(frames written before, seconds of audio turned into features, extractor finished)] at
     the first VideoWriter.write of generate."""
-    import ifmdm_model.infer as infer
+    import ifmdm_model.infer.generation as infer            # where generate finds VideoWriter
     seen = []
 
     class Probe(infer.VideoWriter):
@@ -238,7 +239,7 @@ def _probe_first_write(monkeypatch, rec):
 def test_first_frames_before_the_audio_is_read(run, image, tmp_path, monkeypatch):
     """Streaming: the first frames are written when the features of the first half second of
     a 2 s audio are computed, not the whole audio."""
-    from ifmdm_data.features.speech import LogMelFeatures
+    from ifmdm_data.features import LogMelFeatures
     p = _write_wav(tmp_path / "s.wav", _speech(2.0))
     rec = _Recording(LogMelFeatures(), block_s=0.5)
     seen = _probe_first_write(monkeypatch, rec)
@@ -252,7 +253,7 @@ def test_wav2vec2_streamed_in_chunks(image, tmp_path, monkeypatch):
     written after its first chunk, and the motion equals the one from whole-clip features."""
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-    from ifmdm_data.features.speech import LogMelFeatures, Wav2Vec2Features
+    from ifmdm_data.features import LogMelFeatures, Wav2Vec2Features
     torch.manual_seed(0)
     cfg = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                          conv_dim=(32, 32), conv_stride=(5, 2), conv_kernel=(10, 3),

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import ifmdm_model.stage2.diffusion as diffusion
-import ifmdm_model.infer as infer
-from ifmdm_model.infer import generate, load_models, save_random_run
+import ifmdm_model.infer.generation as infer                   # where generate finds _encode_image
+from ifmdm_model.infer import generate, load_models
+from ifmdm_model.testing import save_random_run
 from test_infer import _speech, _write_wav, image  # noqa: F401 - `image` is a fixture
 
 FAST = dict(steps=2, progress=False, face_check=False)
@@ -137,7 +138,8 @@ def test_option_motion_mean_values(tmp_path):
 
 
 def test_option_dtype_autocast():
-    from ifmdm_model.infer import InferenceError, _autocast
+    from ifmdm_model.infer import InferenceError
+    from ifmdm_model.infer.options import autocast_for as _autocast
 
     cpu = torch.device("cpu")
     a, b = torch.randn(4, 4), torch.randn(4, 4)

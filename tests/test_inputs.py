@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from ifmdm_data.errors import InputError
-from ifmdm_data.filter.inputs import clip_id, resolve_inputs, resolve_keyed
+from ifmdm_data.filter.inputs import resolve_inputs, resolve_keyed
+from ifmdm_data.io.paths import clip_id
 
 
 @pytest.fixture()

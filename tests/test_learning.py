@@ -9,7 +9,7 @@ import torch
 
 from ifmdm_model.stage1.learning import (Clip, baselines, box_psnr, mask_compactness, psnr,
                                   synthetic_local_motion, to_tensor)
-from ifmdm_model.stage1.model import MASK_NORMS, log_spatial_masks
+from ifmdm_model.stage1.local_flow import MASK_NORMS, log_spatial_masks
 
 
 def best_quadrant_mass(mode: str, steps: int = 300, size: int = 16) -> float:

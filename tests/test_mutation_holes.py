@@ -261,7 +261,7 @@ def test_local_flow_group_weights_are_the_normalised_masks(mode):
     and spreads differ, the two differ by far more than the tolerance."""
     import torch
     from torch import nn
-    from ifmdm_model.stage1.model import LocalFlowModule
+    from ifmdm_model.stage1.local_flow import LocalFlowModule
 
     torch.manual_seed(0)
     n, g, c, r = 2, 4, 8, 8
@@ -302,7 +302,7 @@ def test_mask_normalisation_default_is_spatial_and_unknown_modes_are_refused():
     """stage1.log_spatial_masks' docstring: "spatial" (a 2-D softmax over H*W) is the default,
     of the functions and of LocalFlowModule; an unknown mode is an error naming the choices."""
     import torch
-    from ifmdm_model.stage1.model import MASK_NORMS, LocalFlowModule, log_spatial_masks, normalise_masks
+    from ifmdm_model.stage1.local_flow import MASK_NORMS, LocalFlowModule, log_spatial_masks, normalise_masks
 
     logits = torch.randn(2, 3, 5, 6) * 2
     spatial = torch.softmax(logits.reshape(2, 3, 30), -1).reshape(2, 3, 5, 6)
@@ -628,9 +628,11 @@ def test_run_unit_turns_a_clip_failure_into_one_row_and_a_store_failure_into_an_
 
 
 def test_fault_injection_kills_only_the_named_clip(tmp_path, monkeypatch):
-    """IFMDM_FAULT_CRASH (tests/test_resume.py's worker crash) exits the worker for a path whose
-    file name contains it, and only for that one."""
+    """tests/fault_crash/sitecustomize.py (tests/test_resume.py's worker crash) exits the worker
+    for a unit whose file name contains IFMDM_FAULT_CRASH, and only for that one; installed
+    into `ifmdm_data.filter.analyse`, it reaches `run_unit` (which looks analyse_unit up per call)."""
     import os
+    from fault_crash import sitecustomize as fault
     from ifmdm_data.filter import analyse
     from ifmdm_data.filter.config import FilterConfig
     from ifmdm_data.filter.work import CollectingStore, run_unit
@@ -638,12 +640,14 @@ def test_fault_injection_kills_only_the_named_clip(tmp_path, monkeypatch):
     monkeypatch.setattr(analyse, "analyse_unit", lambda *a, **k: [])
     exits = []
     monkeypatch.setattr(os, "_exit", lambda code: exits.append(code))
-    monkeypatch.setenv("IFMDM_FAULT_CRASH", "crashme")
+    fault.install("crashme")
     run_unit(_unit(path="/crashme/ok.mp4"), FilterConfig(), None, None, CollectingStore())
     assert exits == []
     run_unit(_unit(path="/v/crashme.mp4"), FilterConfig(), None, None, CollectingStore())
     assert exits == [17]
-    monkeypatch.delenv("IFMDM_FAULT_CRASH")
+    monkeypatch.undo()                                             # the library alone: no crash
+    monkeypatch.setattr(analyse, "analyse_unit", lambda *a, **k: [])
+    monkeypatch.setattr(os, "_exit", lambda code: exits.append(code))
     run_unit(_unit(path="/v/crashme.mp4"), FilterConfig(), None, None, CollectingStore())
     assert exits == [17]
 
@@ -656,7 +660,7 @@ def test_local_flow_checkpoint_and_coarse_flow_give_the_same_output_and_gradient
     import copy
 
     import torch
-    from ifmdm_model.stage1.model import LocalFlowModule
+    from ifmdm_model.stage1.local_flow import LocalFlowModule
 
     torch.manual_seed(0)
     n, g, c, r = 2, 2, 4, 8
@@ -694,7 +698,7 @@ def test_local_flow_head_is_grouped_nonlinear_small_at_init_and_not_in_the_state
     outputs (near-identity warps, near-uniform masks: std ~0.08 for unit features, not ~1), and
     the pixel-centre grid rebuilt from the resolution, not saved in checkpoints."""
     import torch
-    from ifmdm_model.stage1.model import LocalFlowModule
+    from ifmdm_model.stage1.local_flow import LocalFlowModule
 
     torch.manual_seed(0)
     n, c, g, r = 3, 16, 4, 8

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ifmdm_data.errors import InputError
-from ifmdm_data.report import GROUPS, _pick, write_report
+from ifmdm_data.report import GROUPS, pick_examples, write_report
 from ifmdm_data.schema import read_clips
 
 IMG = re.compile(r"<img\b([^>]*)>")
@@ -102,7 +102,7 @@ def test_missing_and_broken_sources_still_give_a_report(sample_manifests, tmp_pa
     picked = [im["title"] for im in _imgs(again) if im.get("class") == "tile"]
     df = read_clips(m)
     df["group"] = [s if a else "rejected" for s, a in zip(df["subset"], df["accepted"])]
-    assert picked == [sid for g in GROUPS for sid in _pick(df, g, 1, seed=1)["segment_id"]]
+    assert picked == [sid for g in GROUPS for sid in pick_examples(df, g, 1, seed=1)["segment_id"]]
     assert len(list((out / "tiles").glob("*.png"))) == len(picked)
 
 
@@ -111,10 +111,10 @@ def test_syncnet_confidence_is_drawn_when_scored(sample_manifests):
     import io
     from types import SimpleNamespace
     from PIL import Image
-    from ifmdm_data.report import _caption, _load, distributions, metrics_of
+    from ifmdm_data.report import caption, distributions, load_manifest, metrics_of
 
     mdir, summary = sample_manifests
-    df, _ = _load(mdir)
+    df, _ = load_manifest(mdir)
     assert [m[0] for m in metrics_of(df)][-1] != "sync_conf"          # the sample run has none
     scored = df.copy()
     scored["sync_conf"] = np.linspace(0.5, 6.0, len(df))
@@ -125,9 +125,9 @@ def test_syncnet_confidence_is_drawn_when_scored(sample_manifests):
     h1 = Image.open(io.BytesIO(distributions(scored, th, dec, 0))).size[1]
     assert h1 > h0
     row = SimpleNamespace(**scored.iloc[0].to_dict())
-    assert "sync 0.50 @ +1 fr" in _caption(row, "")
+    assert "sync 0.50 @ +1 fr" in caption(row, "")
     row.sync_conf = float("nan")
-    assert "sync" not in _caption(row, "").split("av")[-1]
+    assert "sync" not in caption(row, "").split("av")[-1]
 
 
 def test_duplicate_table_names_the_file_of_each_segment():

@@ -85,7 +85,11 @@ def test_worker_crash_costs_one_clip(sample_dir, tmp_path):
     shutil.copy(sample_dir / "coarse_head.mp4", d / "good.mp4")
     shutil.copy(sample_dir / "coarse_head.mp4", d / "crashme.mp4")
     out = tmp_path / "m"
-    env = dict(os.environ, IFMDM_FAULT_CRASH="crashme", RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
+    # tests/fault_crash/sitecustomize.py, loaded by the driver and the Ray workers it starts
+    # (they inherit this environment), kills the worker that analyses crashme.mp4
+    hook = str(Path(__file__).resolve().parent / "fault_crash")
+    env = dict(os.environ, IFMDM_FAULT_CRASH="crashme", RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled",
+               PYTHONPATH=os.pathsep.join(p for p in (hook, os.environ.get("PYTHONPATH")) if p))
     res = subprocess.run(CLI + ["filter", str(d), "-o", str(out), "--workers", "1", "--no-progress"],
                          env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]

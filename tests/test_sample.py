@@ -183,7 +183,7 @@ def test_clip_material_is_deterministic():
 
 
 def test_missing_espeak_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(sample.shutil, "which", lambda name: None)
+    monkeypatch.setattr(sample.audio.shutil, "which", lambda name: None)
     with pytest.raises(InputError, match="apt-get install espeak-ng"):
         sample.make_sample_set(tmp_path / "s")
 

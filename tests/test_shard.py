@@ -193,7 +193,7 @@ def test_index_matches_tars(shards):
 
 
 def test_speech_features_are_aligned_to_frames(shards):
-    from ifmdm_data.media.audio import envelope
+    from ifmdm_data.media.loudness import envelope
 
     man, out, _ = shards
     clips = pd.read_parquet(man / "clips.parquet")

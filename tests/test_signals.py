@@ -181,7 +181,7 @@ def test_dense_mouth_motion_energy():
 
 
 def test_resample_track_grid_gaps_and_open_end():
-    from ifmdm_data.media.audio import resample_track
+    from ifmdm_data.media.avsync import resample_track
 
     t = np.array([0.0, 0.1, 0.2, 0.8, 0.9])                        # a 0.6 s gap
     g, x = resample_track(t, t * 10, 0.0, 1.0, 20.0, max_gap_s=0.25)

@@ -324,7 +324,7 @@ def test_train_and_eval_given_a_split_file_as_shards_say_shard_it(sample_manifes
     err = capsys.readouterr().err
     assert rc == 2 and f"run `ifmdm-data shard {split_file} -o shards/test`, then pass --shards shards/test" in err
     with pytest.raises(ShardFormatError, match="is a manifest, not a shard folder: run `ifmdm-data shard"):
-        list_shards(split_file)                       # ifmdm-eval --shards splits/test.parquet
+        list_shards(split_file)                       # ifmdm-eval stage1 --shards splits/test.parquet
 
 
 def test_split_summary_shows_the_share_reached_beside_the_one_asked(tmp_path, capsys):

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from ifmdm_data.errors import ConfigError, MissingWeightsError
 from ifmdm_model.stage1.losses import (VGG19_FILENAME, Stage1Loss, Stage1LossConfig, VGGPerceptual,
                                 build_perceptual, d_loss, g_loss, local_flow_loss, r1_penalty)
-from ifmdm_model.stage1.model import (STAGE1_CONFIGS, LocalFlowModule, MotionAutoencoder,
-                                build_discriminator, build_stage1, normalise_masks)
+from ifmdm_model.stage1.local_flow import LocalFlowModule, normalise_masks
+from ifmdm_model.stage1.model import STAGE1_CONFIGS, MotionAutoencoder, build_discriminator, build_stage1
 
 TINY = STAGE1_CONFIGS["S1-tiny"]
 NO_VGG = Stage1LossConfig(perceptual=0.0)
@@ -315,7 +315,7 @@ def test_coarse_to_fine_flow_is_the_upsampled_coarse_flow_plus_a_residual():
 
 def test_layers_initialise_themselves_when_built_alone():
     torch.manual_seed(0)
-    from ifmdm_model.stage1.model import EqualConv2d, EqualLinear
+    from ifmdm_model.stage1.layers import EqualConv2d, EqualLinear
     conv, lin = EqualConv2d(16, 16, 3), EqualLinear(16, 8, bias_init=1.0, lr_mul=0.01)
     assert 0.8 < conv.weight.std() < 1.2 and torch.all(conv.bias == 0)
     assert 80 < lin.weight.std() < 120 and torch.allclose(lin.bias * lin.lr_mul, torch.ones(8))

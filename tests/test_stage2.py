@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from ifmdm_data.errors import ConfigError
 from ifmdm_model.stage2.diffusion import (DDPMSchedule, cfg_model_fn, ddim_sample, ddim_step, ddpm_sample,
                                    ddpm_step, diffusion_loss, rescale_guided_x0, respace)
-from ifmdm_model.stage2.model import (STAGE2_CONFIGS, FramewiseTemporalGuidance, MotionDiT, MotionHint,
-                                MotionStatisticsGuidance, Stage2Config, build_stage2)
+from ifmdm_model.stage2.guidance import FramewiseTemporalGuidance, MotionHint, MotionStatisticsGuidance
+from ifmdm_model.stage2.model import STAGE2_CONFIGS, MotionDiT, Stage2Config, build_stage2
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread per module

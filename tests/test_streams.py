@@ -33,7 +33,7 @@ def cover_mkv(tmp_path_factory):
 def test_main_streams_skip_the_cover(cover_mkv):
     import av
 
-    from ifmdm_data.media.video import main_streams
+    from ifmdm_data.media.streams import main_streams
 
     with av.open(cover_mkv) as c:
         v, a = main_streams(c)

@@ -52,7 +52,7 @@ def _lag_samples(ref: np.ndarray, x: np.ndarray, max_lag: int) -> int:
 @pytest.fixture(scope="module")
 def stats_fn():
     from ifmdm_data.filter.analyse import _audio_stats
-    from ifmdm_data.media.audio import SpeechDetector
+    from ifmdm_data.media.vad import SpeechDetector
     from ifmdm_data.filter.config import load_config
 
     cfg = load_config()

@@ -97,7 +97,7 @@ def test_stage2_nan_and_ddp(manifests, tmp_path, monkeypatch, capsys):
 
     from ifmdm_model.stage2 import train as t2
     from ifmdm_model.curriculum import load_curriculum
-    from ifmdm_model.stage1.train import TrainingError, TrainOptions
+    from ifmdm_model.training import TrainingError, TrainOptions
 
     run = tmp_path / "run"
     assert train_main(["--curriculum", str(manifests), "-o", str(run), "--stage", "1"]) == 0
@@ -161,7 +161,8 @@ def test_stage2_ablations_reach_the_checkpoint_the_loader_and_inference(manifest
 
     import cv2
 
-    from ifmdm_model.infer import generate, main
+    from ifmdm_model.cli.infer import main
+    from ifmdm_model.infer import generate
     img = tmp_path / "face.png"
     cv2.imwrite(str(img), np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
     wav = tmp_path / "speech.wav"
@@ -211,7 +212,8 @@ def test_stage2_ablations_reach_the_checkpoint_the_loader_and_inference(manifest
 def test_stage2_checkpoint_without_the_newer_config_keys_still_loads(tmp_path):
     """A stage-2 checkpoint written before `conditioning` / `motion_stats` existed: inference
     fills them with the behaviour it was trained with (sum, clip)."""
-    from ifmdm_model.infer import load_models, save_random_run
+    from ifmdm_model.infer import load_models
+    from ifmdm_model.testing import save_random_run
 
     run = save_random_run(tmp_path / "old")
     ck = run / "stage2" / (run / "stage2" / "latest").read_text().strip()

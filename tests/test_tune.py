@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from conftest import media
-from ifmdm_model.infer import InferenceError, load_models, load_stage1, save_random_run
-from ifmdm_model.tune.lora import (LoraConfig, LoraError, add_lora, apply_adapter, merge_lora, set_lora_enabled,
-                              weights_sha256)
+from ifmdm_model.infer import InferenceError, load_models, load_stage1
+from ifmdm_model.testing import save_random_run
+from ifmdm_model.lora import LoraConfig, LoraError, add_lora, apply_adapter, merge_lora, set_lora_enabled
+from ifmdm_model.checkpoint import weights_sha256
 from ifmdm_model.tune.stage1 import TuneError, eval_pairs, load_subject, recon_error, tune_stage1
 
 CLIP = media("video", "man_talking_2s.mp4")
@@ -158,7 +159,7 @@ def test_images_are_subjects_with_augmented_pairs(tmp_path):
 
 
 def test_stage2_adapter_lowers_heldout_denoising_loss_and_is_applied(tmp_path):
-    from ifmdm_model.tune.lora import find_adapters
+    from ifmdm_model.lora import find_adapters
     from ifmdm_model.stage2.motion_windows import heldout_loss
     from ifmdm_model.tune.stage2 import fit_stage2_adapter, subject_windows, tune_stage2
     base = save_random_run(tmp_path / "base", n_frames=16)

@@ -29,8 +29,7 @@ import torch.nn.functional as F
 
 from ifmdm_data.errors import WeightsFileError
 
-from ifmdm_data.features.mfcc import (hz_to_mel, mel_energies, mel_filterbank, mel_to_hz,  # noqa: F401 - re-exported
-                   syncnet_mfcc, to_int16_scale)
+from ifmdm_data.features.mfcc import syncnet_mfcc, to_int16_scale
 
 SYNC_FRAMES = 5
 SYNC_MFCC_PER_FRAME = 4
@@ -83,11 +82,13 @@ class SyncNet(nn.Module):
         return {"width": int(sd["audio.0.weight"].shape[0]), "emb": int(sd["audio_fc.2.weight"].shape[0])}
 
 
-def _conv_bn_relu(conv: nn.Module, bn: nn.Module) -> list:
+def conv_bn_relu(conv: nn.Module, bn: nn.Module) -> list:
+    """[conv, bn, ReLU]: one conv block of the syncnet_python streams (module order as in
+    syncnet_v2.model, so the state-dict indices match)."""
     return [conv, bn, nn.ReLU(inplace=True)]
 
 
-def _head(emb: int) -> nn.Sequential:
+def syncnet_head(emb: int) -> nn.Sequential:
     """512 -> 512 (BatchNorm1d, ReLU) -> emb: the FC head of each syncnet_python stream."""
     return nn.Sequential(nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(inplace=True), nn.Linear(512, emb))
 
@@ -111,27 +112,27 @@ class SyncNetPython(nn.Module):
         super().__init__()
         c2, b2 = nn.Conv2d, nn.BatchNorm2d
         self.netcnnaud = nn.Sequential(                                           # (B, 1, 13, 20)
-            *_conv_bn_relu(c2(1, 64, 3, 1, 1), b2(64)), nn.MaxPool2d(1, 1),         # (B, 64, 13, 20)
-            *_conv_bn_relu(c2(64, 192, 3, 1, 1), b2(192)), nn.MaxPool2d(3, (1, 2)),  # (B, 192, 11, 9)
-            *_conv_bn_relu(c2(192, 384, 3, 1, 1), b2(384)),
-            *_conv_bn_relu(c2(384, 256, 3, 1, 1), b2(256)),
-            *_conv_bn_relu(c2(256, 256, 3, 1, 1), b2(256)), nn.MaxPool2d(3, 2),    # (B, 256, 5, 4)
-            *_conv_bn_relu(c2(256, 512, (5, 4), 1, 0), b2(512)),                    # (B, 512, 1, 1)
+            *conv_bn_relu(c2(1, 64, 3, 1, 1), b2(64)), nn.MaxPool2d(1, 1),         # (B, 64, 13, 20)
+            *conv_bn_relu(c2(64, 192, 3, 1, 1), b2(192)), nn.MaxPool2d(3, (1, 2)),  # (B, 192, 11, 9)
+            *conv_bn_relu(c2(192, 384, 3, 1, 1), b2(384)),
+            *conv_bn_relu(c2(384, 256, 3, 1, 1), b2(256)),
+            *conv_bn_relu(c2(256, 256, 3, 1, 1), b2(256)), nn.MaxPool2d(3, 2),    # (B, 256, 5, 4)
+            *conv_bn_relu(c2(256, 512, (5, 4), 1, 0), b2(512)),                    # (B, 512, 1, 1)
         )
-        self.netfcaud = _head(emb)
+        self.netfcaud = syncnet_head(emb)
         c3, b3 = nn.Conv3d, nn.BatchNorm3d
         self.netcnnlip = nn.Sequential(                                           # (B, 3, 5, 224, 224)
-            *_conv_bn_relu(c3(3, 96, (5, 7, 7), (1, 2, 2), 0), b3(96)),             # (B, 96, 1, 109, 109)
+            *conv_bn_relu(c3(3, 96, (5, 7, 7), (1, 2, 2), 0), b3(96)),             # (B, 96, 1, 109, 109)
             nn.MaxPool3d((1, 3, 3), (1, 2, 2)),                                     # (B, 96, 1, 54, 54)
-            *_conv_bn_relu(c3(96, 256, (1, 5, 5), (1, 2, 2), (0, 1, 1)), b3(256)),  # (B, 256, 1, 26, 26)
+            *conv_bn_relu(c3(96, 256, (1, 5, 5), (1, 2, 2), (0, 1, 1)), b3(256)),  # (B, 256, 1, 26, 26)
             nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)),                          # (B, 256, 1, 13, 13)
-            *_conv_bn_relu(c3(256, 256, (1, 3, 3), 1, (0, 1, 1)), b3(256)),
-            *_conv_bn_relu(c3(256, 256, (1, 3, 3), 1, (0, 1, 1)), b3(256)),
-            *_conv_bn_relu(c3(256, 256, (1, 3, 3), 1, (0, 1, 1)), b3(256)),
+            *conv_bn_relu(c3(256, 256, (1, 3, 3), 1, (0, 1, 1)), b3(256)),
+            *conv_bn_relu(c3(256, 256, (1, 3, 3), 1, (0, 1, 1)), b3(256)),
+            *conv_bn_relu(c3(256, 256, (1, 3, 3), 1, (0, 1, 1)), b3(256)),
             nn.MaxPool3d((1, 3, 3), (1, 2, 2)),                                     # (B, 256, 1, 6, 6)
-            *_conv_bn_relu(c3(256, 512, (1, 6, 6), 1, 0), b3(512)),                 # (B, 512, 1, 1, 1)
+            *conv_bn_relu(c3(256, 512, (1, 6, 6), 1, 0), b3(512)),                 # (B, 512, 1, 1, 1)
         )
-        self.netfclip = _head(emb)
+        self.netfclip = syncnet_head(emb)
 
     def forward_audio(self, x):                                                   # (B, 1, 13, 20)
         return self.netfcaud(torch.flatten(self.netcnnaud(x), 1))                 # (B, emb)
@@ -161,7 +162,9 @@ def syncnet_layout(sd: dict) -> Optional[str]:
 # Loading
 # ------------------------------------------------------------------------------------------
 
-def _read_state_dict(path, what: str, prefixes=("module.",), error=WeightsFileError) -> dict:
+def read_state_dict(path, what: str, prefixes=("module.",), error=WeightsFileError) -> dict:
+    """The state dict (tensors) of a .pt / .safetensors file, key `prefixes` stripped; `error`
+    naming the file when it is missing, unreadable or not a dict of tensors."""
     p = Path(path)
     if not p.is_file():
         raise error(f"{what} weights file {p} does not exist")
@@ -188,8 +191,9 @@ def _read_state_dict(path, what: str, prefixes=("module.",), error=WeightsFileEr
     return out
 
 
-def _load_net(path, what: str, build, device, prefixes=("module.",), error=WeightsFileError) -> nn.Module:
-    sd = _read_state_dict(path, what, prefixes, error)
+def load_net(path, what: str, build, device, prefixes=("module.",), error=WeightsFileError) -> nn.Module:
+    """`build(sd)` loaded with the file's state dict (strict), in eval mode on `device`."""
+    sd = read_state_dict(path, what, prefixes, error)
     try:
         net = build(sd)
         # files saved before PyTorch 0.4.1 (syncnet_v2.model among them) have no BatchNorm
@@ -202,6 +206,9 @@ def _load_net(path, what: str, build, device, prefixes=("module.",), error=Weigh
         raise error(f"{what} weights {path} do not fit the {what} network "
                     f"({type(e).__name__}: {msg[:300]})") from None
     return net.to(device).eval().requires_grad_(False)
+
+
+_read_state_dict, _load_net = read_state_dict, load_net  # old names, used by ifmdm_model/eval/nets.py
 
 
 def load_syncnet(path, device="cpu", error=WeightsFileError) -> nn.Module:
@@ -218,7 +225,7 @@ def load_syncnet(path, device="cpu", error=WeightsFileError) -> nn.Module:
         cls = SYNCNET_LAYOUTS[layout]
         return cls(**cls.config_of(sd))
     # "__S__." : a syncnet_python SyncNetInstance's own state dict wraps the network under it
-    return _load_net(path, "SyncNet", build, device, prefixes=("module.", "__S__."), error=error)
+    return load_net(path, "SyncNet", build, device, prefixes=("module.", "__S__."), error=error)
 
 
 def load_filter_syncnet(path, device="cpu") -> "SyncNetPython":

@@ -14,7 +14,8 @@ import cv2
 import numpy as np
 
 from ifmdm_data.faces import signals as sig
-from ifmdm_data.faces.backends.base import FaceModels, detect_faces
+from ifmdm_data.faces.backends.base import FaceModels
+from ifmdm_data.faces.counting import detect_faces
 from ifmdm_data.filter.config import FilterConfig
 from ifmdm_data.errors import ClipError
 from ifmdm_data.reasons import Reason, Stage2Reason
@@ -308,7 +309,7 @@ def _audio_stats(unit, start_s, end_s, t, mouth, cfg: FilterConfig, speech, sync
     decoded frame `dense` = (times, energy) from `signals.DenseMouth`, and the landmark mouth
     opening, against the speech envelope), and SyncNet scores of the segment's windows
     `sync` = (crops, times) when `syncnet` is given; `audio_error` holds a stage-2 reason."""
-    from ifmdm_data.media import audio as au
+    from ifmdm_data.media import audio as au, loudness
     from ifmdm_data.faces.syncnet import SYNC_NONE
 
     out = {"speech_ratio": float("nan"), "loudness_db": float("nan"), "audio_coverage": float("nan"),
@@ -323,7 +324,7 @@ def _audio_stats(unit, start_s, end_s, t, mouth, cfg: FilterConfig, speech, sync
     except ClipError as e:
         out["audio_error"] = str(e.reason)
         return out
-    out["loudness_db"] = au.loudness_dbfs(wav)
+    out["loudness_db"] = loudness.loudness_dbfs(wav)
     if speech is not None:
         out["speech_ratio"] = speech.speech_ratio(wav, sr)
     out.update(av_score(t, mouth, dense, wav, start_s, end_s, cfg))
@@ -344,15 +345,15 @@ def av_score(t, mouth, dense, wav, start_s, end_s, cfg: FilterConfig) -> dict:
     lip-motion score alone when the landmark one is NaN; NaN when the lip-motion one is),
     av_lag_s the lip-motion score's. Without `dense` (`analysis.dense_mouth` off, or a pixel
     format without a luma plane): the landmark score."""
-    from ifmdm_data.media import audio as au
+    from ifmdm_data.media import avsync, loudness
 
-    env = au.envelope(wav, cfg.audio.sample_rate, np.asarray(t, np.float64) - start_s)
-    lm = au.av_sync(mouth, env, cfg.analysis.fps, cfg.audio.max_lag_s)
+    env = loudness.envelope(wav, cfg.audio.sample_rate, np.asarray(t, np.float64) - start_s)
+    lm = avsync.av_sync(mouth, env, cfg.analysis.fps, cfg.audio.max_lag_s)
     if dense is None or len(dense[0]) < 2:
         return lm
-    mo = au.motion_sync(dense[0], dense[1], wav, cfg.audio.sample_rate, start_s, end_s,
+    mo = avsync.motion_sync(dense[0], dense[1], wav, cfg.audio.sample_rate, start_s, end_s,
                         cfg.audio.max_lag_s)
-    w = au.AV_LANDMARK_WEIGHT
+    w = avsync.AV_LANDMARK_WEIGHT
     out = dict(mo)                     # the lag is the lip-motion score's (25 Hz steps)
     for k in ("av_corr", "av_corr_zero"):
         if np.isfinite(mo[k]) and np.isfinite(lm[k]):
@@ -368,7 +369,7 @@ def timed(fn, *args, **kwargs):
 
 def load_models(cfg: FilterConfig, weights_dir: Optional[str] = None):
     """(FaceModels, SpeechDetector) for one worker: call once per actor."""
-    from ifmdm_data.media.audio import SpeechDetector
+    from ifmdm_data.media.vad import SpeechDetector
     from ifmdm_data.faces.backends import build_models
 
     models = build_models(cfg.analysis.backend, weights_dir, cfg.analysis.min_detection_confidence)

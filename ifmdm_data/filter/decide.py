@@ -161,3 +161,18 @@ def decide(df: pd.DataFrame, cfg: FilterConfig) -> tuple[pd.DataFrame, dict]:
     df["stage2_ok"] = [not r for r in s2]
     th = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in th.items()}
     return df, th
+
+
+def provisional_decisions(rows: list[dict], cfg) -> tuple[int | None, int | None]:
+    """(accepted, rejected) of a unit's rows by the absolute thresholds of `cfg`, for the
+    progress line; (None, None) when a threshold is a dataset quantile (known at the end only)."""
+    d = cfg.decide
+    if not rows or any(isinstance(getattr(d, k), dict) for k in
+                       ("min_sharpness", "max_camera_motion", "head_motion_min", "lip_motion_min")):
+        return (0, 0) if not rows else (None, None)
+    try:
+        df, _ = decide(pd.DataFrame(rows), cfg)
+    except Exception:  # noqa: BLE001 - a progress count must never fail the unit
+        return None, None
+    acc = int(df["accepted"].sum())
+    return acc, len(df) - acc

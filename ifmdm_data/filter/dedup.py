@@ -80,8 +80,9 @@ def sample_frames(path: str, start_s: float, end_s: float, n: int = N_FRAMES,
     """
     import av
 
-    from ifmdm_data.filter.inputs import fs_path
-    from ifmdm_data.media.video import analysis_size, iter_frames, main_streams, stream_display_size
+    from ifmdm_data.io.paths import fs_path
+    from ifmdm_data.media.video import analysis_size, iter_frames, stream_display_size
+    from ifmdm_data.media.streams import main_streams
 
     with av.open(fs_path(path)) as c:
         if not c.streams.video:

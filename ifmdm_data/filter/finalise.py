@@ -11,17 +11,9 @@ import pandas as pd
 
 from ifmdm_data.filter.config import FilterConfig
 from ifmdm_data.filter.decide import decide
+from ifmdm_data.io.atomic import write_json_atomic
 from ifmdm_data.reasons import SUBSETS
 from ifmdm_data.schema import clips_table, write_parquet_atomic
-
-
-def write_json_atomic(obj, path) -> None:
-    """JSON to a local path or an object-storage URL, atomically (`storage.atomic_local`)."""
-    from ifmdm_data.io import storage
-
-    with storage.atomic_local(path) as tmp:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, default=str)
 
 
 def _index_segments(df: pd.DataFrame) -> pd.DataFrame:

@@ -39,7 +39,7 @@ MIN_VOTES = 2                 # exactly equal values agreeing on the offset
 MAX_BUCKET = 200              # a value shared by more segments than this is uninformative
 
 
-def _chromaprint():
+def load_chromaprint():
     try:
         import chromaprint
     except ImportError as e:   # pyacoustid missing, or libchromaprint.so.1 not installed
@@ -53,7 +53,7 @@ def audio_fingerprint(samples: np.ndarray, sample_rate: int) -> list[int]:
     """Mono float samples in [-1, 1] (N,) at `sample_rate` Hz -> Chromaprint sub-fingerprints
     (unsigned 32-bit ints, ~8.1 per second; [] for audio shorter than ~2 s or all silence).
     Raises MissingDependencyError when libchromaprint / pyacoustid are not installed."""
-    cp = _chromaprint()
+    cp = load_chromaprint()
     x = np.asarray(samples, np.float32).reshape(-1)
     if len(x) < sample_rate * 2 or not np.any(np.abs(x) > 1e-4):
         return []

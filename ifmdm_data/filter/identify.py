@@ -103,8 +103,8 @@ def check_available(cfg) -> None:
 
     DlibFaceEncoder()
     if cfg.audio_fingerprint:
-        from ifmdm_data.filter.fingerprint import _chromaprint
-        _chromaprint()
+        from ifmdm_data.filter.fingerprint import load_chromaprint
+        load_chromaprint()
 
 
 def _present(v) -> bool:

@@ -7,13 +7,12 @@ another path or copied to a bucket keeps its ids (and a resumed run its finished
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import posixpath
-import re
 from pathlib import Path
 
 from ifmdm_data.io import storage
+from ifmdm_data.io.paths import manifest_path
 from ifmdm_data.errors import InputError
 
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".flv", ".mpg", ".mpeg",
@@ -22,57 +21,14 @@ PATH_COLUMNS = ("path", "video", "file", "filepath", "video_path")
 ID_COLUMN = "id"
 
 
-def clip_id(key: str) -> str:
-    """Stable id of an input file: the first 16 hex digits of sha1 of its key's UTF-8 bytes
-    (the key as `resolve_keyed` gives it: the path relative to its input root, '/'-separated,
-    in manifest form; or `id:<value>` for a list's `id` column)."""
-    return hashlib.sha1(str(key).encode("utf-8", "surrogateescape")).hexdigest()[:16]
-
-
-# File names that are not UTF-8 (issue 11 E). POSIX names are bytes; Python holds a name with a
-# byte that is not UTF-8 (b"caf\xe9.mp4", Latin-1 media) as a str with a lone surrogate
-# (os.fsdecode, "surrogateescape"), which opens the file but cannot go into Parquet, pandas'
-# Arrow strings or JSON, so every table and Ray row holds the manifest form instead. Manifests
-# therefore store such a path in an escaped, valid-UTF-8 form: each undecodable byte as the four
-# characters `\xNN` and each literal backslash as `\\`. Paths that are UTF-8 (nearly all) are
-# stored unchanged. `fs_path` undoes it when the text holds an escaped byte (`\x80`..`\xff`) and
-# does not name an existing file as it is; the only ambiguous case is a UTF-8 name that
-# literally contains such `\xNN` text and is missing (or has a non-UTF-8 twin).
-
-
-def manifest_path(path: str) -> str:
-    """`path` (str, possibly holding surrogate-escaped bytes) -> the str stored in manifests."""
-    try:
-        path.encode("utf-8")
-        return path
-    except UnicodeEncodeError:
-        return "".join("\\\\" if ch == "\\" else
-                       f"\\x{ord(ch) - 0xDC00:02x}" if 0xDC80 <= ord(ch) <= 0xDCFF else ch
-                       for ch in path)
-
-
-_ESCAPE = re.compile(r"\\(\\|x[89a-fA-F][0-9a-fA-F])")
-_ESCAPED_BYTE = re.compile(r"\\x[89a-fA-F][0-9a-fA-F]")   # only bytes >= 0x80 are escaped
-
-
-def fs_path(text: str) -> str:
-    """The inverse of `manifest_path`: the path to open (str, surrogate-escaped like
-    os.fsdecode) for a manifest's `path` value."""
-    text = str(text)
-    if not _ESCAPED_BYTE.search(text) or os.path.lexists(text):
-        return text
-    raw = _ESCAPE.sub(lambda m: "\\" if m.group(1) == "\\" else chr(0xDC00 + int(m.group(1)[1:], 16)), text)
-    return os.fsdecode(raw.encode("utf-8", "surrogateescape"))
-
-
-def _rel(path: str, root: str) -> str:
+def key_under(path: str, root: str) -> str:
     """`path` relative to `root`, '/'-separated (both local or both URLs)."""
     if storage.is_url(path):
         return path[len(root.rstrip("/")) + 1:] if path.startswith(root.rstrip("/") + "/") else storage.name(path)
     return Path(os.path.relpath(path, root)).as_posix()
 
 
-def _glob_root(pattern: str) -> str:
+def glob_root(pattern: str) -> str:
     """The folder part of a glob before its first wildcard component."""
     head = []
     for part in pattern.split("/"):
@@ -82,7 +38,9 @@ def _glob_root(pattern: str) -> str:
     return "/".join(head) or "."
 
 
-def _from_list(loc: str) -> list[tuple[str, str]]:
+def read_input_list(loc: str) -> list[tuple[str, str]]:
+    """(location, key) of every entry of a CSV / Parquet input list (its path column; the key is
+    the `id` column when present, else the path as written or relative to a shared folder)."""
     import pandas as pd
 
     try:
@@ -116,7 +74,7 @@ def _from_list(loc: str) -> list[tuple[str, str]]:
     out = []
     for p, r in zip(paths, raw):
         if storage.is_url(r) or os.path.isabs(r):
-            key = _rel(p if storage.is_url(p) else os.path.abspath(p), common) if common else storage.name(p)
+            key = key_under(p if storage.is_url(p) else os.path.abspath(p), common) if common else storage.name(p)
         else:
             key = posixpath.normpath(r.replace(os.sep, "/"))
         out.append((p, key))
@@ -153,18 +111,18 @@ def resolve_keyed(args: list[str]) -> list[tuple[str, str]]:
                 if not hits:
                     raise InputError(f"{arg}: folder has no video files ({', '.join(sorted(VIDEO_EXTENSIONS))})")
                 root = arg.rstrip("/") if remote else os.path.abspath(storage.local(arg))
-                found += [(h, _rel(h if remote else os.path.abspath(h), root)) for h in hits]
+                found += [(h, key_under(h if remote else os.path.abspath(h), root)) for h in hits]
             elif is_list and storage.isfile(arg):
-                found += _from_list(arg)
+                found += read_input_list(arg)
             elif (p.exists() or p.is_symlink()) if p is not None else storage.isfile(arg):
                 found.append((arg if remote else str(p), storage.name(arg)))
             elif any(ch in arg for ch in "*?["):
                 hits = storage.glob(arg)
                 if not hits:
                     raise InputError(f"{arg}: the pattern matches no file")
-                root = _glob_root(arg)
+                root = glob_root(arg)
                 root = root if remote else os.path.abspath(storage.local(root))
-                found += [(h, _rel(h if remote else os.path.abspath(h), root)) for h in hits]
+                found += [(h, key_under(h if remote else os.path.abspath(h), root)) for h in hits]
             else:
                 raise InputError(f"{arg}: no such file or folder")
         except storage.StorageError as e:

@@ -19,10 +19,14 @@ import pandas as pd
 
 from ifmdm_data.io import storage
 from ifmdm_data.filter.config import FilterConfig
-from ifmdm_data.io.console import StageBar, provisional_decisions, ray_remote_args
+from ifmdm_data.io.console import StageBar, ray_remote_args
 from ifmdm_data.errors import ClipError, InputError
-from ifmdm_data.filter.inputs import clip_id, resolve_keyed
-from ifmdm_data.filter.finalise import write_json_atomic, write_manifests
+from ifmdm_data.filter.decide import provisional_decisions
+from ifmdm_data.filter.inputs import resolve_keyed
+from ifmdm_data.io.paths import clip_id
+from ifmdm_data.filter.finalise import write_manifests
+from ifmdm_data.io.atomic import write_json_atomic
+from ifmdm_data.io.ray_runtime import init_ray
 from ifmdm_data.reasons import Reason
 from ifmdm_data.filter.work import CollectingStore, PartStore, failure_row, plan_units, run_unit
 
@@ -105,23 +109,6 @@ class AnalyseActor:
 # ------------------------------------------------------------------------------------------
 # Driver
 # ------------------------------------------------------------------------------------------
-
-def init_ray(address: str | None, workers: int | None, verbose: bool = False) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=verbose)
-    else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        # "local": a new Ray for this run, even when a `ray start` cluster on this machine left
-        # its address in /tmp/ray/ray_current_cluster (ray.init() would join that one)
-        ray.init(address="local", num_cpus=workers or os.cpu_count(), include_dashboard=False,
-                 log_to_driver=verbose)
-
 
 def _fingerprint(cfg: FilterConfig, backend_weights: str | None, syncnet: str | None = None) -> dict:
     """What the analysis results depend on (a re-run with another fingerprint must not mix in
@@ -209,7 +196,7 @@ def _update_bar(bar: StageBar, batch: dict, unit_file: dict, left: dict) -> None
 def _readable_sample(paths: list[str], tries: int = 20) -> list[str]:
     """One input the driver can read (a list may name missing files: those are rows, not a
     storage problem), for the node check; [] when none of the first `tries` exists."""
-    from ifmdm_data.filter.inputs import fs_path
+    from ifmdm_data.io.paths import fs_path
 
     for p in paths[:tries]:
         if storage.exists(p if storage.is_url(p) else fs_path(p)):
@@ -242,7 +229,7 @@ def run_filter(inputs: list[str], out_dir: str, cfg: FilterConfig, workers: int 
         from ifmdm_data.filter.identify import check_available
         check_available(cfg.identity)
     if cfg.analysis.backend != "mediapipe":  # fail before starting Ray when weights are missing
-        from ifmdm_data.faces.backends.base import check_weights
+        from ifmdm_data.faces.backends.weights import check_weights
         check_weights(cfg.analysis.backend, weights_dir)
     store = PartStore(out)
     init_ray(ray_address, workers, verbose=log.isEnabledFor(logging.INFO))

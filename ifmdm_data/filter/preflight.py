@@ -16,7 +16,7 @@ TIMEOUT_S = 180.0
 
 def _node_check(read: list[str], write: str | None, see: str | None, env: dict) -> str:
     """On one node: '' when every check passes, else what failed (one line)."""
-    from ifmdm_data.filter.inputs import fs_path
+    from ifmdm_data.io.paths import fs_path
 
     storage.apply_env(env)
     for loc in read:

@@ -212,9 +212,6 @@ def run_unit(unit: dict, cfg, models, speech, store, backend_name: str = "",
     from ifmdm_data.filter.analyse import analyse_unit
 
     cid, path, probe = unit["clip_id"], unit["path"], unit["probe"]
-    fault = os.environ.get("IFMDM_FAULT_CRASH")  # fault injection for tests: kill this worker
-    if fault and fault in os.path.basename(path):
-        os._exit(17)
     t0 = time.perf_counter()
     tables = {}                        # segment id -> tracks table
     try:

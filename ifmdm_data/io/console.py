@@ -194,25 +194,6 @@ def _isatty(stream) -> bool:
         return False
 
 
-def provisional_decisions(rows: list[dict], cfg) -> tuple[int | None, int | None]:
-    """(accepted, rejected) of a unit's rows by the absolute thresholds of `cfg`, for the
-    progress line; (None, None) when a threshold is a dataset quantile (known at the end only)."""
-    import pandas as pd
-
-    from ifmdm_data.filter.decide import decide
-
-    d = cfg.decide
-    if not rows or any(isinstance(getattr(d, k), dict) for k in
-                       ("min_sharpness", "max_camera_motion", "head_motion_min", "lip_motion_min")):
-        return (0, 0) if not rows else (None, None)
-    try:
-        df, _ = decide(pd.DataFrame(rows), cfg)
-    except Exception:  # noqa: BLE001 - a progress count must never fail the unit
-        return None, None
-    acc = int(df["accepted"].sum())
-    return acc, len(df) - acc
-
-
 @contextlib.contextmanager
 def ray_remote_args():
     """Around `Dataset.map_batches(..., max_restarts=-1, max_task_retries=0)`: Ray 2.60

@@ -250,14 +250,14 @@ def probe_file(path: str, timeout_s: float = 60.0, backend: str = "auto") -> dic
 
     Keys: file_size, container_duration_s, duration_s, fps, vfr, width, height (as displayed,
     after rotation), rotation, vcodec, pix_fmt, n_frames (-1 when the container does not say),
-    has_audio, acodec, audio_sr, audio_channels (of the main streams, `video.main_stream_info`),
+    has_audio, acodec, audio_sr, audio_channels (of the main streams, `streams.main_stream_info`),
     n_video_streams (not counting cover art), n_audio_streams. width/height are square-pixel
     display sizes (the sample aspect ratio applied, `video.display_dims`).
 
     backend: "auto" (PyAV in process; ffprobe only for a file PyAV cannot open), "pyav"
     (no fallback: PyAV's error becomes the DECODE_ERROR detail) or "ffprobe".
     """
-    from ifmdm_data.filter.inputs import fs_path
+    from ifmdm_data.io.paths import fs_path
     path = fs_path(path)  # a manifest path of a non-UTF-8 name -> the name on disk
     try:
         st = os.stat(path)
@@ -284,7 +284,8 @@ def probe_file(path: str, timeout_s: float = 60.0, backend: str = "auto") -> dic
 def _record(info: dict, st: os.stat_result) -> dict:
     """The probe record from ffprobe's JSON shape (either source)."""
     streams = info.get("streams", [])
-    from ifmdm_data.media.video import display_dims, main_stream_info  # issue 11 C/D: one stream rule, SAR
+    from ifmdm_data.media.streams import main_stream_info  # issue 11 C/D: one stream rule
+    from ifmdm_data.media.video import display_dims       # issue 11 C: SAR
     video = [s for s in streams if s.get("codec_type") == "video"
              and not (s.get("disposition") or {}).get("attached_pic")]
     audio = [s for s in streams if s.get("codec_type") == "audio"]

@@ -27,8 +27,8 @@ def time_origin_s(container, audio_stream=None) -> float:
     """Seconds on the container's absolute timeline that are time 0 of the file: the video
     stream's start_time; with no video stream, `audio_stream`'s (or the main audio stream's)
     start_time; 0.0 when the container gives none. The video stream is the main one
-    (`video.main_streams`, what the frame decoders open), so cover art never sets time 0."""
-    from ifmdm_data.media.video import main_streams
+    (`streams.main_streams`, what the frame decoders open), so cover art never sets time 0."""
+    from ifmdm_data.media.streams import main_streams
 
     v, a = main_streams(container)
     if v is not None:

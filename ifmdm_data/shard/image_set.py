@@ -118,27 +118,28 @@ def resolve_images(arg: str) -> list[tuple[str, str]]:
     column (rows naming missing files are kept: they become `unreadable` rows). The key text is
     the path relative to the folder (or to the glob's folder; a list's `id` column or path as
     written). InputError: no such input, or a folder / glob with no image."""
-    from ifmdm_data.filter.inputs import _from_list, _glob_root, _rel, manifest_path
+    from ifmdm_data.filter.inputs import glob_root, key_under, read_input_list
+    from ifmdm_data.io.paths import manifest_path
 
     remote = storage.is_url(arg)
     try:
         if arg.lower().endswith((".csv", ".parquet")) and storage.isfile(arg):
-            found = _from_list(arg)
+            found = read_input_list(arg)
         elif storage.isdir(arg):
             hits = storage.find(arg, IMAGE_EXTENSIONS)
             if not hits:
                 raise InputError(f"{arg}: folder has no images ({', '.join(IMAGE_EXTENSIONS)})")
             root = arg.rstrip("/") if remote else os.path.abspath(storage.local(arg))
-            found = [(h, _rel(h if remote else os.path.abspath(h), root)) for h in hits]
+            found = [(h, key_under(h if remote else os.path.abspath(h), root)) for h in hits]
         elif storage.isfile(arg):
             found = [(arg, storage.name(arg))]
         elif any(ch in arg for ch in "*?["):
             hits = [h for h in storage.glob(arg) if h.lower().endswith(IMAGE_EXTENSIONS)]
             if not hits:
                 raise InputError(f"{arg}: the pattern matches no image")
-            root = _glob_root(arg)
+            root = glob_root(arg)
             root = root if remote else os.path.abspath(storage.local(root))
-            found = [(h, _rel(h if remote else os.path.abspath(h), root)) for h in hits]
+            found = [(h, key_under(h if remote else os.path.abspath(h), root)) for h in hits]
         else:
             raise InputError(f"{arg}: no such file or folder")
     except storage.StorageError as e:
@@ -215,7 +216,7 @@ def prepare_image(loc: str, cfg: ImageSetConfig) -> dict:
     """Read, decode, check size, crop/resize, encode one image. Returns {"data", "width",
     "height", "composited", "phash"}; raises ImageReject (unreadable | empty_file |
     decode_error | low_resolution)."""
-    from ifmdm_data.filter.inputs import fs_path
+    from ifmdm_data.io.paths import fs_path
 
     try:
         data = storage.read_bytes(loc if storage.is_url(loc) else fs_path(loc))
@@ -304,7 +305,7 @@ def run_image_set(inputs: str, out_dir: str, cfg: ImageSetConfig | None = None,
     """The whole `shard --images` stage (see the module doc). Returns the summary (also saved
     as OUT/summary.json). InputError: a missing or empty input, an output folder that already
     holds an image set (without `overwrite`) or video shards."""
-    from ifmdm_data.filter.inputs import clip_id
+    from ifmdm_data.io.paths import clip_id
     from ifmdm_data.schema import write_parquet_atomic
 
     cfg = (cfg or ImageSetConfig()).validate()
@@ -392,7 +393,7 @@ def run_image_set(inputs: str, out_dir: str, cfg: ImageSetConfig | None = None,
                "elapsed_s": round(time.time() - t0, 2),
                "config": {"size": cfg.size, "min_side": cfg.min_side if cfg.min_side is not None else cfg.size // 2,
                           "dup_bits": cfg.dup_bits, "format": cfg.image_format}}
-    from ifmdm_data.filter.finalise import write_json_atomic
+    from ifmdm_data.io.atomic import write_json_atomic
     write_json_atomic(summary, storage.join(out, "summary.json"))
     write_parquet_atomic(index, storage.join(out, "index.parquet"))   # last: the set is complete
     return summary

@@ -35,14 +35,15 @@ from ifmdm_data.shard import format as sf
 from ifmdm_data.io import storage
 from ifmdm_data.io.console import StageBar, ray_remote_args
 from ifmdm_data.errors import ClipError, InputError
-from ifmdm_data.filter.finalise import write_json_atomic
+from ifmdm_data.io.atomic import write_json_atomic
 from ifmdm_data.reasons import SUBSETS, Reason
 from ifmdm_data.schema import manifest_folder, read_clips, read_segment_tracks, tracks_folders, write_parquet_atomic
-from ifmdm_data.shard.segment import AUDIO_RATE, ShardConfig, TarShardWriter, make_sample
+from ifmdm_data.shard.plan import make_plan
+from ifmdm_data.shard.segment import ShardConfig, make_sample
+from ifmdm_data.shard.tar_writer import TarShardWriter
 
 log = logging.getLogger("ifmdm_data")
 
-PLAN_VERSION = 1
 # manifest columns a shard task needs (the rest of the row stays on the driver)
 ROW_FIELDS = ("segment_id", "path", "start_s", "end_s", "duration_s", "subset", "width", "height",
               "rotation", "fps", "has_audio", "stage2_ok", "stage2_reasons", "landmark_scheme",
@@ -73,55 +74,6 @@ def tmp_name(name: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------
-# plan
-
-
-def _estimate_bytes(duration_s: float, cfg: ShardConfig, speech_dim: int, n_points: int = 478) -> int:
-    d = max(float(duration_s or 0.0), 0.0)
-    per_s = (cfg.video_bytes_per_s() + 2 * AUDIO_RATE + cfg.fps * speech_dim * 2
-             + cfg.fps * n_points * 2 * 2)
-    return int(d * per_s) + 4096
-
-
-def _pack(keys_sizes: list[tuple[str, int]], subset: str, first_index: int, target: int) -> list[dict]:
-    shards, cur, cur_bytes = [], [], 0
-    for key, size in keys_sizes:
-        if cur and cur_bytes + size > target:
-            shards.append((cur, cur_bytes))
-            cur, cur_bytes = [], 0
-        cur.append(key)
-        cur_bytes += size
-    if cur:
-        shards.append((cur, cur_bytes))
-    return [{"name": sf.SHARD_NAME.format(subset=subset, index=first_index + i), "keys": keys,
-             "est_bytes": int(b)} for i, (keys, b) in enumerate(shards)]
-
-
-def make_plan(selected: pd.DataFrame, cfg: ShardConfig, speech_dim: int, old: dict | None) -> tuple[dict, int]:
-    """Deterministic assignment of samples to shards per subset: sorted by key, packed in
-    order up to cfg.target_shard_bytes (estimated sizes). Keeps `old`'s shards as they are
-    and packs samples it lacks into new shards after them. Returns (plan, new shard count)."""
-    plan = {"version": PLAN_VERSION, "subsets": {}} if old is None else json.loads(json.dumps(old))
-    added = 0
-    for subset in SUBSETS:
-        part = selected[selected["subset"] == subset]
-        if part.empty:
-            continue
-        shards = plan["subsets"].setdefault(subset, [])
-        planned = {k for s in shards for k in s["keys"]}
-        new = part[~part["segment_id"].isin(planned)].sort_values("segment_id")
-        if new.empty:
-            continue
-        first = 1 + max((int(s["name"].rsplit("-", 1)[1].split(".")[0]) for s in shards), default=-1)
-        items = [(r.segment_id, _estimate_bytes(r.duration_s, cfg, speech_dim))
-                 for r in new.itertuples()]
-        fresh = _pack(items, subset, first, cfg.target_shard_bytes)
-        shards.extend(fresh)
-        added += len(fresh)
-    return plan, added
-
-
-# ------------------------------------------------------------------------------------------
 # one shard (runs inside an actor)
 
 
@@ -136,7 +88,7 @@ def build_shard(spec: dict, out_dir: str, manifest_dir: str, cfg: ShardConfig, f
     OUT/_work/shards/{subset}/{name}.json before the tar gets its final name). OUT and the
     manifest folder may be object-storage URLs; source videos in object storage are read
     through a local spool (`storage.spool`)."""
-    from ifmdm_data.filter.inputs import fs_path
+    from ifmdm_data.io.paths import fs_path
 
     subset, name = spec["subset"], spec["name"]
     rel = f"{subset}/{name}"
@@ -366,7 +318,7 @@ def run_shard(manifest_dir: str, out_dir: str, subsets=SUBSETS, cfg: ShardConfig
     """
     import ray
 
-    from ifmdm_data.filter.pipeline import init_ray
+    from ifmdm_data.io.ray_runtime import init_ray
 
     t_start = time.time()
     cfg = cfg or ShardConfig()
@@ -377,8 +329,8 @@ def run_shard(manifest_dir: str, out_dir: str, subsets=SUBSETS, cfg: ShardConfig
     if bad:
         raise InputError(f"unknown subset(s) {', '.join(bad)}: choose from {', '.join(SUBSETS)}")
     if wav2vec2_dir:  # fail before starting Ray: a clear message naming the missing file
-        from ifmdm_data.features.speech import _check_checkpoint_dir
-        _check_checkpoint_dir(wav2vec2_dir)
+        from ifmdm_data.features import check_wav2vec2_dir
+        check_wav2vec2_dir(wav2vec2_dir)
     layers = [int(x) for x in layers]
     manifest = str(manifest_dir).rstrip("/") if storage.is_url(manifest_dir) else Path(manifest_dir)
     clips = read_clips(manifest)

@@ -1,4 +1,4 @@
-"""One shard sample from one accepted segment (`ifmdm-data shard`), and the tar writer.
+"""One shard sample from one accepted segment (`ifmdm-data shard`): its mp4, wav, speech, landmarks and json.
 
 `make_sample` turns a manifest row + the segment's tracks into the members of
 `shard_format` (mp4, wav, speech.npy, landmarks.npy, json). The face models are not run
@@ -37,7 +37,6 @@ import io
 import json
 import math
 import os
-import tarfile
 import wave
 from dataclasses import dataclass
 from fractions import Fraction
@@ -49,7 +48,8 @@ from ifmdm_data.shard.crop import PADS, crop_box, crop_i420, landmarks_to_crop
 from ifmdm_data.errors import ClipError, ConfigError
 from ifmdm_data.reasons import SUBSETS, Reason, Stage2Reason
 from ifmdm_data.media.timeline import stream_start_s
-from ifmdm_data.media.video import convert_frame, main_streams, stream_display_size
+from ifmdm_data.media.video import convert_frame, stream_display_size
+from ifmdm_data.media.streams import main_streams
 
 AUDIO_RATE = 16000
 MIN_COVERAGE = 0.5     # a truncated source must still yield half the segment's frames
@@ -377,8 +377,8 @@ def make_sample(row: dict, tracks, cfg: ShardConfig, features, source: str | Non
     names when `row["path"]` is a local copy (`storage.spool`) of an object (its URL).
     Raises ClipError when the video cannot be decoded (the caller records the sample as failed).
     """
-    from ifmdm_data.features.speech import align_to_frames
-    from ifmdm_data.filter.inputs import fs_path, manifest_path
+    from ifmdm_data.features import align_to_frames
+    from ifmdm_data.io.paths import fs_path, manifest_path
 
     key = str(row["segment_id"])
     if "." in key:
@@ -444,64 +444,3 @@ def make_sample(row: dict, tracks, cfg: ShardConfig, features, source: str | Non
     assert set(meta) == set(sf.META_KEYS)
     out["json"] = json.dumps(_clean(meta), allow_nan=False).encode()
     return {ext: out[ext] for ext in sf.MAIN_MEMBERS if ext in out}
-
-
-# ------------------------------------------------------------------------------------------
-# tar writing
-
-
-class TarShardWriter:
-    """Plain (uncompressed) tar of `key.ext` members, written under a temporary name and
-    renamed to the final name by `commit()`; `abort()` (or an exception in a `with` block)
-    deletes the temporary file. Member metadata is fixed (mtime 0, root, 0444) so the same
-    samples give the same bytes."""
-
-    def __init__(self, final_path: str | os.PathLike, tmp_path: str | os.PathLike):
-        self.final = os.fspath(final_path)
-        self.tmp = os.fspath(tmp_path)
-        os.makedirs(os.path.dirname(self.final) or ".", exist_ok=True)
-        self._f = open(self.tmp, "wb")
-        self._tar = tarfile.open(fileobj=self._f, mode="w", format=tarfile.USTAR_FORMAT)
-        self.count = 0
-
-    def write(self, key: str, members: dict) -> int:
-        """Append one sample; returns its bytes (member payloads)."""
-        total = 0
-        for ext, data in members.items():
-            name = f"{key}.{ext}"
-            sf.check_member_name(name, self.tmp)
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mtime = 0
-            info.mode = 0o444
-            self._tar.addfile(info, io.BytesIO(data))
-            total += len(data)
-        self.count += 1
-        return total
-
-    def commit(self, before_replace=None) -> None:
-        """Close the tar, call `before_replace(tar bytes)` (e.g. to save a record), rename."""
-        self._tar.close()
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        size = self._f.tell()
-        self._f.close()
-        if before_replace is not None:
-            before_replace(size)
-        os.replace(self.tmp, self.final)
-
-    def abort(self) -> None:
-        try:
-            self._tar.close()
-            self._f.close()
-        finally:
-            if os.path.exists(self.tmp):
-                os.unlink(self.tmp)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            self.abort()
-        return False

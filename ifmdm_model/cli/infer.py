@@ -1,6 +1,7 @@
 """`ifmdm-infer` command line: arguments are parsed and checked (files exist, values in range)
 before torch and the models are imported, so a bad argument is rejected in a fraction of a
-second instead of after the ~4-7 s torch import. The work is in `infer.py`."""
+second instead of after the ~4-7 s torch import. The work is in `ifmdm_model.infer`
+(`generate`, `reenact`); run as `ifmdm-infer` or `python -m ifmdm_model.cli.infer`."""
 from __future__ import annotations
 
 import argparse
@@ -77,7 +78,7 @@ def _need_file(path: str, what: str) -> None:
 
 
 def check_paths(args) -> None:
-    """Inputs exist, the output can be written (the same checks `infer.py` repeats later)."""
+    """Inputs exist, the output can be written (the same checks `ifmdm_model.infer` repeats later)."""
     if not Path(args.checkpoint).is_dir():
         raise InputError(f"checkpoint folder {args.checkpoint} does not exist (give the run folder of "
                          f"`ifmdm-train -o`, e.g. runs/x)")

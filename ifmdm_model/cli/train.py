@@ -1,4 +1,6 @@
-"""`ifmdm-train`. Thin: parse, call the library, one-line errors (exit 2). (`ifmdm-infer` lives in infer.py.)"""
+"""`ifmdm-train` command line: parse, check the shards, run stage 1 and/or stage 2, one-line errors (exit 2).
+
+The work is in `ifmdm_model.stage1.train.train_stage1` and `ifmdm_model.stage2.train.train_stage2`."""
 from __future__ import annotations
 
 import argparse
@@ -57,8 +59,9 @@ def train_main(argv=None) -> int:
         from ifmdm_data.shard.image_set import is_image_set_folder
 
         from ifmdm_model.curriculum import load_curriculum
-        from ifmdm_model.stage1.train import TrainOptions, train_stage1
+        from ifmdm_model.stage1.train import train_stage1
         from ifmdm_model.stage2.train import train_stage2
+        from ifmdm_model.training import TrainOptions
 
         if args.shards and args.shards.endswith(".parquet"):     # splits/train.parquet, say
             raise IfmdmError(f"--shards {args.shards} is a manifest, not a shard folder: run `ifmdm-data shard "

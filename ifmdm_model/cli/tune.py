@@ -1,5 +1,7 @@
-"""`ifmdm-tune` command line: arguments are checked before torch is imported; the work is in
-`tune.py` (LoRA layers: `lora.py`)."""
+"""`ifmdm-tune` command line: parse and check the arguments (before torch is imported), tune, report.
+
+The work is in `ifmdm_model.tune.stage1.tune_stage1` and `ifmdm_model.tune.stage2.tune_stage2`
+(LoRA layers: `ifmdm_model.lora`)."""
 from __future__ import annotations
 
 import argparse

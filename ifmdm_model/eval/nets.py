@@ -1,4 +1,4 @@
-"""Metric networks of `ifmdm-eval --clips` and the loaders of their user-given weight files.
+"""Metric networks of `ifmdm-eval video` and the loaders of their user-given weight files.
 
 IResNet        ArcFace backbone (insightface arcface_torch iresnet names), for CSIM.
 SyncNet        this project's SyncNet-style two-stream network (its own state-dict format);
@@ -10,14 +10,11 @@ No weights are shipped or downloaded: every loader reads a local state-dict file
 """
 from __future__ import annotations
 
-
 import torch
 import torch.nn as nn
 
 from ifmdm_data.faces import syncnet as _syncnet
 from ifmdm_data.errors import IfmdmError
-from ifmdm_data.faces.syncnet import (  # noqa: F401 - the SyncNet networks stay importable from here
-    SYNC_FRAMES, SYNCNET_LAYOUTS, SyncNet, SyncNetPython, _conv_bn_relu, _head, syncnet_layout)
 
 
 class VideoEvalError(IfmdmError):
@@ -87,11 +84,11 @@ class IResNet(nn.Module):
 # ------------------------------------------------------------------------------------------
 
 def _read_state_dict(path, what: str, prefixes=("module.",)) -> dict:
-    return _syncnet._read_state_dict(path, what, prefixes, error=VideoEvalError)
+    return _syncnet.read_state_dict(path, what, prefixes, error=VideoEvalError)
 
 
 def _load_net(path, what: str, build, device, prefixes=("module.",)) -> nn.Module:
-    return _syncnet._load_net(path, what, build, device, prefixes, error=VideoEvalError)
+    return _syncnet.load_net(path, what, build, device, prefixes, error=VideoEvalError)
 
 
 def load_inception(path, device="cpu") -> nn.Module:
@@ -114,6 +111,6 @@ def load_arcface(path, device="cpu") -> IResNet:
 
 def load_syncnet(path, device="cpu") -> nn.Module:
     """`ifmdm_data.faces.syncnet.load_syncnet` raising `VideoEvalError`: syncnet_python's layout ->
-    `SyncNetPython`, this project's -> `SyncNet`; the network's `layout` tells `eval_video.lse`
-    which preprocessing to use."""
+    `SyncNetPython`, this project's -> `SyncNet`; the network's `layout` tells
+    `ifmdm_model.eval.lipsync.lse` which preprocessing to use."""
     return _syncnet.load_syncnet(path, device, error=VideoEvalError)

@@ -1,6 +1,6 @@
 """Stage-1 evaluation: reconstruction quality of the motion autoencoder on held-out clips.
 
-    ifmdm-eval --checkpoint runs/x --shards shards_heldout/ [--subsets hard] [--clips 50] [--raw] [-o results.json]
+    ifmdm-eval stage1 --checkpoint runs/x --shards shards_heldout/ [--subsets hard] [--clips 50] [--raw] [-o results.json]
 
 The paper's stage-1 ablation reports reconstruction PSNR for "same identity" and "cross
 identity" (G=16, D=20: 32.04 / 29.74 dB). It does not say how the cross-identity number is
@@ -31,12 +31,12 @@ cross identity  appearance from clip A, motion from a clip B of another source v
                 |m(x_AB) - m(B_j)| over the D components, which needs no image. x_AB is
                 clamped to [-1, 1] (as it would be rendered) before it is encoded again.
 
-Metrics (each per image, then averaged over images): images clamped to [-1, 1] and mapped to
-[0, 1]; PSNR = 10 log10(1 / MSE) over all pixels and channels, capped at `PSNR_CAP_DB` = 100 dB
-(identical images); SSIM with an 11x11 Gaussian window, sigma 1.5, K1 = 0.01, K2 = 0.03,
-data range 1, computed per RGB channel over the valid region (no padding) and averaged (the
-same value as skimage's `structural_similarity(gaussian_weights=True, sigma=1.5,
-use_sample_covariance=False, data_range=1)`); L1 = mean absolute error on [0, 1].
+Metrics (each per image, then averaged over images; `ifmdm_model.eval.metrics`): images
+clamped to [-1, 1] and mapped to [0, 1]; PSNR = 10 log10(1 / MSE) over all pixels and channels,
+capped at `PSNR_CAP_DB` = 100 dB (identical images); SSIM with an 11x11 Gaussian window, sigma
+1.5, K1 = 0.01, K2 = 0.03, data range 1, computed per RGB channel over the valid region (no
+padding) and averaged (the same value as skimage's `structural_similarity(gaussian_weights=True,
+sigma=1.5, use_sample_covariance=False, data_range=1)`); L1 = mean absolute error on [0, 1].
 
 The model runs in float32 under `torch.inference_mode` (CUDA when present with device="auto").
 Memory: the decoded frames of all evaluated clips are kept (n_clips x 2 x pairs_per_clip
@@ -44,28 +44,22 @@ frames of image_size^2 x 3 bytes: 50 clips x 8 frames at 512 px is about 315 MB)
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
-import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ifmdm_data.errors import IfmdmError
 
-from ifmdm_model.checkpoint import CheckpointError, load_weights, resolve_stage1_checkpoint
+from ifmdm_model.checkpoint import load_stage1_checkpoint, resolve_stage1_checkpoint
+from ifmdm_model.eval.metrics import PSNR_CAP_DB, l1, psnr, ssim, to_unit
 
 log = logging.getLogger("ifmdm_model")
 
-PSNR_CAP_DB = 100.0
-SSIM_WINDOW = 11
-SSIM_SIGMA = 1.5
-SSIM_K1, SSIM_K2 = 0.01, 0.03
 PAPER_REFERENCE = {"G16_D20": {"same_psnr": 32.04, "cross_psnr": 29.74}}
 SUBSETS = ("coarse", "lip", "hard")
 
@@ -75,53 +69,8 @@ class EvalError(IfmdmError):
 
 
 # ------------------------------------------------------------------------------------------
-# Metrics (per image; inputs (N, C, H, W) in [0, 1])
+# Metrics (per image; inputs (N, C, H, W) in [0, 1]: `ifmdm_model.eval.metrics`)
 # ------------------------------------------------------------------------------------------
-
-def psnr(x: torch.Tensor, y: torch.Tensor, cap: float = PSNR_CAP_DB) -> torch.Tensor:
-    """PSNR in dB per image, data range 1; identical images give `cap` (default 100 dB)."""
-    mse = (x.float() - y.float()).pow(2).flatten(1).mean(dim=1)
-    return (10.0 * torch.log10(1.0 / mse.clamp_min(10.0 ** (-cap / 10.0)))).clamp_max(cap)
-
-
-def _gaussian_kernel(size: int, sigma: float, device, dtype) -> torch.Tensor:
-    c = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2.0
-    k = torch.exp(-c.pow(2) / (2.0 * sigma * sigma))
-    return k / k.sum()                                             # (size,)
-
-
-def ssim(x: torch.Tensor, y: torch.Tensor, window: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA,
-         data_range: float = 1.0) -> torch.Tensor:
-    """SSIM per image (Wang et al. 2004): Gaussian window `window` x `window` (11, sigma 1.5),
-    K1 = 0.01, K2 = 0.03, per channel over the valid region (no padding), averaged over
-    channels and positions. Images smaller than the window use a window of their size."""
-    x, y = x.float(), y.float()
-    n, c, h, w = x.shape
-    size = min(window, h, w)
-    g = _gaussian_kernel(size, sigma, x.device, x.dtype)
-    gh = g.view(1, 1, size, 1).expand(c, 1, size, 1)
-    gw = g.view(1, 1, 1, size).expand(c, 1, 1, size)
-
-    def blur(t):                                                   # separable, depthwise, valid
-        return F.conv2d(F.conv2d(t, gh, groups=c), gw, groups=c)
-
-    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
-    mx, my = blur(x), blur(y)
-    sxx = blur(x * x) - mx * mx
-    syy = blur(y * y) - my * my
-    sxy = blur(x * y) - mx * my
-    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
-    return s.flatten(1).mean(dim=1)                                # (N,)
-
-
-def l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return (x.float() - y.float()).abs().flatten(1).mean(dim=1)
-
-
-def to_unit(img: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] model space (decoder output is linear) -> clamped [0, 1]."""
-    return (img.float().clamp(-1.0, 1.0) + 1.0) * 0.5
-
 
 class _Meter:
     def __init__(self, *names):
@@ -153,34 +102,14 @@ def resolve_checkpoint(path) -> Path:
 def load_stage1(checkpoint, use_ema: bool = True, device="cpu", lora=None):
     """(model in eval mode on `device`, checkpoint folder, state.json dict). Reads state.json
     and one weights file only (not the optimizer). `lora`: an `ifmdm-tune` output folder whose
-    adapter (tuned on exactly these weights) is merged in."""
-    from safetensors.torch import load_file
-
-    from ifmdm_model.stage1.model import Stage1Config, build_stage1
-
+    adapter (tuned on exactly these weights) is merged in. The model comes from
+    `checkpoint.load_stage1_checkpoint` (failures: CheckpointError)."""
     ck = resolve_checkpoint(checkpoint)
-    weights = ck / ("ema.safetensors" if use_ema else "model.safetensors")
-    for f in (ck / "state.json", weights):
-        if not f.is_file():
-            raise CheckpointError(f"checkpoint {ck} is incomplete: {f.name} is missing")
-    try:
-        state = json.loads((ck / "state.json").read_text())
-        sd = load_file(str(weights))
-    except Exception as e:  # noqa: BLE001 - any parse failure is a corrupt checkpoint
-        raise CheckpointError(f"checkpoint {ck} is corrupt ({type(e).__name__}: {e})") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{ck}/state.json is not a JSON object")
-    if isinstance(state.get("model_config"), dict):
-        cfg = Stage1Config.from_dict(state["model_config"], where=f"{ck}/state.json model_config")
-        model = build_stage1(cfg)
-    elif isinstance(state.get("model"), str):
-        model = build_stage1(state["model"])
-    else:
-        raise CheckpointError(f"{ck}/state.json has neither 'model_config' nor 'model'")
-    load_weights(model, sd, str(weights))
+    weights = "ema.safetensors" if use_ema else "model.safetensors"
+    model, state = load_stage1_checkpoint(ck, "cpu", weights=weights)
     if lora is not None:
-        from ifmdm_model.tune.lora import apply_adapter
-        apply_adapter(model, lora, weights)
+        from ifmdm_model.lora import apply_adapter
+        apply_adapter(model, lora, ck / weights)
     return model.to(device).eval().requires_grad_(False), ck, state
 
 
@@ -375,16 +304,11 @@ def evaluate_stage1(checkpoint, shards_root, subsets=SUBSETS, n_clips: int = 50,
 
 
 # ------------------------------------------------------------------------------------------
-# CLI
+# Report
 # ------------------------------------------------------------------------------------------
 
-def write_json_atomic(path: Path, obj) -> None:
-    """Atomic JSON write (the project's one implementation, argument order of this module)."""
-    from ifmdm_data.filter.finalise import write_json_atomic as _write
-    _write(obj, Path(path))
-
-
 def format_table(res: dict) -> str:
+    """The results of `evaluate_stage1` as the table `ifmdm-eval stage1` prints."""
     def f(v, fmt):
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
@@ -399,87 +323,6 @@ def format_table(res: dict) -> str:
         f"{'-':>10s} {s['n']:6d} {ref['same_psnr']:11.2f}",
         f"{'cross identity':16s} {f(c['psnr'], '8.2f')} {f(c['ssim'], '7.4f')} {f(c['l1'], '7.4f')} "
         f"{f(c['motion_l1'], '10.4f')} {c['n']:6d} {ref['cross_psnr']:11.2f}",
-        "(cross identity: our cycle protocol A->B->back, see `ifmdm-eval --help`; paper: G=16, D=20)",
+        "(cross identity: our cycle protocol A->B->back, see `ifmdm-eval stage1 --help`; paper: G=16, D=20)",
     ]
     return "\n".join(lines)
-
-
-EPILOG = """\
-examples:
-  ifmdm-eval --checkpoint runs/x --shards shards_heldout/ -o runs/x/eval_stage1.json
-  ifmdm-eval --checkpoint runs/x/stage1/ckpt-00120000 --shards shards_heldout/ --subsets hard --clips 200
-  ifmdm-eval --checkpoint runs/x --shards shards_heldout/ --raw      # raw weights instead of EMA
-
-protocols:
-  same identity   recon = D(A(frame i), m(frame j)) of one clip, compared with frame j
-  cross identity  OURS (the paper does not describe its own): x_AB = D(A_app(clip A frame i),
-                  m(clip B frame j)); recon = D(B_app(clip B frame i), m(x_AB)), compared with
-                  B frame j; motion L1 = mean |m(x_AB) - m(B frame j)|
-  metrics         per image on [0, 1], averaged; PSNR capped at 100 dB; SSIM: Gaussian window
-                  11, sigma 1.5, per RGB channel; L1: mean absolute error
-"""
-
-
-def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="ifmdm-eval", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Evaluate a stage-1 checkpoint (the motion autoencoder): same- and "
-                    "cross-identity reconstruction PSNR / SSIM / L1 on held-out clips, next to "
-                    "the paper's numbers. Point --shards at shards of clips NOT used for "
-                    "training (`ifmdm-data shard` of a held-out manifest): there is no "
-                    "automatic split. With `--clips VIDEO...` and no --shards, it evaluates "
-                    "generated talking-head video instead: `ifmdm-eval --checkpoint runs/x "
-                    "--clips a.mp4 b.mp4 -o eval_out/ [--inception F] [--arcface F] "
-                    "[--syncnet F]` (see ifmdm_model/eval/video.py).")
-    ap.add_argument("--checkpoint", required=True,
-                    help="run folder (runs/x: its stage1/latest) or a ckpt-XXXXXXXX folder")
-    ap.add_argument("--shards", required=True, help="held-out shard folder of `ifmdm-data shard`")
-    ap.add_argument("--subsets", default=",".join(SUBSETS),
-                    help="comma-separated subsets to draw clips from (default: coarse,lip,hard)")
-    ap.add_argument("--clips", type=int, default=50, help="clips to evaluate (default 50)")
-    ap.add_argument("--pairs", type=int, default=4, help="frame pairs per clip (default 4)")
-    ap.add_argument("--seed", type=int, default=0, help="clip order and pairs (default 0)")
-    ap.add_argument("--raw", action="store_true", help="raw weights instead of the EMA weights")
-    ap.add_argument("--lora", help="an `ifmdm-tune -o` folder: evaluate with its adapter merged in")
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
-    ap.add_argument("-o", "--out", help="write the results JSON here (atomically)")
-    ap.add_argument("-v", "--verbose", action="store_true")
-    return ap
-
-
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    flags = [a.split("=", 1)[0] for a in argv]
-    if "--clips" in flags and "--shards" not in flags:     # talking-head evaluation on videos
-        from ifmdm_model.eval import video as eval_video
-        return eval_video.main(argv)
-    args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        subsets = tuple(s.strip() for s in args.subsets.split(",") if s.strip())
-        unknown = [s for s in subsets if s not in SUBSETS]
-        if unknown or not subsets:
-            raise EvalError(f"--subsets: unknown subset(s) {unknown or [args.subsets]}; known: "
-                            f"{list(SUBSETS)}")
-        res = evaluate_stage1(args.checkpoint, args.shards, subsets=subsets, n_clips=args.clips,
-                              pairs_per_clip=args.pairs, seed=args.seed, use_ema=not args.raw,
-                              device=args.device, batch_size=args.batch_size, lora=args.lora)
-        if args.out:
-            write_json_atomic(Path(args.out), res)
-    except IfmdmError as e:
-        print(f"ifmdm-eval: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
-              file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("ifmdm-eval: interrupted", file=sys.stderr)
-        return 130
-    print(format_table(res))
-    if args.out:
-        print(f"results: {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

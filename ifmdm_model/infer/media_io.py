@@ -41,7 +41,7 @@ class InferenceError(IfmdmError):
 # images
 # ------------------------------------------------------------------------------------------
 
-from ifmdm_data.shard.crop import ALPHA_BACKGROUND, composite_alpha, square_resize  # noqa: E402,F401 - one definition (re-exported)
+from ifmdm_data.shard.crop import composite_alpha, square_resize
 
 
 def load_image(path) -> np.ndarray:
@@ -290,7 +290,8 @@ def video_frames(path, size: int, batch: int):
     try:
         if not container.streams.video:
             raise InferenceError(f"driving video {path} has no video stream")
-        from ifmdm_data.media.video import main_streams, stream_display_size, to_rgb
+        from ifmdm_data.media.streams import main_streams
+        from ifmdm_data.media.video import stream_display_size, to_rgb
         stream = main_streams(container)[0]                  # not a cover image (issue 11 D)
         stream.thread_type = "AUTO"
         w, h = stream_display_size(stream)                   # square pixels, limited range
@@ -318,7 +319,7 @@ def video_fps(path) -> float:
         with av.open(str(path)) as c:
             if not c.streams.video:
                 raise InferenceError(f"driving video {path} has no video stream")
-            from ifmdm_data.media.video import main_streams
+            from ifmdm_data.media.streams import main_streams
             s = main_streams(c)[0]
             rate = s.average_rate or s.guessed_rate or s.base_rate
             return float(rate) if rate else 25.0

@@ -1,7 +1,9 @@
-"""Stage 1 of IF-MDM: the motion autoencoder (visual encoder E_v + decoder D with local flow).
+"""Stage 1 of IF-MDM: the motion autoencoder (visual encoder E_v + decoder D with local flow), its registry.
 
-One file for the model family, DiT style: building blocks, the paper's modules, the model,
-the discriminator, then a registry of named sizes (`STAGE1_CONFIGS`, `build_stage1`).
+One file for the model family, DiT style: config, the visual encoder, the latent axis, the
+motion decoder, the model, the discriminator, then a registry of named sizes
+(`STAGE1_CONFIGS`, `build_stage1`). The StyleGAN2-style layers live in
+`ifmdm_model.stage1.layers`, the paper's local flow module in `ifmdm_model.stage1.local_flow`.
 
 Paper (IF-MDM, as summarised in DESIGN.md, "Model"): "Encoder E_v: residual downsampling
 blocks from the image to 4x4; outputs a list of appearance tensors A_l (one per decoder scale)
@@ -19,18 +21,17 @@ runs on CPU and CUDA, in float32 or under bf16/fp16 autocast (warping stays in f
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Dict, List, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from ifmdm_data.errors import ConfigError
+from ifmdm_model.stage1.layers import (EqualConv2d, EqualLinear, MinibatchStd, ModulatedConv2d, ResBlockDown,
+                                       StyledConv, ToRGB)
+from ifmdm_model.stage1.local_flow import MASK_NORMS, LocalFlowModule
 
-MASK_NORMS = ("spatial", "separable", "paper")
 MOTION_DECODERS = ("directions", "mapping")
 # keys that older checkpoints' model_config lacks, with the value those checkpoints were built with
 LEGACY_DEFAULTS = {"motion_decoder": "mapping"}
@@ -113,175 +114,7 @@ class Stage1Config:
 
 
 #################################################################################
-#                         Building blocks (StyleGAN2-like)                      #
-#################################################################################
-
-def scaled_lrelu(x: torch.Tensor) -> torch.Tensor:
-    """StyleGAN2's leaky ReLU (slope 0.2) with gain sqrt(2), keeping unit variance."""
-    return F.leaky_relu(x, 0.2) * math.sqrt(2.0)
-
-
-class EqualLinear(nn.Module):
-    """Linear layer with equalised learning rate: w ~ N(0, 1/lr_mul^2), scaled by lr_mul/sqrt(fan_in)."""
-
-    def __init__(self, in_dim, out_dim, bias=True, bias_init=0.0, lr_mul=1.0, activation=False):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(out_dim, in_dim))
-        self.bias = nn.Parameter(torch.empty(out_dim)) if bias else None
-        self.bias_init, self.lr_mul, self.activation = bias_init, lr_mul, activation
-        self.scale = lr_mul / math.sqrt(in_dim)
-        self.reset_parameters()
-
-    def reset_parameters(self):
-        nn.init.normal_(self.weight, std=1.0 / self.lr_mul)
-        if self.bias is not None:
-            nn.init.constant_(self.bias, self.bias_init / self.lr_mul)
-
-    def forward(self, x):
-        bias = self.bias * self.lr_mul if self.bias is not None else None
-        out = F.linear(x, self.weight * self.scale, bias)
-        return scaled_lrelu(out) if self.activation else out
-
-
-class EqualConv2d(nn.Module):
-    """Conv2d with equalised learning rate (optionally grouped, optionally with activation)."""
-
-    def __init__(self, in_ch, out_ch, kernel, stride=1, groups=1, bias=True, activation=False):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(out_ch, in_ch // groups, kernel, kernel))
-        self.bias = nn.Parameter(torch.empty(out_ch)) if bias else None
-        self.stride, self.padding, self.groups, self.activation = stride, kernel // 2, groups, activation
-        self.scale = 1.0 / math.sqrt(in_ch // groups * kernel * kernel)
-        self.init_std = 1.0                                        # of the stored weights
-        self.reset_parameters()
-
-    def reset_parameters(self):
-        nn.init.normal_(self.weight, std=self.init_std)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
-
-    def forward(self, x):
-        out = F.conv2d(x, self.weight * self.scale, self.bias, self.stride, self.padding,
-                       groups=self.groups)
-        return scaled_lrelu(out) if self.activation else out
-
-
-class Downsample(nn.Module):
-    """Anti-aliased 2x downsampling: the [1, 3, 3, 1] binomial blur with stride 2 (depthwise)."""
-
-    def __init__(self):
-        super().__init__()
-        k = torch.tensor([1.0, 3.0, 3.0, 1.0])
-        k = torch.outer(k, k)
-        self.register_buffer("kernel", (k / k.sum())[None, None], persistent=False)  # (1, 1, 4, 4)
-
-    def forward(self, x):                                          # (N, C, H, W)
-        c = x.shape[1]
-        x = F.pad(x, (1, 1, 1, 1))
-        return F.conv2d(x, self.kernel.to(x.dtype).expand(c, 1, 4, 4), stride=2, groups=c)  # (N, C, H/2, W/2)
-
-
-class ModulatedConv2d(nn.Module):
-    """StyleGAN2 modulated convolution with weight demodulation, conditioned on a style vector.
-
-    Computed as modulate-input -> shared conv -> demodulate-output (StyleGAN2's non-fused form,
-    equal to scaling the weights per sample): w'_ijk = s_i w_ijk, w'' = w' / sqrt(sum w'^2 + eps).
-    The modulation and demodulation coefficients are computed in float32.
-    """
-
-    def __init__(self, in_ch, out_ch, kernel, style_dim, demodulate=True, upsample=False):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(out_ch, in_ch, kernel, kernel))
-        self.affine = EqualLinear(style_dim, in_ch, bias_init=1.0)   # style -> per-channel scales s
-        self.scale = 1.0 / math.sqrt(in_ch * kernel * kernel)
-        self.demodulate, self.upsample, self.padding = demodulate, upsample, kernel // 2
-        self.reset_parameters()
-
-    def reset_parameters(self):
-        nn.init.normal_(self.weight)
-
-    def forward(self, x, style):                                   # x (N, C_in, H, W), style (N, S)
-        s = self.affine(style).float()                             # (N, C_in)
-        weight = self.weight * self.scale                          # (C_out, C_in, k, k)
-        if self.upsample:
-            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-        x = x * s.to(x.dtype)[:, :, None, None]
-        out = F.conv2d(x, weight.to(x.dtype), padding=self.padding)  # (N, C_out, H', W')
-        if self.demodulate:
-            wsq = weight.float().pow(2).sum(dim=(2, 3))             # (C_out, C_in)
-            d = torch.rsqrt(s.pow(2) @ wsq.t() + 1e-8)              # (N, C_out)
-            out = out * d.to(out.dtype)[:, :, None, None]
-        return out
-
-
-class StyledConv(nn.Module):
-    """Modulated 3x3 conv + bias + leaky ReLU (no noise inputs: the decoder reconstructs)."""
-
-    def __init__(self, in_ch, out_ch, style_dim, upsample=False):
-        super().__init__()
-        self.conv = ModulatedConv2d(in_ch, out_ch, 3, style_dim, upsample=upsample)
-        self.bias = nn.Parameter(torch.zeros(out_ch))
-
-    def reset_parameters(self):
-        nn.init.zeros_(self.bias)
-
-    def forward(self, x, style):
-        out = self.conv(x, style)
-        return scaled_lrelu(out + self.bias[None, :, None, None].to(out.dtype))
-
-
-class ToRGB(nn.Module):
-    """Modulated 1x1 conv to RGB (no demodulation), summed with the upsampled previous RGB."""
-
-    def __init__(self, in_ch, style_dim):
-        super().__init__()
-        self.conv = ModulatedConv2d(in_ch, 3, 1, style_dim, demodulate=False)
-        self.bias = nn.Parameter(torch.zeros(3))
-
-    def reset_parameters(self):
-        nn.init.zeros_(self.bias)
-
-    def forward(self, x, style, skip=None):                        # x (N, C, H, W)
-        rgb = self.conv(x, style)
-        rgb = rgb + self.bias[None, :, None, None].to(rgb.dtype)  # (N, 3, H, W)
-        if skip is not None:
-            rgb = rgb + F.interpolate(skip, scale_factor=2, mode="bilinear", align_corners=False)
-        return rgb
-
-
-class ResBlockDown(nn.Module):
-    """Residual downsampling block: conv3x3 -> blur-down -> conv3x3, skip: blur-down -> conv1x1."""
-
-    def __init__(self, in_ch, out_ch):
-        super().__init__()
-        self.conv0 = EqualConv2d(in_ch, in_ch, 3, activation=True)
-        self.conv1 = EqualConv2d(in_ch, out_ch, 3, activation=True)
-        self.skip = EqualConv2d(in_ch, out_ch, 1, bias=False)
-        self.down = Downsample()
-
-    def forward(self, x):                                          # (N, C_in, H, W)
-        h = self.conv1(self.down(self.conv0(x)))
-        return (h + self.skip(self.down(x))) / math.sqrt(2.0)     # (N, C_out, H/2, W/2)
-
-
-class MinibatchStd(nn.Module):
-    """StyleGAN's minibatch standard deviation feature (one extra channel)."""
-
-    def __init__(self, group_size=4):
-        super().__init__()
-        self.group_size = group_size
-
-    def forward(self, x):                                          # (N, C, H, W)
-        n, c, h, w = x.shape
-        g = max(d for d in range(1, min(self.group_size, n) + 1) if n % d == 0)
-        y = x.float().reshape(g, n // g, c, h, w)
-        y = (y.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (N/g,)
-        y = y.repeat(g).reshape(n, 1, 1, 1).expand(n, 1, h, w).to(x.dtype)
-        return torch.cat([x, y], dim=1)                            # (N, C + 1, H, W)
-
-
-#################################################################################
-#                      Visual encoder E_v and local flow module                 #
+#                                Visual encoder E_v                             #
 #################################################################################
 
 class VisualEncoder(nn.Module):
@@ -321,114 +154,23 @@ class VisualEncoder(nn.Module):
         return appearance, m
 
 
-def log_spatial_masks(logits: torch.Tensor, mode: str = "spatial") -> torch.Tensor:
-    """Log of the spatially normalised masks: (N, G, H, W) logits -> (N, G, H, W), each
-    (n, g) map summing to 1 over (H, W) after exp.
+#################################################################################
+#                          Latent axis (LIA's directions)                       #
+#################################################################################
 
-    - "spatial" (default): a 2-D softmax over the H*W pixels; a group can put all its mass
-      anywhere, as compact as the local flow loss asks.
-    - "separable": softmax_W(M) * softmax_H(M) (the row softmax times the column softmax),
-      renormalised over H*W: local as well (a peak must win its row and its column).
-    - "paper": the paper's literal `softmax(softmax(M, dim=-1), dim=-2)` (width, then height),
-      divided by W to be a distribution over the H*W pixels. Kept as an ablation: it cannot
-      localise. The inner softmax maps each row into (0, 1), so the outer softmax over a column
-      sees inputs that differ by less than 1: every column keeps the same mass 1/W and values
-      within a column differ by at most a factor e (a group holds at most ~0.26 of a quadrant;
-      measured in tests/test_learning.py).
-    The choice of default is the learning benchmark's (README "Model").
-    """
-    n, g, h, w = logits.shape
-    if mode == "spatial":
-        return torch.log_softmax(logits.reshape(n, g, h * w), dim=-1).reshape(n, g, h, w)
-    if mode == "separable":
-        joint = torch.log_softmax(logits, dim=-1) + torch.log_softmax(logits, dim=-2)
-        return torch.log_softmax(joint.reshape(n, g, h * w), dim=-1).reshape(n, g, h, w)
-    if mode == "paper":
-        return torch.log_softmax(torch.softmax(logits, dim=-1), dim=-2) - math.log(w)
-    raise ValueError(f"mask normalisation must be one of {MASK_NORMS}, got {mode!r}")
+def latent_axis_basis(directions: torch.Tensor) -> torch.Tensor:
+    """The latent axis of LIA (Wang et al. 2022, "Latent Image Animator"; the paper's appendix):
+    D orthonormal motion directions Q (style_dim, D), Q^T Q = I, from the learned (style_dim, D)
+    matrix by QR (as LIA does), made unique by a positive diag(R). Float32."""
+    q, r = torch.linalg.qr(directions.float())
+    d = torch.diagonal(r)
+    return q * torch.where(d < 0, -1.0, 1.0)[None]             # unique: positive diag(R)
 
 
-def normalise_masks(logits: torch.Tensor, mode: str = "spatial") -> torch.Tensor:
-    """The masks M_l^g: each group's map is a distribution over space (sums to 1 over H, W)."""
-    return log_spatial_masks(logits, mode).exp()
-
-
-class LocalFlowModule(nn.Module):
-    """Local flow module at one decoder scale l.
-
-    Paper (DESIGN.md's summary): "grouped convolution with G_l groups on the decoder feature F_l; each group g
-    predicts a warping field W_l^g and a mask M_l^g normalised by
-    softmax(softmax(M, dim=-1), dim=-2); A_l is warped by each group's field and the results
-    are combined by the masks."
-
-    Mapping to code:
-    - grouped convolution: two 3x3 convs with `groups=G` on F_l (C -> C -> 3G); group g sees
-      only its C/G channels of F_l and outputs (dx, dy, mask logit) = channels 3g..3g+2.
-    - W_l^g: tanh(dx, dy), an offset in grid_sample's normalised coordinates, added to the
-      base meshgrid of pixel centres (a buffer); zero offset is the identity warp. With
-      `coarse_flow` (the decoder passes the scale below's flows when `coarse_to_fine` is on;
-      not in the paper, off by default) the offset is a residual on top of the upsampled
-      coarser flow of the same group (a bilinear warp only gives a gradient for
-      misalignments under about a pixel; measured: no gain at learning_bench's scale, and
-      the random initial flows add up over the scales).
-    - M_l^g: `log_spatial_masks` (the paper's width-then-height softmax, or a 2D softmax),
-      a distribution over space for each group: this is what the local flow loss keeps compact.
-    - combination: the paper's softmax is over space, so it does not say how groups share a
-      pixel. We weight group g at pixel p by M^g(p) / sum_g' M^g'(p) (= softmax over groups of
-      log M^g): M^g is "where group g acts", the weights are "which group acts at p" (Bayes
-      with a uniform prior over groups). They sum to 1 over groups at every pixel, for any G
-      (G = 1 gives weight 1: a single global flow).
-    - output: sum_g weight_g(p) * A_l(p + W_l^g(p)), same shape as A_l.
-    The warps run in float32 even under autocast (bf16 cannot address pixels of a 512 grid).
-    """
-
-    def __init__(self, channels: int, resolution: int, groups: int, mask_norm: str = "spatial",
-                 use_checkpoint: bool = False):
-        super().__init__()
-        self.groups, self.resolution, self.mask_norm = groups, resolution, mask_norm
-        self.use_checkpoint = use_checkpoint
-        self.hidden = EqualConv2d(channels, channels, 3, groups=groups, activation=True)
-        self.head = EqualConv2d(channels, 3 * groups, 3, groups=groups)
-        # small flow/mask head: near-identity warps and near-uniform masks at the start, but not
-        # zero, so every group's conv gets a gradient from the first step
-        self.head.init_std = 0.1
-        self.head.reset_parameters()
-        # pixel centres in [-1, 1] (align_corners=False), last dim (x, y) as grid_sample wants
-        c = (torch.arange(resolution, dtype=torch.float32) * 2 + 1) / resolution - 1
-        gy, gx = torch.meshgrid(c, c, indexing="ij")
-        self.register_buffer("base_grid", torch.stack([gx, gy], dim=-1)[None, None],
-                             persistent=False)                     # (1, 1, H, W, 2)
-
-    def forward(self, feature, appearance, coarse_flow=None):  # F_l, A_l (N, C, H, W)
-        n, _, h, w = feature.shape
-        g = self.groups
-        out = self.head(self.hidden(feature)).float().reshape(n, g, 3, h, w)
-        flow = torch.tanh(out[:, :, :2])                           # (N, G, 2, H, W) W_l^g
-        if coarse_flow is not None:                                # (N, G, 2, H/2, W/2): refine it
-            up = F.interpolate(coarse_flow.reshape(n, g * 2, h // 2, w // 2), size=(h, w),
-                               mode="bilinear", align_corners=False)
-            flow = flow + up.reshape(n, g, 2, h, w)
-        log_masks = log_spatial_masks(out[:, :, 2], self.mask_norm)  # (N, G, H, W)
-        weights = torch.softmax(log_masks, dim=1)                  # (N, G, H, W), sums to 1 over G
-        if self.use_checkpoint and torch.is_grad_enabled():
-            warped = checkpoint(self.warp_and_combine, appearance, flow, weights, use_reentrant=False)
-        else:
-            warped = self.warp_and_combine(appearance, flow, weights)
-        return warped, log_masks.exp(), flow                       # (N, C, H, W), (N, G, H, W), (N, G, 2, H, W)
-
-    def warp_and_combine(self, appearance, flow, weights):
-        n, c, h, w = appearance.shape
-        g = self.groups
-        dev = appearance.device.type
-        ctx = torch.autocast(dev, enabled=False) if dev in ("cpu", "cuda") else nullcontext()
-        with ctx:
-            grid = self.base_grid.float() + flow.float().permute(0, 1, 3, 4, 2)  # (N, G, H, W, 2)
-            # the G grids stacked along the output height: one grid_sample, no copy of A_l
-            warped = F.grid_sample(appearance.float(), grid.reshape(n, g * h, w, 2),
-                                   mode="bilinear", padding_mode="zeros",
-                                   align_corners=False)    # (N, C, G*H, W)
-            warped = warped.reshape(n, c, g, h, w)                 # (N, C, G, H, W)
-            return (warped * weights.float()[:, None]).sum(dim=2)  # (N, C, H, W)
+def latent_axis_style(z: torch.Tensor, motion: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """A point on the latent axis: style = z_a + sum_i m_i q_i. z (N, S): the appearance image's
+    latent; motion m (N, D); basis Q (S, D) from `latent_axis_basis` -> (N, S) in z's dtype."""
+    return z + (motion.float() @ basis.t()).to(z.dtype)        # (N, S)
 
 
 #################################################################################
@@ -463,9 +205,9 @@ class MotionDecoder(nn.Module):
     size, U-Net skips from A_l, ToRGB at each scale (progressive)". One style modulates every
     layer; how m becomes the style is `motion_decoder`:
 
-    - "directions" (the paper's appendix and LIA's latent axis): a learned basis of D
-      orthonormal directions q_i in the style space (QR of a learned (style_dim, D) matrix, as
-      LIA does) and style = z_a + sum_i m_i q_i, where z_a is the appearance image's latent
+    - "directions" (the paper's appendix and LIA's latent axis, `latent_axis_basis` and
+      `latent_axis_style`): a learned basis of D orthonormal directions q_i in the style space
+      (QR of a learned (style_dim, D) matrix, as LIA does) and style = z_a + sum_i m_i q_i, where z_a is the appearance image's latent
       (the last appearance entry). Identity reaches the decoder through z_a and the skips.
     - "mapping": style = MLP(m) (n_mlp equalised layers, StyleGAN2's mapping network with its
       lr multiplier); identity enters only through the skips.
@@ -491,9 +233,7 @@ class MotionDecoder(nn.Module):
 
     def basis(self) -> torch.Tensor:
         """The orthonormal motion directions Q (style_dim, D), Q^T Q = I ("directions" only)."""
-        q, r = torch.linalg.qr(self.directions.float())
-        d = torch.diagonal(r)
-        return q * torch.where(d < 0, -1.0, 1.0)[None]             # unique: positive diag(R)
+        return latent_axis_basis(self.directions)
 
     def style(self, appearance: Sequence[torch.Tensor], motion: torch.Tensor) -> torch.Tensor:
         """(N, style_dim) style of each motion m (N, D)."""
@@ -502,8 +242,7 @@ class MotionDecoder(nn.Module):
         if len(appearance) != len(self.blocks) + 1:
             raise ValueError("motion_decoder 'directions' needs the appearance latent z_a as the last "
                              "appearance entry (use the encoder's output as it is)")
-        z = appearance[-1]                                         # (N, S)
-        return z + (motion.float() @ self.basis().t()).to(z.dtype)  # (N, S)
+        return latent_axis_style(appearance[-1], motion, self.basis())  # (N, S)
 
     def forward(self, appearance: Sequence[torch.Tensor], motion: torch.Tensor):
         n = motion.shape[0]                                        # motion m (N, D)

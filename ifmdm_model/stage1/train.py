@@ -12,83 +12,29 @@ steps count as done without being trained, so the global step keeps meaning the 
 curriculum position and resume stays exact; state.json lists the skipped levels. Under DDP the
 generator and the optional discriminator are both DDP-wrapped, so every rank holds the same
 weights.
+
+The machinery both stages share (TrainOptions, DDP set-up, resume, EMA, autocast, TensorBoard,
+endless epochs) is in `ifmdm_model.training`; `TrainOptions` and `TrainingError` are importable
+from here as well.
 """
 from __future__ import annotations
 
 import copy
 import logging
 import math
-import os
 import time
-from dataclasses import asdict, dataclass
-from itertools import count
+from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator, Optional
 
 import torch
 
-from ifmdm_data.errors import IfmdmError
-
-from ifmdm_model.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
+from ifmdm_model.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from ifmdm_model.curriculum import Curriculum
+from ifmdm_model.training import (TrainingError, TrainOptions, autocast_for, ema_update, endless_epochs, restore,
+                                  setup_distributed, tensorboard_writer, wrap_ddp)
 
 log = logging.getLogger("ifmdm_model")
-
-
-class TrainingError(IfmdmError):
-    """Training cannot go on (non-finite loss, no data)."""
-
-
-@dataclass
-class TrainOptions:
-    run_dir: Path
-    vgg_weights: Optional[str] = None
-    resume: bool = True            # continue from run_dir/stage1/latest when present
-    max_steps: Optional[int] = None  # stop once this many curriculum steps are trained (smoke
-                                     # tests; the steps of skipped levels do not count)
-    device: str = "auto"
-    seed: int = 0
-    num_workers: Optional[int] = None
-    batch_size: Optional[int] = None
-
-
-# ------------------------------------------------------------------------------------------
-# Distributed helpers
-# ------------------------------------------------------------------------------------------
-
-def setup_distributed(device: str = "auto") -> tuple[torch.device, int, int]:
-    """(device, rank, world_size); initialises the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")
-    if use_cuda:
-        torch.cuda.set_device(local)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        return torch.device("cuda", local), rank, world
-    return torch.device("cpu"), rank, world
-
-
-def restore(ck: Path, data: dict, model, ema, opt) -> tuple[int, int]:
-    """Load weights, EMA and optimizer from a loaded checkpoint; returns (global step, next
-    epoch). The caller has already checked that the checkpoint matches its configuration."""
-    load_weights(model, data["model"], str(ck / "model.safetensors"))
-    load_weights(ema, data["ema"], str(ck / "ema.safetensors"))
-    opt.load_state_dict(data["optim"]["opt"])
-    st = data["state"]
-    return int(st["global_step"]), int(st.get("epoch", 0)) + 1
-
-
-def wrap_ddp(model: torch.nn.Module, device: torch.device, world: int) -> torch.nn.Module:
-    """DDP around `model` when world > 1 (it broadcasts rank 0's weights and buffers, and
-    averages the gradients in backward), else `model`."""
-    if world <= 1:
-        return model
-    return torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 # ------------------------------------------------------------------------------------------
@@ -153,33 +99,9 @@ def stop_step(plan, skipped, max_steps: Optional[int]) -> int:
     return plan.total_steps
 
 
-def tensorboard_writer(rank: int, folder: Path):
-    """A SummaryWriter on rank 0, None elsewhere."""
-    if rank != 0:
-        return None
-    from torch.utils.tensorboard import SummaryWriter
-    return SummaryWriter(str(folder))
-
-
-def autocast_for(device: torch.device):
-    """bf16 autocast on CUDA; a disabled context on the CPU (float32)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
 # ------------------------------------------------------------------------------------------
 # Training loop
 # ------------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    src = model.module if hasattr(model, "module") else model
-    for e, p in zip(ema.parameters(), src.parameters()):
-        e.lerp_(p.detach(), 1.0 - decay)
-    for e, b in zip(ema.buffers(), src.buffers()):
-        e.copy_(b)
-
 
 def _batches(shards: Path, subsets, plan, size, batch_size, num_workers, seed, first_epoch,
              rank, world) -> Iterator[dict]:
@@ -196,19 +118,6 @@ def _batches(shards: Path, subsets, plan, size, batch_size, num_workers, seed, f
                               f"no training batches (batch size {batch_size}) from subsets "
                               f"{list(subsets)} under {shards}: run `ifmdm-data shard` first, "
                               f"or lower the batch size")
-
-
-def endless_epochs(loader, first_epoch: int, empty: str) -> Iterator[dict]:
-    """Batches of `loader` epoch after epoch (set_epoch each time, for the shuffle), from
-    `first_epoch` on; an epoch without a batch is a TrainingError with the message `empty`."""
-    for epoch in count(first_epoch):
-        loader.set_epoch(epoch)
-        n = 0
-        for batch in loader:
-            n += 1
-            yield batch
-        if n == 0:
-            raise TrainingError(empty)
 
 
 def _grid(out: dict, batch: dict):

@@ -79,7 +79,8 @@ from ifmdm_data.loaders import (SUBSETS, TarShard, decode_frames, read_meta, sid
                                 write_motion_sidecar)
 from ifmdm_data.shard.format import ShardFormatError, check_member_name
 
-from ifmdm_model.checkpoint import CheckpointError, load_weights, resolve_stage1_checkpoint, weights_sha256
+from ifmdm_model.checkpoint import (CheckpointError, load_stage1_checkpoint, read_state, resolve_stage1_checkpoint,
+                                    weights_sha256)
 
 log = logging.getLogger("ifmdm_model")
 
@@ -116,16 +117,7 @@ def _sha256(path: Path) -> str:
 
 
 def _read_state(ck: Path) -> dict:
-    for f in ("state.json", "ema.safetensors"):
-        if not (ck / f).is_file():
-            raise NoCheckpointError(f"checkpoint {ck} is incomplete: {f} is missing")
-    try:
-        state = json.loads((ck / "state.json").read_text())
-    except ValueError as e:
-        raise NoCheckpointError(f"{ck}/state.json is not valid JSON ({e})") from None
-    if not isinstance(state, dict):
-        raise NoCheckpointError(f"{ck}/state.json is not a JSON object")
-    return state
+    return read_state(ck, error=NoCheckpointError)
 
 
 def _step(ck: Path, state: dict) -> int:
@@ -151,32 +143,9 @@ def encoder_id(ckpt_dir, _sha: Optional[str] = None) -> str:
 
 
 def load_encoder(ck: Path, state: dict, device: torch.device) -> torch.nn.Module:
-    """The frozen visual encoder E_v with the checkpoint's EMA weights (no decoder built)."""
-    from safetensors.torch import load_file
-
-    from ifmdm_model.stage1.model import Stage1Config, STAGE1_CONFIGS, VisualEncoder
-
-    where = f"{ck}/state.json"
-    try:
-        if isinstance(state.get("model_config"), dict):
-            cfg = Stage1Config.from_dict(state["model_config"], where=f"{where} model_config")
-        elif state.get("model") in STAGE1_CONFIGS:
-            cfg = STAGE1_CONFIGS[state["model"]]
-        else:
-            raise NoCheckpointError(f"{where} has neither 'model_config' nor a known 'model'")
-        sd = load_file(str(ck / "ema.safetensors"))
-    except IfmdmError:
-        raise
-    except Exception as e:  # noqa: BLE001 - any parse failure is a corrupt checkpoint
-        raise NoCheckpointError(f"checkpoint {ck} is corrupt ({type(e).__name__}: {e})") from None
-    enc_sd = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
-    encoder = VisualEncoder(cfg)
-    try:
-        load_weights(encoder, enc_sd, f"{ck}/ema.safetensors (encoder.*)")
-    except CheckpointError as e:
-        raise NoCheckpointError(str(e)) from None
-    encoder.cfg = cfg
-    return encoder.to(device).eval().requires_grad_(False)
+    """The frozen visual encoder E_v with the checkpoint's EMA weights (no decoder built; its
+    `cfg` attached): `checkpoint.load_stage1_checkpoint(encoder_only=True)`."""
+    return load_stage1_checkpoint(ck, device, encoder_only=True, state=state, error=NoCheckpointError)[0]
 
 
 def _device(device) -> torch.device:
@@ -331,7 +300,7 @@ class _Done:
 def _write_json_atomic(path, obj) -> None:
     """Atomic JSON write (the project's one implementation, argument order of this module);
     `path` is a local path or an object-storage URL."""
-    from ifmdm_data.filter.finalise import write_json_atomic as _write
+    from ifmdm_data.io.atomic import write_json_atomic as _write
     _write(obj, path if storage.is_url(path) else Path(path))
 
 

@@ -25,8 +25,8 @@ from ifmdm_data.errors import IfmdmError
 
 from ifmdm_model.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from ifmdm_model.curriculum import Curriculum
-from ifmdm_model.stage1.train import (TrainingError, TrainOptions, autocast_for, ema_update, endless_epochs, restore,
-                           setup_distributed, tensorboard_writer, wrap_ddp)
+from ifmdm_model.training import (TrainingError, TrainOptions, autocast_for, ema_update, endless_epochs, restore,
+                                  setup_distributed, tensorboard_writer, wrap_ddp)
 
 log = logging.getLogger("ifmdm_model")
 

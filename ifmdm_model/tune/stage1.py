@@ -1,6 +1,6 @@
 """`ifmdm-tune`: personalise a trained stage 1 to one subject with LoRA adapters (paper Fig. 6).
 
-The base run's stage-1 EMA model is frozen; low-rank updates (`ifmdm_model.tune.lora`) on its
+The base run's stage-1 EMA model is frozen; low-rank updates (`ifmdm_model.lora`) on its
 decoder (default) or encoder are trained on the subject's frames with the stage-1 losses (L1 +
 the local-flow term), and saved as a small adapter next to a record of the base weights'
 sha256. The base run is never written to.
@@ -54,7 +54,8 @@ class SubjectData:
     heldout_kind: str = "train"                            # "held-out" or "train" (too little data)
 
 
-def _files(paths: Sequence[str]) -> List[Path]:
+def subject_files(paths: Sequence[str]) -> List[Path]:
+    """The files named by `--data`: each file as given, each folder's images and videos (recursive, sorted)."""
     out = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -71,9 +72,10 @@ def _files(paths: Sequence[str]) -> List[Path]:
 
 def load_subject(paths: Sequence[str], size: int, max_frames: int = 400) -> SubjectData:
     """Read the subject's videos and images at `size` px and split off held-out frames."""
-    from ifmdm_model.infer.media_io import InferenceError, load_image, square_resize, video_frames
+    from ifmdm_model.infer.media_io import InferenceError, load_image, video_frames
+    from ifmdm_data.shard.crop import square_resize
     videos, images, skipped = [], [], []
-    for f in _files(paths):
+    for f in subject_files(paths):
         kind = f.suffix.lower()
         if kind not in VIDEO_EXTS | IMAGE_EXTS:
             skipped.append(f"{f} (not an image or video: {', '.join(sorted(IMAGE_EXTS | VIDEO_EXTS))})")
@@ -110,7 +112,7 @@ def load_subject(paths: Sequence[str], size: int, max_frames: int = 400) -> Subj
     return data
 
 
-def _check_finite(fit: dict) -> None:
+def check_finite(fit: dict) -> None:
     """Refuse to save an adapter whose weights or tuned error are not finite (a diverged run)."""
     params_ok = all(bool(torch.isfinite(p).all()) for u in fit["updates"].values() for p in u.parameters())
     err_ok = all(np.isfinite(v) for v in fit["tuned"].values())
@@ -182,7 +184,7 @@ def fit_adapter(model, data: SubjectData, cfg, steps: int = 500, batch_size: int
     them on `data`'s pairs with L1 + `local_flow` x the local-flow loss (Adam). Returns
     {"updates", "base", "tuned", "seconds"}: the errors (`recon_error`) on `eval_pairs(data)`
     with the adapter off and after training."""
-    from ifmdm_model.tune.lora import add_lora, set_lora_enabled
+    from ifmdm_model.lora import add_lora, set_lora_enabled
     from ifmdm_model.stage1.losses import Stage1Loss, Stage1LossConfig
 
     if not data.train:
@@ -226,8 +228,9 @@ def tune_stage1(base_run, data_paths: Sequence[str], out, rank: int = 8, alpha: 
     written) and save it to OUT/lora; returns the record written to OUT/lora/adapter.json
     (base checkpoint + sha256, data, the base and tuned errors)."""
     from ifmdm_model.checkpoint import resolve_stage1_checkpoint
-    from ifmdm_model.infer import _device, load_stage1
-    from ifmdm_model.tune.lora import LoraConfig, save_adapter, weights_sha256
+    from ifmdm_model.infer import choose_device, load_stage1
+    from ifmdm_model.lora import LoraConfig, save_adapter
+    from ifmdm_model.checkpoint import weights_sha256
 
     out = Path(out)
     if (out / "lora").exists() and not overwrite:
@@ -236,7 +239,7 @@ def tune_stage1(base_run, data_paths: Sequence[str], out, rank: int = 8, alpha: 
         raise TuneError(f"--steps and --batch-size must be >= 1 and --lr > 0 (got {steps}, {batch_size}, {lr})")
     ck = resolve_stage1_checkpoint(base_run, error=TuneError)
     check_out_not_in_base(out, run_root(ck))
-    model = load_stage1(ck, _device(device))
+    model = load_stage1(ck, choose_device(device))
     cfg = LoraConfig(rank=rank, alpha=float(alpha if alpha is not None else rank), targets=targets).validate()
     data = load_subject(data_paths, model.cfg.image_size)
     fit = fit_adapter(model, data, cfg, steps, batch_size, lr, local_flow, seed, log_every)
@@ -256,6 +259,6 @@ def tune_stage1(base_run, data_paths: Sequence[str], out, rank: int = 8, alpha: 
         "base": fit["base"], "tuned": fit["tuned"],
         "seconds": fit["seconds"],
     }
-    _check_finite(fit)
+    check_finite(fit)
     save_adapter(out / "lora", fit["updates"], cfg, record)
     return record

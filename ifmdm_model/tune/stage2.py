@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ifmdm_model.tune.stage1 import VIDEO_EXTS, TuneError, _check_finite, _files
+from ifmdm_model.tune.stage1 import VIDEO_EXTS, TuneError, check_finite, subject_files
 
 log = logging.getLogger("ifmdm_model")
 
@@ -35,7 +35,7 @@ def subject_windows(models, paths: Sequence[str], wav2vec2=None, train_fraction:
     of the videos used. TuneError when no video has both frames and audio."""
     from ifmdm_data.media.audio import load_audio
     from ifmdm_data.errors import ClipError
-    from ifmdm_data.features.speech import align_to_frames
+    from ifmdm_data.features import align_to_frames
 
     from ifmdm_model.infer import speech_extractor
     from ifmdm_model.infer.media_io import InferenceError, video_fps, video_frames
@@ -45,7 +45,7 @@ def subject_windows(models, paths: Sequence[str], wav2vec2=None, train_fraction:
     n_f = cfg2.n_frames
     feats = speech_extractor(models.speech_feature, cfg2.speech_dim, wav2vec2, models.device)
     train, held, used, skipped = [], [], [], []
-    for f in _files(paths):
+    for f in subject_files(paths):
         if f.suffix.lower() not in VIDEO_EXTS:
             skipped.append(f"{f.name} (not a video)")
             continue
@@ -88,7 +88,7 @@ def fit_stage2_adapter(models, train: dict, held: dict, cfg, steps: int = 500, b
     on the `train` windows; returns {"updates", "base", "tuned", "seconds", ...} with the
     held-out denoising loss before (adapter off) and after."""
     from ifmdm_model.stage2.diffusion import diffusion_loss
-    from ifmdm_model.tune.lora import add_lora, set_lora_enabled
+    from ifmdm_model.lora import add_lora, set_lora_enabled
     from ifmdm_model.stage2.motion_windows import heldout_loss, window_conditions
 
     dev = models.device
@@ -133,7 +133,8 @@ def tune_stage2(base_run, data_paths: Sequence[str], out, rank: int = 8, alpha=N
     stage 2 (never written); `stage1_lora`: a stage-1 adapter to apply first (its encoder
     gives the motion codes). Saves OUT/lora-stage2/ and returns its record."""
     from ifmdm_model.infer import load_models
-    from ifmdm_model.tune.lora import LoraConfig, apply_adapter, save_adapter, weights_sha256
+    from ifmdm_model.lora import LoraConfig, apply_adapter, save_adapter
+    from ifmdm_model.checkpoint import weights_sha256
 
     out = Path(out)
     if (out / "lora-stage2").exists() and not overwrite:
@@ -162,6 +163,6 @@ def tune_stage2(base_run, data_paths: Sequence[str], out, rank: int = 8, alpha=N
         "base_parameters": int(sum(p.numel() for n_, p in models.stage2.named_parameters() if "lora_" not in n_)),
         "base": fit["base"], "tuned": fit["tuned"], "seconds": fit["seconds"],
     }
-    _check_finite(fit)
+    check_finite(fit)
     save_adapter(out / "lora-stage2", fit["updates"], cfg, record)
     return record

@@ -9,6 +9,9 @@ Every role takes RGB uint8 frames `(H, W, 3)` and returns pixel coordinates of t
   `reset()` starts a new segment (drops video tracking state).
 - Segmenter.person_mask(rgb) -> (H, W) float32 in [0, 1]: where the person (or the face
   region, for a face-parsing model) is; the rest is background for camera-motion estimation.
+
+`FaceModels` bundles the three roles of one actor. Building them by name is
+`factory.build_models`; this module imports no backend.
 """
 from __future__ import annotations
 
@@ -83,62 +86,6 @@ SCHEMES = {
 }
 
 
-# Second face-counting pass (issue 11, small faces). A full-range detector sees the frame
-# shrunk to its input size (mediapipe: 192 px), so a ~30 px face in a 640x360 frame is ~9 px
-# there and is missed. When the first pass finds no face, or only faces shorter than
-# SECOND_PASS_SMALL_FRAC of the frame's short side, the detector runs again on 2x2 overlapping
-# tiles (each TILE_FRAC of the width and height, so faces up to ~0.2 of a side lie wholly in
-# one tile) and faces are counted from the union, overlapping boxes merged. The filter takes
-# both from its config (analysis.second_pass_small_frac / tile_frac); these are the defaults.
-SECOND_PASS_SMALL_FRAC = 0.25
-TILE_FRAC = 0.6
-DEDUPE_IOU = 0.3          # boxes overlapping more than this (IoU) ...
-DEDUPE_COVER = 0.6        # ... or covering this much of the smaller one are the same face
-
-
-def dedupe_boxes(boxes: np.ndarray, iou: float = DEDUPE_IOU, cover: float = DEDUPE_COVER) -> np.ndarray:
-    """(K, 5) [x0, y0, x1, y1, score] -> the boxes kept by greedy suppression, best score first:
-    a box is dropped when its IoU with a kept box exceeds `iou` or the intersection covers more
-    than `cover` of the smaller of the two (a face cut by a tile edge gives a partial box)."""
-    boxes = np.asarray(boxes, np.float32).reshape(-1, 5)
-    kept: list = []
-    for b in boxes[np.argsort(-boxes[:, 4], kind="stable")]:
-        a_b = max(b[2] - b[0], 0) * max(b[3] - b[1], 0)
-        dup = False
-        for k in kept:
-            iw = min(b[2], k[2]) - max(b[0], k[0])
-            ih = min(b[3], k[3]) - max(b[1], k[1])
-            inter = max(iw, 0) * max(ih, 0)
-            a_k = max(k[2] - k[0], 0) * max(k[3] - k[1], 0)
-            union = a_b + a_k - inter
-            if (union > 0 and inter / union > iou) or inter > cover * max(min(a_b, a_k), 1e-6):
-                dup = True
-                break
-        if not dup:
-            kept.append(b)
-    return np.asarray(kept, np.float32).reshape(-1, 5)
-
-
-def detect_faces(detector: "Detector", rgb: np.ndarray, second_pass: bool = True,
-                 small_frac: float = SECOND_PASS_SMALL_FRAC, tile_frac: float = TILE_FRAC) -> np.ndarray:
-    """Every face in `rgb` (K, 5), with the tiled second pass for small and secondary faces
-    (see SECOND_PASS_SMALL_FRAC). Costs 4 extra detector calls on frames that need it."""
-    boxes = np.asarray(detector.detect(rgb), np.float32).reshape(-1, 5)
-    h, w = rgb.shape[:2]
-    if not second_pass or (len(boxes) and (boxes[:, 3] - boxes[:, 1]).max() >= small_frac * min(h, w)):
-        return boxes
-    th, tw = int(round(h * tile_frac)), int(round(w * tile_frac))
-    found = [boxes]
-    for y0 in (0, h - th):
-        for x0 in (0, w - tw):
-            b = np.asarray(detector.detect(np.ascontiguousarray(rgb[y0:y0 + th, x0:x0 + tw])),
-                           np.float32).reshape(-1, 5).copy()
-            b[:, [0, 2]] += x0
-            b[:, [1, 3]] += y0
-            found.append(b)
-    return dedupe_boxes(np.concatenate(found))
-
-
 @dataclass
 class FaceModels:
     """The three roles for one actor; built once per actor by `build_models`."""
@@ -155,74 +102,3 @@ class FaceModels:
             except Exception:  # noqa: BLE001 - closing is best effort
                 pass
 
-
-BACKEND_PRESETS = {
-    # backend name -> (detector, landmarks, segmenter)
-    "mediapipe": ("mediapipe", "mediapipe", "mediapipe"),
-    "fan": ("s3fd", "fan", "mediapipe"),
-    "facexlib": ("retinaface", "mediapipe", "bisenet"),
-}
-
-
-def build_models(backend: str = "mediapipe", weights_dir: Optional[str] = None,
-                 min_detection_confidence: float = 0.5, device: str = "cpu") -> FaceModels:
-    """Load the models of a backend preset once (call in an actor's __init__).
-
-    mediapipe: all three roles from the models inside the mediapipe 0.10.21 wheel.
-    fan: S3FD detector + FAN 68-point landmarks (face-alignment), weights from `weights_dir`.
-    facexlib: RetinaFace detector + BiSeNet face parsing (facexlib), weights from `weights_dir`;
-    landmarks stay mediapipe's 478-point mesh.
-    """
-    from ifmdm_data.errors import ConfigError
-    if backend not in BACKEND_PRESETS:
-        raise ConfigError(f"unknown backend {backend!r} (choose from {', '.join(BACKEND_PRESETS)})")
-    det_name, lmk_name, seg_name = BACKEND_PRESETS[backend]
-    if backend != "mediapipe" and not weights_dir:
-        raise ConfigError(f"backend {backend!r} loads its weights from a local folder: pass --weights-dir DIR")
-    from ifmdm_data.faces.backends import mediapipe_backend as mpb
-
-    if det_name == "mediapipe":
-        detector = mpb.MediapipeDetector(min_detection_confidence)
-    elif det_name == "s3fd":
-        from ifmdm_data.faces.backends.fan_backend import S3FDDetector
-        detector = S3FDDetector(weights_dir, device=device, threshold=min_detection_confidence)
-    else:
-        from ifmdm_data.faces.backends.facexlib_backend import RetinaFaceDetector
-        detector = RetinaFaceDetector(weights_dir, device=device, threshold=min_detection_confidence)
-
-    if lmk_name == "mediapipe":
-        landmarks = mpb.MediapipeMesh(min_detection_confidence)
-    else:
-        from ifmdm_data.faces.backends.fan_backend import FANLandmarks
-        # share the S3FD instance: one copy of its weights per actor
-        landmarks = FANLandmarks(weights_dir, device=device,
-                                 detector=detector if det_name == "s3fd" else None)
-
-    if seg_name == "mediapipe":
-        segmenter = mpb.MediapipeSelfieSegmenter()
-    else:
-        from ifmdm_data.faces.backends.facexlib_backend import BiSeNetSegmenter
-        segmenter = BiSeNetSegmenter(weights_dir, device=device)
-    return FaceModels(detector, landmarks, segmenter,
-                      names={"detector": det_name, "landmarks": lmk_name, "segmenter": seg_name})
-
-
-# Weight files each optional backend loads from --weights-dir (checked before Ray starts).
-WEIGHT_FILES = {
-    "fan": ("s3fd-619a316812.pth", "2DFAN4-11f355bf06.pth.tar"),
-    "facexlib": ("detection_Resnet50_Final.pth", "parsing_bisenet.pth"),
-}
-
-
-def check_weights(backend: str, weights_dir: Optional[str]) -> None:
-    """Raise a clear error naming the first missing weight file of `backend`."""
-    import os
-
-    from ifmdm_data.errors import ConfigError, MissingWeightsError
-    if backend not in WEIGHT_FILES:
-        return
-    if not weights_dir:
-        raise ConfigError(f"backend {backend!r} loads its weights from a local folder: pass --weights-dir DIR")
-    for name in WEIGHT_FILES[backend]:
-        if not os.path.isfile(os.path.join(weights_dir, name)):
-            raise MissingWeightsError(name, weights_dir, f"the {backend} backend")

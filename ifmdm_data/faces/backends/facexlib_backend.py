@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import torch
 
-from ifmdm_data.faces.backends.fan_backend import load_error, require_file
+from ifmdm_data.faces.backends.weights import load_error, require_file
 
 RETINAFACE_FILE = "detection_Resnet50_Final.pth"
 BISENET_FILE = "parsing_bisenet.pth"

@@ -13,32 +13,18 @@ The pre/post-processing mirrors `FaceAlignment.get_landmarks_from_image` (flip_i
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import numpy as np
 import torch
 
-from ifmdm_data.errors import IfmdmError, MissingWeightsError
 from ifmdm_data.faces.backends.base import SCHEMES
+from ifmdm_data.faces.backends.weights import load_error, require_file
 
 S3FD_FILE = "s3fd-619a316812.pth"
 FAN2D_FILE = "2DFAN4-11f355bf06.pth.tar"
 _WHAT = "the FAN backend (face-alignment)"
 _URL = "https://www.adrianbulat.com/downloads/python-fan/"
-
-
-class WeightsLoadError(IfmdmError):
-    """A weight file exists but cannot be loaded into its network (corrupt or wrong model)."""
-
-
-def require_file(weights_dir: Optional[str], filename: str, what: str, hint: str = "") -> str:
-    """Path of `weights_dir/filename`, or MissingWeightsError before anything is loaded."""
-    folder = str(weights_dir) if weights_dir else "<--weights-dir>"
-    path = os.path.join(folder, filename)
-    if not weights_dir or not os.path.isfile(path):
-        raise MissingWeightsError(filename, folder, what, hint)
-    return path
 
 
 def load_state_dict_into(net: torch.nn.Module, path: str, what: str, device="cpu"):
@@ -52,13 +38,6 @@ def load_state_dict_into(net: torch.nn.Module, path: str, what: str, device="cpu
     except Exception as e:  # noqa: BLE001 - any failure here means an unusable file
         raise load_error(path, what, e) from e
     return net.to(device).eval()
-
-
-def load_error(path: str, what: str, exc: BaseException) -> WeightsLoadError:
-    """The one-line error for a weight file that exists but does not load."""
-    detail = (str(exc).strip().splitlines() or [""])[0][:300]
-    return WeightsLoadError(f"cannot load weight file {path} for {what} "
-                            f"({type(exc).__name__}: {detail}); is it the right, complete file?")
 
 
 def heatmap_points(hm: np.ndarray, center: np.ndarray, scale: float) -> np.ndarray:

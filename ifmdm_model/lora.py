@@ -1,5 +1,8 @@
-"""LoRA adapters for the stage-1 motion autoencoder and the stage-2 motion DiT (personalisation,
-paper Fig. 6).
+"""LoRA adapters for the stage-1 motion autoencoder and the stage-2 motion DiT: add, merge, save, find, apply.
+
+Personalisation (paper Fig. 6): trained by `ifmdm_model.tune`, applied by inference and
+evaluation (`ifmdm-infer --lora`, `ifmdm-eval --lora`), so it sits beside `checkpoint` and
+depends on neither.
 
 LoRA (Hu et al. 2021): a frozen weight W (out, in, ...) gets a trainable low-rank update
 W + (alpha / r) * B A, with A (r, fan_in) and B (out, r), B initialised to zero so that the
@@ -33,7 +36,7 @@ from torch.nn.utils import parametrize
 
 from ifmdm_data.errors import IfmdmError
 
-from ifmdm_model.checkpoint import weights_sha256  # noqa: F401 - re-exported (tune, tests)
+from ifmdm_model.checkpoint import weights_sha256
 
 TARGETS = ("decoder", "encoder", "all", "dit")
 ADAPTER_FILE, CONFIG_FILE = "adapter.safetensors", "adapter.json"
@@ -84,7 +87,7 @@ class LowRankUpdate(nn.Module):
 
 def _adaptable(model: nn.Module, targets: str) -> List[Tuple[str, nn.Module]]:
     """(name, module) of every layer with a >= 2-D `weight` in the targeted part of the model."""
-    from ifmdm_model.stage1.model import EqualConv2d, EqualLinear, ModulatedConv2d
+    from ifmdm_model.stage1.layers import EqualConv2d, EqualLinear, ModulatedConv2d
     kinds = (nn.Linear,) if targets == "dit" else (EqualConv2d, EqualLinear, ModulatedConv2d)
     prefixes = {"decoder": ("decoder.",), "encoder": ("encoder.",), "all": ("decoder.", "encoder."),
                 "dit": ("blocks.", "final.")}[targets]
