@@ -7,8 +7,8 @@
 Issue 11 ("AV sync without SyncNet weights is weak"). The score measured is exactly the one
 `filter` computes without `--syncnet`: `analyse.av_score` -> av_corr, av_lag_s: the lip motion
 of every decoded frame (`signals.DenseMouth`) correlated with the speech envelope on a 25 Hz
-grid (`audio.motion_sync`), blended with the landmark mouth-opening correlation at the
-analysis fps (`audio.av_sync`); `--landmarks-only` (`analysis.dense_mouth: false`) measures
+grid (`avsync.motion_sync`), blended with the landmark mouth-opening correlation at the
+analysis fps (`avsync.av_sync`); `--landmarks-only` (`analysis.dense_mouth: false`) measures
 the landmark score alone, the score before. The decision is `decide.av_out_of_sync` with the
 config's `decide.min_av_corr` / `decide.max_av_lag_s` (no SyncNet confidence, so the landmark
 rule).
@@ -201,8 +201,8 @@ def main(argv=None) -> int:
 
     pd.set_option("display.width", 200)
     pd.set_option("display.max_rows", 500)
-    what = (f"audio.motion_sync (lip motion of every decoded frame at {avsync.MOTION_RATE_HZ} Hz)"
-            if cfg.analysis.dense_mouth else f"audio.av_sync (landmark mouth opening at {cfg.analysis.fps} fps)")
+    what = (f"avsync.motion_sync (lip motion of every decoded frame at {avsync.MOTION_RATE_HZ} Hz)"
+            if cfg.analysis.dense_mouth else f"avsync.av_sync (landmark mouth opening at {cfg.analysis.fps} fps)")
     print(f"\nscore: {what}, lags within +-{cfg.audio.max_lag_s} s;"
           f" rule: av_corr < {d.min_av_corr} or |av_lag_s| > {d.max_av_lag_s} -> out of sync")
     print(df.to_string(index=False, float_format=lambda x: f"{x:.3f}"))

@@ -10,8 +10,8 @@ class Reason(str, Enum):
     DECODE_ERROR = "decode_error"        # not a media file, truncated, corrupt
     NO_VIDEO_STREAM = "no_video_stream"  # audio-only or data-only file
     TOO_FEW_FRAMES = "too_few_frames"    # decodes, but fewer frames than analysis needs
-    TOO_SHORT = "too_short"              # shorter than filter.min_duration_s
-    LOW_RESOLUTION = "low_resolution"    # short side below filter.min_short_side
+    TOO_SHORT = "too_short"              # shorter than segment.min_duration_s (config)
+    LOW_RESOLUTION = "low_resolution"    # short side below segment.min_short_side (config)
     NO_FACE = "no_face"                  # a face in too few analysed frames
     MULTI_FACE = "multi_face"            # a second face in too many frames
     FACE_TOO_SMALL = "face_too_small"

@@ -1,8 +1,8 @@
 """The one definition of the `filter` artefacts: the clips manifest and the per-frame tracks.
 
-Writer (`manifest.py`), readers (`ifmdm-data shard`, the trainer, the report) and tests use
-these schemas. Every column is documented here; the Parquet files carry the descriptions as
-field metadata, so `pyarrow.parquet.read_schema(path)` shows them too.
+Writer (`ifmdm_data/filter/finalise.py`), readers (`ifmdm-data shard`, the trainer, the report)
+and tests use these schemas. Every column is documented here; the Parquet files carry the
+descriptions as field metadata, so `pyarrow.parquet.read_schema(path)` shows them too.
 """
 from __future__ import annotations
 
@@ -93,8 +93,9 @@ _CLIP_COLUMNS = [
     ("error", STR, "detail of a decode / analysis failure"),
     ("backend", STR, "face models used: detector/landmarks/segmenter"),
     ("analysis_s", F32, "seconds spent analysing this segment's work unit"),
-    # identity and near-duplicates (filter's identify stage: identify.py, identity.py, dedup.py,
-    # fingerprint.py); null where not computed (identity.enabled: false, manifests of older versions)
+    # identity and near-duplicates (filter's identify stage: filter/identify.py, faces/identity.py,
+    # filter/dedup.py, filter/fingerprint.py); null where not computed (identity.enabled: false,
+    # manifests of older versions)
     ("face_descriptor", pa.list_(F32), "mean dlib 128-d face descriptor of the sampled frames; empty: no face"),
     ("identity_spread", F32, "mean distance of the frame descriptors to their mean (dlib units); NaN: no face"),
     ("identity_mixed", BOOL, "two sampled frames' descriptors more than the identity threshold apart "

@@ -55,8 +55,8 @@ TESTS[infer_cli]="tests/test_infer.py"
 # (the argument checks and their mapping onto generate/reenact, in process; not the end-to-end
 # generations nor the subprocess checks of test_infer.py, seconds each)
 KSEL[infer_cli]="test_help or test_args_"
-# infer.py: only its option parsing (--dtype's autocast, --motion-mean); generate() itself is
-# covered by the end-to-end tests, minutes per mutant
+# infer (ifmdm_model/infer/options.py): only its option parsing (--dtype's autocast,
+# --motion-mean); generate() itself is covered by the end-to-end tests, minutes per mutant
 FILE[infer]=ifmdm_model/infer/options.py
 TESTS[infer]="tests/test_infer_options.py"
 KSEL[infer]="test_option_"

@@ -340,8 +340,8 @@ def av_score(t, mouth, dense, wav, start_s, end_s, cfg: FilterConfig) -> dict:
     """The built-in AV-sync score of a segment (see `_audio_stats`): {'av_corr', 'av_lag_s',
     'av_corr_zero'}. `wav` starts at start_s; `t`, `mouth`: the analysed frames' times and
     mouth opening; `dense`: (times, lip-motion energy) of every decoded frame, or None.
-    With `dense`: av_corr = (1 - w) * lip-motion score (`audio.motion_sync`) + w * landmark
-    score (`audio.av_sync` at the analysis fps), w = `audio.AV_LANDMARK_WEIGHT` (the
+    With `dense`: av_corr = (1 - w) * lip-motion score (`avsync.motion_sync`) + w * landmark
+    score (`avsync.av_sync` at the analysis fps), w = `avsync.AV_LANDMARK_WEIGHT` (the
     lip-motion score alone when the landmark one is NaN; NaN when the lip-motion one is),
     av_lag_s the lip-motion score's. Without `dense` (`analysis.dense_mouth` off, or a pixel
     format without a luma plane): the landmark score."""

@@ -34,7 +34,7 @@ log = logging.getLogger("ifmdm_data")
 
 
 # ------------------------------------------------------------------------------------------
-# Ray stages (thin wrappers over work.py / probe.py)
+# Ray stages (thin wrappers over work.py / media/probe.py)
 # ------------------------------------------------------------------------------------------
 
 def _probe_row(item: dict, env: dict | None = None) -> dict:

@@ -8,7 +8,7 @@ A unit whose part exists is done; re-running `filter` on the same output skips i
 killed between its tracks file and its part is redone, its tracks file written again).
 Per-clip failures become rows.
 
-OUT is a local folder or an object-storage URL (`storage.py`). Where the results are written:
+OUT is a local folder or an object-storage URL (`ifmdm_data/io/storage.py`). Where the results are written:
 with object storage every worker writes its tracks and part there itself (`PartStore`); with a
 local OUT a worker keeps them in memory (`CollectingStore`) and they travel back through Ray to
 the driver, which writes them (`PartStore.commit`): a node that cannot see the driver's folder

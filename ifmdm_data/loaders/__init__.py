@@ -16,11 +16,11 @@ Both datasets are torch `IterableDataset`s built as a chain of small stages, eac
 from an iterator to an iterator (the webdataset style):
 
     stage 1: shards -> samples (checked) -> decoded frame pairs of one clip (or augmented pairs
-             of one image of an image set: `image_pairs.py`) -> shuffle -> tensors
+             of one image of an image set: `ifmdm_data/shard/image_pairs.py`) -> shuffle -> tensors
     stage 2: shards + sidecars -> clips (checked, joined by key) -> windows -> shuffle -> tensors
 
 Shards are local (or shared-filesystem) paths or object-storage URLs (`s3://bucket/shards`:
-`storage.py`; each tar is read with ranged reads through fsspec, credentials and endpoint from
+`ifmdm_data/io/storage.py`; each tar is read with ranged reads through fsspec, credentials and endpoint from
 the standard AWS_* variables); a tar is never extracted.
 
 Shard split (every epoch)

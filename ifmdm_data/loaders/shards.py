@@ -60,7 +60,7 @@ def list_shards(shards_root, subsets=SUBSETS, stage2=False) -> list[str]:
 
 
 def _list_remote_shards(root: str, subsets: tuple, stage2: bool) -> list[str]:
-    """`list_shards` for an object-storage root (same rules, through storage.py)."""
+    """`list_shards` for an object-storage root (same rules, through ifmdm_data/io/storage.py)."""
     from ifmdm_data.io import storage
 
     index = storage.join(root, "index.parquet")

@@ -10,7 +10,7 @@ turns into leading silence.
 
 Why: containers start streams at non-zero, unequal times (`-output_ts_offset`, MPEG-TS's 1.4 s,
 MKV storing B-frame delay, AAC priming exposed after a remux). Video decoders already count from
-the video stream's start (`video.iter_frames`, `shard.render_video`); audio cut on absolute
+the video stream's start (`video.iter_frames`, `shard.segment.render_video`); audio cut on absolute
 timestamps was shifted by that start (10 s of zeros for a file offset by 10 s).
 """
 from __future__ import annotations

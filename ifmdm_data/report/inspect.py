@@ -31,8 +31,9 @@ def stage2(row) -> str:
 
 
 def stage2_all(row) -> str:
-    """Every stage-2 reason, `not_in_subset` included: the label vocabulary (sample.py) names
-    `not_in_subset` for a rejected segment and a measured reason (`no_speech`) for others."""
+    """Every stage-2 reason, `not_in_subset` included: the label vocabulary
+    (`ifmdm_data/sample/__init__.py`) names `not_in_subset` for a rejected segment and a
+    measured reason (`no_speech`) for others."""
     return "ok" if row["stage2_ok"] else ",".join(row["stage2_reasons"]) or "-"
 
 

@@ -7,7 +7,7 @@ pairs are then made by augmentation (`image_pairs.py`). This module writes such 
                                         key.png   RGB, SIZE x SIZE (centre square crop, resized;
                                                   key.jpg with --format jpg, quality 95)
                                         key.json  IMAGE_META_KEYS
-    OUT/index.parquet                  one row per sample, `shard_format.INDEX_SCHEMA`
+    OUT/index.parquet                  one row per sample, `shard.format.INDEX_SCHEMA`
                                         (subset "images", n_frames 1, no audio, not stage 2)
     OUT/rejected.parquet               one row per rejected image, REJECTED_SCHEMA
     OUT/summary.json                   counts, reasons, time

@@ -1,9 +1,9 @@
 """The stage-2 motion sidecar writer: `write_motion_sidecar`, the one implementation of that format.
 
-The format is defined in `shard_format.py` (`SIDECAR_MEMBERS`, `check_motion`); the stage-2
+The format is defined in `ifmdm_data.shard.format` (`SIDECAR_MEMBERS`, `check_motion`); the stage-2
 motion extraction (`ifmdm_model.stage2.extract`) writes the sidecars through this module, and
 `loaders.stage2_dataset` reads them back, joined by key with the main shards. A sidecar is a
-local file or an object (`s3://...`, through `storage.py`).
+local file or an object (`s3://...`, through `ifmdm_data/io/storage.py`).
 """
 from __future__ import annotations
 

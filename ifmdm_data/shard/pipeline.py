@@ -13,7 +13,7 @@ Resumable at shard granularity:
 
 Only small records travel through Ray: each task reads the source videos and tracks itself
 and writes its tar directly to the output: a folder every node shares, or object storage
-(`storage.py`: the tar is written to a local temporary file, uploaded and committed under its
+(`ifmdm_data/io/storage.py`: the tar is written to a local temporary file, uploaded and committed under its
 final name). `preflight.check_nodes` checks every node before any work.
 """
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Reading the shards: a WebDataset tar's samples, their members decoded, an mp4 member's frames.
 
-The format is defined once in `shard_format.py`; this module only reads it. `TarShard` opens a
+The format is defined once in `ifmdm_data.shard.format`; this module only reads it. `TarShard` opens a
 tar and gives its samples (key -> members) and decoded members; `read_meta` / `load_checked`
 check a sample; `main_samples` is the loaders' first stage (shard paths -> checked samples);
 `decode_frames` decodes chosen frames of an mp4 member. Used by the training loaders
-(`loaders.py`), the stage-2 motion extraction and the stage-1 evaluation.
+(`ifmdm_data.loaders`), the stage-2 motion extraction and the stage-1 evaluation.
 
 Tars are read with `tarfile`, not extracted: every member header of a shard is read and
 checked (`check_member_name`, regular files only) BEFORE any member's data is read, so an

@@ -1,7 +1,7 @@
 """One shard sample from one accepted segment (`ifmdm-data shard`): its mp4, wav, speech, landmarks and json.
 
 `make_sample` turns a manifest row + the segment's tracks into the members of
-`shard_format` (mp4, wav, speech.npy, landmarks.npy, json). The face models are not run
+`shard.format` (mp4, wav, speech.npy, landmarks.npy, json). The face models are not run
 again: the crop box and the landmarks come from the tracks written by `filter`.
 
 Video: the segment is decoded once, sequentially (PyAV); output frame k shows the source
@@ -369,7 +369,7 @@ def shifted_audio(path: str, a0: float, seconds: float) -> np.ndarray:
 
 
 def make_sample(row: dict, tracks, cfg: ShardConfig, features, source: str | None = None) -> dict:
-    """One sample: {member ext: bytes} per `shard_format` (key.mp4, .wav, .speech.npy,
+    """One sample: {member ext: bytes} per `shard.format` (key.mp4, .wav, .speech.npy,
     .landmarks.npy, .json); wav and speech.npy only when the segment's audio decodes.
 
     `row` is a clips-manifest row (dict), `tracks` the segment's tracks DataFrame,

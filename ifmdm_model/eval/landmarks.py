@@ -3,7 +3,7 @@
 `MeshLandmarks` runs MediapipeMesh over a clip (None per frame without a face; all None when
 mediapipe is unavailable). `mouth_series` is the data filter's mouth opening per frame,
 pose-normalised against the clip's median face; `av_agreement` is the filter's
-`ifmdm_data.media.audio.av_sync` of that series against the speech envelope at the frame times.
+`ifmdm_data.media.avsync.av_sync` of that series against the speech envelope at the frame times.
 """
 from __future__ import annotations
 

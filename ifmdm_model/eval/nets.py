@@ -3,7 +3,8 @@
 IResNet        ArcFace backbone (insightface arcface_torch iresnet names), for CSIM.
 SyncNet        this project's SyncNet-style two-stream network (its own state-dict format);
 SyncNetPython  the layout of syncnet_python's `syncnet_v2.model`: both defined in
-               `ifmdm_data.faces.syncnet` (the data filter's sync check uses them too), re-exported.
+               `ifmdm_data.faces.syncnet` (the data filter's sync check uses them too); `load_syncnet` here
+               loads either.
 
 No weights are shipped or downloaded: every loader reads a local state-dict file and raises
 `VideoEvalError` naming the file when it is missing, unreadable or of another layout/shape.

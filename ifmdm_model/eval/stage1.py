@@ -146,7 +146,7 @@ def select_clips(shards_root, subsets=SUBSETS, n_clips: int = 50, seed: int = 0)
     subsets = tuple(subsets)
     if not isinstance(shards_root, (list, tuple)) and is_image_set_folder(shards_root):
         raise EvalError(f"{shards_root} is an image set (`ifmdm-data shard --images`): still images, no clips; "
-                        "ifmdm-eval measures reconstruction on held-out video shards")
+                        "ifmdm-eval stage1 measures reconstruction on held-out video shards")
     rows = [r for r in _candidates(shards_root, subsets) if r[2] >= 2]
     if not rows:
         raise EvalError(f"no clips with at least 2 frames in subsets {list(subsets)} under "

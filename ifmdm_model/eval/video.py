@@ -12,7 +12,7 @@ Metrics (code: eval/metrics.py, landmarks.py, fid.py, csim.py, lipsync.py; netwo
 -------
 psnr / ssim   eval/metrics.py (shared with the stage-1 evaluation), per frame on [0, 1], frames aligned by index up to the
               shorter sequence, averaged.
-av_corr       the data filter's audio-visual agreement: `ifmdm_data.media.audio.av_sync` of the
+av_corr       the data filter's audio-visual agreement: `ifmdm_data.media.avsync.av_sync` of the
               mouth-opening series (MediapipeMesh landmarks, pose-normalised against the
               clip's median face, `signals.mouth_opening`) and the speech `envelope` of the
               input audio at the frame times; reported for the generated and the real frames
@@ -103,7 +103,7 @@ SKIP_CSIM = ("needs an ArcFace iresnet state dict file (insightface arcface_torc
              "112x112 input, 512-d output): pass --arcface FILE")
 SKIP_LSE = ("needs a SyncNet state dict file: syncnet_python's syncnet_v2.model for paper-comparable "
             "LSE-D / LSE-C (not shipped: fetched by download_model.sh of github.com/joonson/"
-            "syncnet_python), or an ifmdm_model.eval.nets.SyncNet state dict: pass --syncnet FILE")
+            "syncnet_python), or an ifmdm_data.faces.syncnet.SyncNet state dict: pass --syncnet FILE")
 
 
 # ------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ encoder into sidecar shards (`ifmdm_model.stage2.extract`, resumable, keyed by t
 checkpoint; beside the shards, on disk or in object storage: `s3://.../shards/motion/...`);
 then MotionDiT learns DDPM noise prediction on windows of n_f frames with the
 aligned speech features, the clip's motion statistics and the motion hint, with conditions
-dropped for classifier-free guidance. Same conventions as stage 1 (train_stage1.py): CUDA
+dropped for classifier-free guidance. Same conventions as stage 1 (stage1/train.py): CUDA
 bf16 / CPU, torchrun DDP, EMA, safetensors checkpoints with exact step / schedule resume,
 TensorBoard, a clear error on a non-finite loss or a mismatched checkpoint.
 """
