@@ -83,11 +83,12 @@ EMA = 0.999   # the trainer's default EMA decay; the models are measured with th
               # `ifmdm-train`'s extraction and inference use ema.safetensors (raw weights: "PSNR raw")
 
 
-def stage1_jobs(budget: dict, seed: int, quick: bool, real: bool) -> list[dict]:
+def stage1_jobs(budget: dict, seed: int, quick: bool, real: bool, mouth_texture: str = "stripes") -> list[dict]:
     """Every stage-1 run of the benchmark, as plain records (independent: trainable in parallel)."""
     syn = [("default", {}), ("groups: 1", {"groups": 1}), ("mask_norm: paper", {"mask_norm": "paper"}),
            ("motion_decoder: mapping", {"motion_decoder": "mapping"})]
-    jobs = [{"section": "synthetic", "name": n, "overrides": ov, "steps": budget["synthetic"]} for n, ov in syn]
+    jobs = [{"section": "synthetic", "name": n, "overrides": ov, "steps": budget["synthetic"],
+             "mouth_texture": mouth_texture} for n, ov in syn]
     if real:
         jobs += [{"section": "real", "name": "default", "overrides": {}, "steps": budget["real"]}]
         # both with style_dim 128: the directions decoder needs D <= style_dim (S1-tiny has 64)
@@ -98,21 +99,25 @@ def stage1_jobs(budget: dict, seed: int, quick: bool, real: bool) -> list[dict]:
     return jobs
 
 
-def _data(section: str, seed: int, shards: Optional[Path]):
+def _data(section: str, seed: int, shards: Optional[Path], mouth_texture: str = "stripes"):
     if section == "synthetic":
-        return synthetic_local_motion(n_clips=6, seed=seed)
+        return synthetic_local_motion(n_clips=6, seed=seed, mouth_texture=mouth_texture)
     return shard_clips(shards, 64, train_fraction=0.75, max_frames=200)
 
 
 def _spec(job: dict) -> dict:
-    return {k: job[k] for k in ("section", "name", "overrides", "steps", "seed", "ema")}
+    spec = {k: job[k] for k in ("section", "name", "overrides", "steps", "seed", "ema")}
+    if job.get("mouth_texture", "stripes") != "stripes":        # (saved stripes runs keep their spec)
+        spec["mouth_texture"] = job["mouth_texture"]
+    return spec
 
 
 def _train_job(job: dict) -> tuple[dict, dict]:
     """Train one stage-1 run (in this process or a pool worker); returns (CPU state dict, RunResult as a dict)."""
     import dataclasses
     torch.set_num_threads(job["threads"])
-    clips = _data(job["section"], job["seed"], job.get("shards") and Path(job["shards"]))
+    clips = _data(job["section"], job["seed"], job.get("shards") and Path(job["shards"]),
+                  job.get("mouth_texture", "stripes"))
     every = max(job["steps"] // 6, 1)
 
     def progress(row):
@@ -190,6 +195,9 @@ def main(argv=None) -> int:
                     "run again each time)")
     ap.add_argument("--stage1-only", action="store_true", help="train (or reuse) the stage-1 runs and stop: e.g. "
                     "on a GPU machine with --models, then the full benchmark on a CPU with the same --models")
+    ap.add_argument("--mouth-texture", choices=("stripes", "blobs"), default="stripes",
+                    help="the synthetic mouth's texture: stripes (the recorded runs; periodic, a mouth shift is "
+                         "ambiguous up to a period) or blobs (non-periodic)")
     ap.add_argument("--real-steps", type=int, help="override the real-clip stage-1 budget (steps)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -214,7 +222,7 @@ def main(argv=None) -> int:
     print(f"default = S1-tiny (64 px, G={dflt.groups}, D={dflt.motion_dim}, mask_norm {dflt.mask_norm}, "
           f"motion_decoder {dflt.motion_decoder}, coarse_to_fine {dflt.coarse_to_fine}); "
           f"budget {budget} steps of batch 8, Adam 2e-3, measured with EMA {EMA} weights")
-    jobs = stage1_jobs(budget, args.seed, args.quick, not args.skip_real)
+    jobs = stage1_jobs(budget, args.seed, args.quick, not args.skip_real, args.mouth_texture)
     runs = stage1_runs(jobs, args.jobs, args.device, args.threads, shards, args.models)
     if args.stage1_only:
         for j in jobs:
@@ -228,7 +236,7 @@ def main(argv=None) -> int:
         return runs[[j["key"] for j in jobs if j["section"] == section and j["name"] == name][0]]
 
     # 1. synthetic local motion ------------------------------------------------------------
-    syn = synthetic_local_motion(n_clips=6, seed=args.seed)
+    syn = synthetic_local_motion(n_clips=6, seed=args.seed, mouth_texture=args.mouth_texture)
     base = baselines(syn)
     print(f"1. synthetic local motion: {len(syn)} subjects, 48 train / 16 held-out frames each, 64 px")
     rows = [{"model": "baseline: copy appearance", "PSNR": base["copy"], "patch PSNR": base["copy_patch"]},

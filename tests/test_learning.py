@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ifmdm_model.stage1.learning import (Clip, baselines, box_psnr, mask_compactness, psnr,
+from ifmdm_model.stage1.learning import (Clip, baselines, box_psnr, mask_compactness, mouth_texture_image, psnr,
                                   synthetic_local_motion, to_tensor)
 from ifmdm_model.stage1.local_flow import MASK_NORMS, log_spatial_masks
 
@@ -61,6 +61,23 @@ def test_synthetic_local_motion_has_independent_mouth_motion():
     x0 = min(still.heldout_boxes[:, 2]); x1 = max(still.heldout_boxes[:, 3])
     inside = diff[y0 - 2:y1 + 2, x0 - 2:x1 + 2].sum()
     assert diff.sum() > 0 and inside == diff.sum()
+
+
+@pytest.mark.parametrize("kind, periodic", [("stripes", True), ("blobs", False)])
+def test_mouth_texture_periodicity(kind, periodic):
+    # L1 of the patch against itself shifted by 1..16 px (a pair's relative mouth shift at the
+    # rendering scale): the stripes match again after a period (a dip below the running maximum),
+    # the blobs' error only grows with the shift (one unambiguous match)
+    dips = []
+    for seed in range(10):
+        t = mouth_texture_image(np.random.default_rng(seed), 33, 15, kind)
+        assert t.shape == (15, 33, 3) and t.dtype == np.float32 and 0 <= t.min() and t.max() <= 1
+        l1 = np.array([np.abs(t[:, s:] - t[:, :33 - s]).mean() for s in range(1, 17)])
+        peak = np.maximum.accumulate(l1)
+        dips.append(((peak - l1) / peak).max())
+    assert (min(dips) > 0.5) if periodic else (max(dips) < 0.2)
+    with pytest.raises(ValueError, match="stripes or blobs"):
+        mouth_texture_image(np.random.default_rng(0), 33, 15, "plaid")
 
 
 def test_baselines_and_psnr_are_right_on_known_inputs():

@@ -86,11 +86,34 @@ def _render_face(ident: dict, head: tuple, mouth: tuple, size: int, ss: int = 2)
     return (np.clip(frame, 0, 1) * 255 + 0.5).astype(np.uint8), box
 
 
+def mouth_texture_image(rng: np.random.Generator, width: int, height: int, kind: str = "stripes") -> np.ndarray:
+    """The synthetic mouth patch, (height, width, 3) float32 in [0, 1] (`synthetic_local_motion`):
+    "stripes": vertical stripes of 3-6 periods across the patch plus faint noise (periodic: a
+    shift by one period matches almost as well as the true one); "blobs": smooth blobs about a
+    third of the patch wide and a dark lip line across the middle (non-periodic)."""
+    stripes = (np.sin(np.arange(width) / width * rng.uniform(3, 6) * 2 * np.pi)[None, :, None] > 0)
+    base = rng.uniform(0.1, 0.5, 3)
+    side = max(width, height)
+    if kind == "stripes":
+        return np.clip(base[None, None] + 0.45 * stripes
+                       + 0.15 * _smooth_noise(rng, side, 6)[:height, :width], 0, 1).astype(np.float32)
+    if kind == "blobs":
+        blobs = _smooth_noise(rng, side, 3, channels=1).reshape(side, side, 1)[:height, :width]
+        lip = (np.abs(np.arange(height) - height / 2) < height * 0.12)[:, None, None]
+        return np.clip(base[None, None] + 0.9 * (blobs - 0.5) - 0.6 * lip, 0, 1).astype(np.float32)
+    raise ValueError(f"mouth texture must be stripes or blobs, got {kind!r}")
+
+
 def synthetic_local_motion(n_clips: int = 6, n_train: int = 48, n_heldout: int = 16, size: int = 64,
-                           head_px: float = 5.0, mouth_px: float = 4.0, seed: int = 0) -> List[Clip]:
+                           head_px: float = 5.0, mouth_px: float = 4.0, seed: int = 0,
+                           mouth_texture: str = "stripes") -> List[Clip]:
     """Procedural subjects with a global head shift (uniform in +-head_px, x and y) and an
     independent mouth-patch shift (uniform in +-mouth_px) per frame; held-out frames are new
-    draws of both (unseen motion). Deterministic for a seed."""
+    draws of both (unseen motion). Deterministic for a seed.
+
+    mouth_texture (`mouth_texture_image`): "stripes" (the benchmark's recorded runs; period ~2.8-5.5
+    px at 64 px, shorter than a pair's relative mouth shift of up to 2 * mouth_px, so a shift is
+    ambiguous up to a period) or "blobs" (non-periodic: one match in x and y)."""
     rng = np.random.default_rng(seed)
     big = 2 * size
     clips = []
@@ -102,10 +125,7 @@ def synthetic_local_motion(n_clips: int = 6, n_train: int = 48, n_heldout: int =
             "eye": rng.uniform(0.0, 0.25, 3).astype(np.float32),
         }
         mw, mh = int(0.26 * big), int(0.12 * big)
-        stripes = (np.sin(np.arange(mw) / mw * rng.uniform(3, 6) * 2 * np.pi)[None, :, None] > 0)
-        base = rng.uniform(0.1, 0.5, 3)
-        ident["mouth"] = np.clip(base[None, None] + 0.45 * stripes
-                                 + 0.15 * _smooth_noise(rng, max(mw, mh), 6)[:mh, :mw], 0, 1).astype(np.float32)
+        ident["mouth"] = mouth_texture_image(rng, mw, mh, mouth_texture)
         frames, boxes = [], []
         for _ in range(n_train + n_heldout):
             head = tuple(rng.uniform(-head_px, head_px, 2))
