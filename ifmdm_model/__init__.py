@@ -4,7 +4,8 @@ Packages and modules. Dependencies point one way: cli -> tune / eval -> infer ->
 layers; the trainers use training, checkpoint and curriculum (which reads the stage registries);
 lora and checkpoint import no stage pipeline; nothing here is imported by `ifmdm_data`.
 
-    stage1/      stage 1 (paper Sec. 3.1): the motion autoencoder (model, StyleGAN2 layers, local flow), losses, training
+    stage1/      stage 1 (paper Sec. 3.1): the motion autoencoder (model, StyleGAN2 layers, local flow), losses, training,
+                 learning (small-scale learning checks)
     stage2/      stage 2 (paper Sec. 3.2): the motion DiT, its conditioning modules, diffusion and CFG, motion latents, training
     infer/       inference: portrait + speech -> mp4 (the recursive chunk sampler), driving-video transfer
     eval/        evaluation: stage-1 reconstruction, talking-head metrics on held-out clips
@@ -14,6 +15,7 @@ lora and checkpoint import no stage pipeline; nothing here is imported by `ifmdm
     checkpoint   checkpoint folders: save, find the latest, load, the stage-1 checkpoint of a run
     curriculum   the training curriculum (manifests/curriculum.yaml): dataclasses, loading, validation
     lora         LoRA adapters: add, merge, save, find, apply (trained by tune, applied by infer and eval)
+    testing      small random-init runs for tests and benchmarks (`save_random_run`)
 
 Paper concept -> where it lives:
 

@@ -142,6 +142,10 @@ def test_cli_user_errors(run, clip, tmp_path, capsys, weights):
                     "--arcface", str(weights["syncnet"]), "--max-frames", "5"]) == 2
     err = capsys.readouterr().err
     assert err.count("ifmdm-eval: error:") == 3 and "syncnet.pt" in err
+    # -o naming a file: one line, and a failed run leaves no empty output folder behind
+    assert cli_eval.main(["video", "--checkpoint", str(run), "--clips", str(clip), "-o", str(clip)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 # ------------------------------------------------------------------------------------------

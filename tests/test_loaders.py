@@ -1,4 +1,4 @@
-"""Stage-1 / stage-2 loaders on tiny shards built here, in the format of shard_format.py.
+"""Stage-1 / stage-2 loaders on tiny shards built here, in the format of ifmdm_data/shard/format.py.
 
 Every frame of a test clip carries its frame index and its clip id as four flat grey
 quadrants (base-7 digits), so a test can read back which frame of which clip was decoded.

@@ -208,8 +208,6 @@ def load_net(path, what: str, build, device, prefixes=("module.",), error=Weight
     return net.to(device).eval().requires_grad_(False)
 
 
-_read_state_dict, _load_net = read_state_dict, load_net  # old names, used by ifmdm_model/eval/nets.py
-
 
 def load_syncnet(path, device="cpu", error=WeightsFileError) -> nn.Module:
     """SyncNet of either layout, chosen by the state-dict keys: syncnet_python's

@@ -153,7 +153,10 @@ def run_video(args) -> None:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help")):
-        got = f"unknown subcommand {argv[0]!r}" if argv and not argv[0].startswith("-") else "missing subcommand"
+        got = (f"unknown subcommand {argv[0]!r}" if argv and not argv[0].startswith("-") else
+               "missing subcommand (the subcommand comes first since 2026-12-01: "
+               "`ifmdm-eval stage1 --checkpoint ... --shards ...`, `ifmdm-eval video --clips ...`)"
+               if argv else "missing subcommand")
         print(f"ifmdm-eval: error: {got}: {SUBCOMMAND_HELP}", file=sys.stderr)
         return 2
     args = parser().parse_args(argv)

@@ -22,9 +22,9 @@ Data: videos (every frame, at most 400 evenly spaced) and images or folders of t
 like ifmdm-infer's portrait: frame the subject as the training crops are. A still image is
 paired with augmented copies of itself (affine + local elastic motion). The last 25% of each
 video (and of the images, from 4 up) are held out; the base and tuned reconstruction errors on
-them are printed and recorded in OUT/lora/adapter.json. Only stage 1 is tuned (the adapter on
-the decoder by default keeps the motion space stage 2 was trained on); stage-2 adapters are
-not built yet.
+them are printed and recorded in OUT/lora/adapter.json. `--stage 1` (the default) tunes stage 1
+(the adapter on the decoder by default keeps the motion space stage 2 was trained on); `--stage 2`
+tunes the motion DiT on the subject's videos, `--stage all` both.
 """
 
 

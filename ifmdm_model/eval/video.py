@@ -174,7 +174,8 @@ def evaluate_videos(run_dir, clips: List[str], out_dir, inception=None, arcface=
     if len(set(names)) != len(names):
         raise VideoEvalError("clip file names must be distinct (outputs are out_dir/<name>.mp4)")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise VideoEvalError(f"-o {out} is a file; give a folder for the generated videos and metrics")
     models = load_models(run_dir, device, lora=lora)
     dev = models.device
     size = models.image_size
@@ -182,6 +183,7 @@ def evaluate_videos(run_dir, clips: List[str], out_dir, inception=None, arcface=
     inc = load_inception(inception, dev) if inception else None
     arc = load_arcface(arcface, dev) if arcface else None
     syn = load_syncnet(syncnet, dev) if syncnet else None
+    out.mkdir(parents=True, exist_ok=True)
     skipped = {}
     if inc is None:
         skipped["fid"] = SKIP_FID
