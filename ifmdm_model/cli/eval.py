@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import textwrap
 from pathlib import Path
 
 from ifmdm_data.errors import IfmdmError
@@ -50,8 +51,8 @@ STAGE1_DESCRIPTION = (
     "`ifmdm-eval video` instead (see ifmdm_model/eval/video.py).")
 
 VIDEO_DESCRIPTION = (
-    "Talking-head evaluation: generate each held-out clip from its first frame and its audio; "
-    "PSNR / SSIM / audio-visual agreement, and FID / CSIM / LSE-D / LSE-C where their weights "
+    "Talking-head evaluation: generate each held-out clip from its first frame and its audio;\n"
+    "PSNR / SSIM / audio-visual agreement, and FID / CSIM / LSE-D / LSE-C where their weights\n"
     "files are given.")
 
 
@@ -83,11 +84,11 @@ def add_video_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--arcface", help="ArcFace iresnet state dict (CSIM)")
     ap.add_argument("--syncnet", help="SyncNet state dict (LSE-D / LSE-C): syncnet_python's "
                     "syncnet_v2.model (paper-comparable) or an ifmdm SyncNet state dict")
-    ap.add_argument("--steps", type=int, default=25)
-    ap.add_argument("--cfg", type=float, default=2.5)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=25, help="DDIM steps of stage 2 (default 25, as ifmdm-infer)")
+    ap.add_argument("--cfg", type=float, default=2.5, help="speech CFG scale (default 2.5, as ifmdm-infer)")
+    ap.add_argument("--seed", type=int, default=0, help="noise seed of every generation (default 0)")
     ap.add_argument("--max-frames", type=int, default=None, help="evaluate the first N frames")
-    ap.add_argument("--device", default="auto")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     ap.add_argument("--lora", help="an `ifmdm-tune -o` folder: its stage-1 adapter is merged in")
     ap.add_argument("-v", "--verbose", action="store_true")
     return ap
@@ -99,17 +100,17 @@ def parser() -> argparse.ArgumentParser:
 
     ap = argparse.ArgumentParser(
         prog="ifmdm-eval", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Evaluate an IF-MDM run: `stage1` measures the motion autoencoder's "
-                    "reconstruction on held-out shards; `video` generates held-out clips from their "
-                    "first frame and audio and measures the talking-head metrics.")
+        description=textwrap.fill("Evaluate an IF-MDM run: `stage1` measures the motion autoencoder's "
+                                  "reconstruction on held-out shards; `video` generates held-out clips from "
+                                  "their first frame and audio and measures the talking-head metrics.", 95))
     sub = ap.add_subparsers(dest="command", metavar="{stage1,video}")
     add_stage1_arguments(sub.add_parser(
         "stage1", help="stage-1 reconstruction PSNR / SSIM / L1 (same and cross identity) on held-out shards",
-        description=STAGE1_DESCRIPTION, epilog=STAGE1_EPILOG,
+        description=textwrap.fill(STAGE1_DESCRIPTION, 95), epilog=STAGE1_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter), stage1.SUBSETS)
     add_video_arguments(sub.add_parser(
         "video", help="generated video vs held-out clips: PSNR / SSIM, AV agreement, FID / CSIM / LSE",
-        description=VIDEO_DESCRIPTION, epilog=video.__doc__,
+        description=VIDEO_DESCRIPTION, epilog=video.__doc__.split("\n", 1)[1].lstrip("\n"),
         formatter_class=argparse.RawDescriptionHelpFormatter))
     return ap
 

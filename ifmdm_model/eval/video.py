@@ -9,9 +9,9 @@ audio the driving speech; `infer.generate` writes out_dir/<name>.mp4 at the clip
 are centre-cropped to a square and resized to the generated size (as the source image is).
 
 Metrics (code: eval/metrics.py, landmarks.py, fid.py, csim.py, lipsync.py; networks: nets.py)
--------
-psnr / ssim   eval/metrics.py (shared with the stage-1 evaluation), per frame on [0, 1], frames aligned by index up to the
-              shorter sequence, averaged.
+-----------------------------------------------------------------------------------------------
+psnr / ssim   eval/metrics.py (shared with the stage-1 evaluation), per frame on [0, 1], frames
+              aligned by index up to the shorter sequence, averaged.
 av_corr       the data filter's audio-visual agreement: `ifmdm_data.media.avsync.av_sync` of the
               mouth-opening series (MediapipeMesh landmarks, pose-normalised against the
               clip's median face, `signals.mouth_opening`) and the speech `envelope` of the
