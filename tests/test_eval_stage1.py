@@ -186,6 +186,9 @@ def test_cli_needs_a_subcommand(capsys):
         assert "ifmdm-eval stage1" in err and "ifmdm-eval video" in err
     assert cli_eval.main(["nope"]) == 2
     assert "unknown subcommand 'nope'" in capsys.readouterr().err
+    # -o naming a folder is refused before any evaluation (not after it, when writing)
+    assert cli_eval.main(["stage1", "--checkpoint", "runs/none", "--shards", "shards/none", "-o", "."]) == 2
+    assert "-o . is a folder" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         cli_eval.main(["-h"])
     assert e.value.code == 0

@@ -126,6 +126,8 @@ def run_stage1(args) -> None:
     if unknown or not subsets:
         raise EvalError(f"--subsets: unknown subset(s) {unknown or [args.subsets]}; known: "
                         f"{list(SUBSETS)}")
+    if args.out and Path(args.out).is_dir():           # checked before the evaluation, not after it
+        raise EvalError(f"-o {args.out} is a folder; give the JSON file to write")
     res = evaluate_stage1(args.checkpoint, args.shards, subsets=subsets, n_clips=args.clips,
                           pairs_per_clip=args.pairs, seed=args.seed, use_ema=not args.raw,
                           device=args.device, batch_size=args.batch_size, lora=args.lora)
@@ -154,10 +156,13 @@ def run_video(args) -> None:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help")):
-        got = (f"unknown subcommand {argv[0]!r}" if argv and not argv[0].startswith("-") else
-               "missing subcommand (the subcommand comes first since 2026-12-01: "
-               "`ifmdm-eval stage1 --checkpoint ... --shards ...`, `ifmdm-eval video --clips ...`)"
-               if argv else "missing subcommand")
+        if not argv:
+            got = "missing subcommand"
+        elif argv[0].startswith("-"):   # the form before 2026-12-01, flags only
+            got = ("missing subcommand (it comes first: `ifmdm-eval stage1 --checkpoint ... --shards ...`, "
+                   "`ifmdm-eval video --clips ...`)")
+        else:
+            got = f"unknown subcommand {argv[0]!r}"
         print(f"ifmdm-eval: error: {got}: {SUBCOMMAND_HELP}", file=sys.stderr)
         return 2
     args = parser().parse_args(argv)

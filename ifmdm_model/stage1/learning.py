@@ -91,6 +91,7 @@ def mouth_texture_image(rng: np.random.Generator, width: int, height: int, kind:
     "stripes": vertical stripes of 3-6 periods across the patch plus faint noise (periodic: a
     shift by one period matches almost as well as the true one); "blobs": smooth blobs about a
     third of the patch wide and a dark lip line across the middle (non-periodic)."""
+    # (the stripes' draw happens for both kinds, so "blobs" keeps the rest of the seed's stream)
     stripes = (np.sin(np.arange(width) / width * rng.uniform(3, 6) * 2 * np.pi)[None, :, None] > 0)
     base = rng.uniform(0.1, 0.5, 3)
     side = max(width, height)
