@@ -18,7 +18,8 @@ workers), sampled every 0.25 s and at each stage boundary (stage = between the p
 identity clustering, manifests, tracks) and shard (the writing of shards)); a worker that
 exits between samples loses at most 0.25 s of its CPU. Ray start-up is outside the stages.
 Prints one table row per N: clips/s end to end, core-s per clip by stage, driver peak RSS
-(getrusage ru_maxrss), files written by `filter` and by `shard`.
+(getrusage ru_maxrss), files written by `filter` and by `shard`, and `filter`'s files per clip
+(with those under _work/, the parts and the probe cache, and under tracks/).
 """
 from __future__ import annotations
 
@@ -188,7 +189,8 @@ def one(n: int, seconds: float, workers: int, work: Path, keep: bool) -> dict:
 
 def table(rows: list) -> str:
     head = ("| clips | wall s | clips/s | core-s/clip total | probe | analyse | finalise | shard "
-            "| driver peak RSS | files (filter / shard) |\n|---|---|---|---|---|---|---|---|---|---|")
+            "| driver peak RSS | files (filter / shard) | filter files / clip (_work/, tracks/) |"
+            "\n|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         st = r["stages"]
@@ -196,7 +198,8 @@ def table(rows: list) -> str:
                      f"| {st['probe']['core_s_per_clip']:.4f} | {st['analyse']['core_s_per_clip']:.3f} "
                      f"| {st['finalise']['core_s_per_clip']:.4f} | {st['shard']['core_s_per_clip']:.3f} "
                      f"| {r['driver_peak_rss_mb']:.0f} MB | {sum(r['files_filter'].values())} / "
-                     f"{sum(r['files_shard'].values())} |")
+                     f"{sum(r['files_shard'].values())} | {sum(r['files_filter'].values()) / r['clips']:.3f} "
+                     f"({r['files_filter'].get('_work', 0)}, {r['files_filter'].get('tracks', 0)}) |")
     return "\n".join(lines)
 
 

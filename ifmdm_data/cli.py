@@ -16,7 +16,7 @@ EPILOG = """\
 examples:
   ifmdm-data sample sample/                      # make the labelled sample set (no downloads)
   ifmdm-data filter sample/ -o manifests/        # local Ray, all cores, bundled mediapipe models
-  ifmdm-data filter clips.csv -o s3-mounted/manifests --ray-address auto --workers 64
+  ifmdm-data filter s3://bucket/raw/ -o s3://bucket/manifests --ray-address auto --workers 64   # a cluster
   ifmdm-data decide manifests/ --config strict.yaml   # new thresholds, no re-analysis
   ifmdm-data shard manifests/ -o shards/ --wav2vec2 ~/models/wav2vec2-base-960h
   ifmdm-data report manifests/ -o report/

@@ -233,18 +233,25 @@ def read_tracks(path: str | Path):
     return table.to_pandas(), meta
 
 
-# The tracks of one work unit: OUT/tracks/<unit_id>.parquet, one row group per segment (in
-# segment order; an empty segment is an empty row group); the file's schema metadata key
-# UNIT_TRACKS_KEY holds the JSON list [{"segment_id", "row_group", "meta"}] (meta: the
-# segment's metadata, the schema metadata of a per-segment file of the older layout).
+# The tracks of a batch of work units: OUT/tracks/batch-<time_ns>-<random>.parquet (the layout
+# since 2026-12-01, `work.PartStore.commit_units`), one row group per segment (in segment order;
+# an empty segment is an empty row group); the file's schema metadata key UNIT_TRACKS_KEY holds
+# the JSON list [{"segment_id", "row_group", "meta", "unit_id"}] (meta: the segment's metadata,
+# the schema metadata of a per-segment file of the oldest layout). Runs of 2026-12-01 before the
+# batches wrote the same file per work unit, OUT/tracks/<unit_id>.parquet (no "unit_id" key),
+# and older runs one OUT/tracks/<segment_id>.parquet per segment; `read_segment_tracks` reads
+# all three. A segment in several batch files (a unit redone by a re-run after a crash between
+# a batch's tracks and its part) is read from the last one in name order (the newest).
 UNIT_TRACKS_KEY = b"ifmdm_unit_tracks"
+BATCH_PREFIX = "batch-"                                 # batch files: tracks/ and _work/parts/
 _UNIT_FILE = re.compile(r"(.+)_w\d{4,}\.parquet")      # <clip_id>_w<window>.parquet
 
 
-def write_unit_tracks(tables: dict, path: str | Path) -> None:
-    """Write one unit's segment tables (`tracks_table` results, by segment id) as one Parquet
-    file, one row group per segment, atomically (`storage.atomic_local`: local rename, or upload
-    then commit on object storage)."""
+def write_unit_tracks(tables: dict, path: str | Path, units: dict | None = None) -> None:
+    """Write segment tables (`tracks_table` results, by segment id) of one unit or of a batch of
+    units as one Parquet file, one row group per segment, atomically (`storage.atomic_local`:
+    local rename, or upload then commit on object storage). units: {segment_id: unit_id}, kept
+    in the index (a batch file)."""
     import json
 
     from ifmdm_data.io import storage
@@ -252,7 +259,8 @@ def write_unit_tracks(tables: dict, path: str | Path) -> None:
     index, schema = [], TRACKS_SCHEMA.remove_metadata()
     for k, (seg, table) in enumerate(tables.items()):
         meta = {a.decode(): b.decode() for a, b in (table.schema.metadata or {}).items()}
-        index.append({"segment_id": seg, "row_group": k, "meta": meta})
+        index.append({"segment_id": seg, "row_group": k, "meta": meta,
+                      **({"unit_id": units[seg]} if units and seg in units else {})})
     schema = schema.with_metadata({UNIT_TRACKS_KEY: json.dumps(index).encode()})
     with storage.atomic_local(path) as tmp:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as w:
@@ -263,8 +271,8 @@ def write_unit_tracks(tables: dict, path: str | Path) -> None:
 
 
 def unit_tracks_index(f) -> dict:
-    """{segment_id: (row_group, meta)} of an open unit tracks file (pq.ParquetFile); {} for a
-    file without the index (not a unit tracks file)."""
+    """{segment_id: (row_group, meta)} of an open unit or batch tracks file (pq.ParquetFile); {}
+    for a file without the index (not such a file)."""
     import json
 
     raw = (f.schema_arrow.metadata or {}).get(UNIT_TRACKS_KEY)
@@ -273,24 +281,74 @@ def unit_tracks_index(f) -> dict:
     return {e["segment_id"]: (int(e["row_group"]), dict(e["meta"])) for e in json.loads(raw)}
 
 
-_TRACK_LISTINGS: dict[str, tuple[set, dict]] = {}
+def _footer_index(loc) -> dict:
+    """{segment_id: row_group} of one batch tracks file (its footer only; {} when it is gone)."""
+    import json
 
-
-def _track_names(tracks_dir: str, fresh: bool = False) -> tuple[set, dict]:
-    """(the names in tracks_dir, {clip_id: its unit files' names}), kept per process."""
     from ifmdm_data.io import storage
 
-    if fresh or tracks_dir not in _TRACK_LISTINGS:
-        if len(_TRACK_LISTINGS) > 64:
-            _TRACK_LISTINGS.clear()
-        names = storage.list_names(tracks_dir, ".parquet")
+    try:
+        if storage.is_url(loc):
+            with storage.open_read(loc) as raw, pq.ParquetFile(raw) as f:
+                kv = f.metadata.metadata or {}
+        else:
+            kv = pq.read_metadata(storage.local(loc)).metadata or {}
+    except FileNotFoundError:
+        return {}
+    raw = kv.get(UNIT_TRACKS_KEY)
+    return {e["segment_id"]: int(e["row_group"]) for e in json.loads(raw)} if raw else {}
+
+
+class _TrackListing:
+    """One tracks folder as this process knows it: the names in it, {clip_id: its unit files}
+    and {segment_id: the batch file holding it} (from the batch files' footers, each read once,
+    a few at a time; the last file in name order wins)."""
+
+    def __init__(self, tracks_dir: str):
+        self.dir, self.names, self.by_clip, self.batch_of, self.scanned = tracks_dir, set(), {}, {}, set()
+
+    def refresh(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from ifmdm_data.io import storage
+
+        names = storage.list_names(self.dir, ".parquet")
         by_clip: dict[str, list] = {}
         for n in names:
             m = _UNIT_FILE.fullmatch(n)
             if m:
                 by_clip.setdefault(m.group(1), []).append(n)
-        _TRACK_LISTINGS[tracks_dir] = (set(names), by_clip)
-    return _TRACK_LISTINGS[tracks_dir]
+        self.names, self.by_clip = set(names), by_clip
+        new = [n for n in names if n.startswith(BATCH_PREFIX) and n not in self.scanned]
+        if new:
+            with ThreadPoolExecutor(16 if storage.is_url(self.dir) else 4) as ex:
+                found = list(ex.map(lambda n: _footer_index(storage.join(self.dir, n)), new))
+            for n, idx in zip(new, found):
+                self.scanned.add(n)
+                for seg in idx:
+                    if seg not in self.batch_of or self.batch_of[seg] < n:
+                        self.batch_of[seg] = n
+
+
+_TRACK_LISTINGS: dict[str, _TrackListing] = {}
+
+
+def forget_track_listings() -> None:
+    """Drop this process's tracks listings (`filter` calls it after writing a tracks file)."""
+    _TRACK_LISTINGS.clear()
+
+
+def _track_listing(tracks_dir: str, fresh: bool = False) -> _TrackListing:
+    """The listing of tracks_dir, kept per process (listed again when `fresh`)."""
+    got = _TRACK_LISTINGS.get(tracks_dir)
+    if got is None:
+        if len(_TRACK_LISTINGS) > 64:
+            _TRACK_LISTINGS.clear()
+        got = _TRACK_LISTINGS[tracks_dir] = _TrackListing(tracks_dir)
+        got.refresh()
+    elif fresh:
+        got.refresh()
+    return got
 
 
 def _read_from_unit_files(tracks_dir: str, unit_files: list, segment_id: str):
@@ -310,19 +368,24 @@ def _read_from_unit_files(tracks_dir: str, unit_files: list, segment_id: str):
 
 def read_segment_tracks(folder, segment_id: str):
     """A segment's tracks (DataFrame, metadata dict) from the `filter` manifest folder `folder`
-    (local or object storage) holding tracks/: the segment's row group of its unit's file
-    tracks/<unit_id>.parquet, else (runs of older versions, resumed or not) its own file
+    (local or object storage) holding tracks/: the segment's row group of the batch file
+    tracks/batch-*.parquet holding it (found from the batch files' footers), else of its unit's
+    file tracks/<unit_id>.parquet, else (runs of older versions, resumed or not) its own file
     tracks/<segment_id>.parquet. Raises FileNotFoundError when the segment has no tracks.
-    The folder's listing is kept per process (listed again when a segment is not in it)."""
+    The folder's listing and batch index are kept per process (listed again, and the new batch
+    files' footers read, when a segment is not in them)."""
     from ifmdm_data.io import storage
 
     tracks_dir = storage.join(str(folder).rstrip("/") if storage.is_url(folder) else folder, "tracks")
     for fresh in (False, True):
-        names, by_clip = _track_names(tracks_dir, fresh)
-        got = _read_from_unit_files(tracks_dir, by_clip.get(segment_id.rsplit("_", 1)[0], []), segment_id)
+        lst = _track_listing(tracks_dir, fresh)
+        batch = lst.batch_of.get(segment_id)
+        got = _read_from_unit_files(tracks_dir, [batch], segment_id) if batch else None
+        if got is None:
+            got = _read_from_unit_files(tracks_dir, lst.by_clip.get(segment_id.rsplit("_", 1)[0], []), segment_id)
         if got is not None:
             return got
-        if f"{segment_id}.parquet" in names:
+        if f"{segment_id}.parquet" in lst.names:
             try:
                 return read_tracks(storage.join(tracks_dir, f"{segment_id}.parquet"))
             except FileNotFoundError:

@@ -133,7 +133,7 @@ class Stage2Plan:
 
 @dataclass
 class Curriculum:
-    path: Path
+    path: Path | str                   # the curriculum.yaml read (an object-storage URL stays a str)
     shards: Path | str                 # a local folder, or an object-storage URL (str, s3://...)
     stage1: Stage1Plan
     stage2: Stage2Plan = field(default_factory=Stage2Plan)
@@ -164,36 +164,74 @@ def _typed(cls, data, where: str):
     return out
 
 
-def _split_hint(split_file: Path) -> str:
+def _split_hint(split_file: Path | str) -> str:
     """One line for `--curriculum splits/train.parquet` (or splits/): a split reaches training
-    through its shards, with the curriculum of the manifests it was split from."""
+    through its shards, with the curriculum of the manifests it was split from (local or
+    object storage)."""
+    from ifmdm_data.io import storage
+
     folder = "manifests/"
     try:
-        import pyarrow.parquet as pq
-        src = set(pq.read_table(split_file, columns=["source_manifest"]).column(0).to_pylist()) - {None}
+        src = set(storage.read_parquet(str(split_file), columns=["source_manifest"]).column(0).to_pylist()) - {None}
         folder = sorted(src)[0] if len(src) == 1 else folder
     except Exception:  # noqa: BLE001 - not a split file or no source column: the generic hint
         pass
-    name = split_file.stem
+    name = storage.name(split_file).rsplit(".", 1)[0]
     return (f"{split_file} is a manifest, not a curriculum: shard it (`ifmdm-data shard {split_file} "
             f"-o shards/{name}`), then `ifmdm-train --curriculum {folder} --shards shards/{name} ...`")
 
 
-def load_curriculum(path: str | Path) -> Curriculum:
-    """Load `path` (a curriculum.yaml, or a manifests folder holding one)."""
-    path = Path(path)
-    split_file = path if path.suffix == ".parquet" else path / "train.parquet"
-    if split_file.is_file() and not (path.is_dir() and (path / "curriculum.yaml").is_file()):
+def _find_remote_curriculum(url: str) -> str:
+    """The curriculum.yaml object of `url` (the file, or a prefix holding one); ConfigError
+    with the same hints as on disk otherwise (a split file, nothing there)."""
+    from ifmdm_data.io import storage
+
+    url = url.rstrip("/")
+    cur = storage.join(url, "curriculum.yaml")
+    is_file_name = url.endswith((".yaml", ".yml", ".parquet"))
+    has_cur = not is_file_name and storage.isfile(cur)
+    split_file = url if url.endswith(".parquet") else storage.join(url, "train.parquet")
+    if not has_cur and not url.endswith((".yaml", ".yml")) and storage.isfile(split_file):
         raise ConfigError(_split_hint(split_file))
-    if path.is_dir():
-        path = path / "curriculum.yaml"
-    if not path.is_file():
-        raise ConfigError(f"no curriculum at {path}: run `ifmdm-data filter ... -o {path.parent}` "
-                          f"(it writes the default) or copy {DEFAULT_CURRICULUM}")
+    if has_cur:
+        return cur
+    if storage.isfile(url):
+        return url
+    missing = url if url.endswith((".yaml", ".yml")) else cur
+    raise ConfigError(f"no curriculum at {missing}: run `ifmdm-data filter ... -o {storage.parent(missing)}` "
+                      f"(it writes the default) or copy {DEFAULT_CURRICULUM} there")
+
+
+def load_curriculum(path: str | Path) -> Curriculum:
+    """Load `path` (a curriculum.yaml, or a manifests folder holding one; a local path or an
+    object-storage URL: s3://bucket/manifests/ or .../curriculum.yaml). A relative `shards:`
+    is relative to the curriculum's folder in both cases (`../shards` of
+    s3://bucket/manifests/curriculum.yaml is s3://bucket/shards)."""
+    from ifmdm_data.io import storage
+
+    if storage.is_url(str(path)):
+        path = _find_remote_curriculum(str(path))
+        try:
+            text = storage.read_text(path)
+        except (OSError, UnicodeDecodeError) as e:   # no permission, endpoint gone since the listing
+            raise ConfigError(f"cannot read {path}: {type(e).__name__}: {e}".splitlines()[0][:400]) from None
+    else:
+        path = Path(path)
+        split_file = path if path.suffix == ".parquet" else path / "train.parquet"
+        if split_file.is_file() and not (path.is_dir() and (path / "curriculum.yaml").is_file()):
+            raise ConfigError(_split_hint(split_file))
+        if path.is_dir():
+            path = path / "curriculum.yaml"
+        if not path.is_file():
+            raise ConfigError(f"no curriculum at {path}: run `ifmdm-data filter ... -o {path.parent}` "
+                              f"(it writes the default) or copy {DEFAULT_CURRICULUM}")
+        text = path.read_text()
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: not a curriculum (a YAML mapping with stage1.levels)")
     where = str(path)
     s1 = data.get("stage1") or {}
     s1 = _typed(Stage1Plan, s1, f"{where}: stage1")
@@ -215,7 +253,8 @@ def load_curriculum(path: str | Path) -> Curriculum:
         lv_shards = None
         if "shards" in lv:
             if not isinstance(lv["shards"], str) or not lv["shards"].strip():
-                raise ConfigError(f"{w}.shards must be a folder path (relative to {path.parent}), got {lv['shards']!r}")
+                raise ConfigError(f"{w}.shards must be a folder path (relative to {storage.parent(path)}), "
+                                  f"got {lv['shards']!r}")
             lv_shards = _shards_location(lv["shards"], path)
         levels.append(Level(str(lv["name"]), subs, int(lv["steps"]), float(lv["lr"]), lv_shards))
     if not levels:
@@ -231,15 +270,29 @@ def load_curriculum(path: str | Path) -> Curriculum:
     return Curriculum(path=path, shards=shards, stage1=plan, stage2=plan2)
 
 
-def _shards_location(value, curriculum: Path) -> Path | str:
+def _shards_location(value, curriculum: Path | str) -> Path | str:
     """A `shards:` value: an object-storage URL stays a str (s3://bucket/shards, no trailing
-    '/'); a local path becomes absolute, relative to the curriculum's folder."""
+    '/'); a local path becomes absolute, relative to the curriculum's folder; a relative path
+    in a curriculum on object storage is a URL relative to the curriculum's prefix."""
+    import posixpath
+
     from ifmdm_data.io import storage
 
     if isinstance(value, str) and storage.is_url(value):
         return value.rstrip("/")
     p = Path(value)
-    return p if p.is_absolute() else (curriculum.parent / p).resolve()
+    if p.is_absolute():
+        return p
+    if storage.is_url(str(curriculum)):
+        scheme, rest = str(curriculum).split("://", 1)
+        bucket, _, key = rest.partition("/")
+        folder = posixpath.dirname(key)
+        rel = posixpath.normpath(posixpath.join(folder, str(value)))
+        if rel == ".." or rel.startswith("../"):
+            raise ConfigError(f"{curriculum}: shards {value!r} is outside the bucket {scheme}://{bucket}; "
+                              f"give a full URL ({scheme}://{bucket}/shards)")
+        return f"{scheme}://{bucket}" if rel == "." else f"{scheme}://{bucket}/{rel}"
+    return (curriculum.parent / p).resolve()
 
 
 def _check_stage2(plan: Stage2Plan, where: str) -> None:

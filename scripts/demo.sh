@@ -17,3 +17,5 @@ export RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled
 .venv/bin/ifmdm-data report "$MANIFESTS" -o "$REPORT"
 .venv/bin/ifmdm-data shard "$MANIFESTS" -o "$SHARDS" --size 256 --overwrite --no-progress
 .venv/bin/ifmdm-data inspect "$MANIFESTS" --labels "$SAMPLE/labels.csv"
+echo "demo: done. Next, training on these shards (README \"ifmdm-train\"), e.g. a 50-step smoke run:"
+echo "  .venv/bin/ifmdm-train --curriculum $MANIFESTS --shards $SHARDS -o runs/demo --batch-size 4 --max-steps 50"

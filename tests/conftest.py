@@ -1,7 +1,10 @@
 """Shared fixtures: one local Ray per session, the sample set and its filtered manifests."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,38 @@ def media(*parts: str) -> Path:
     if not p.exists():
         pytest.skip(f"real media not found at {p} (../shared/media is absent)")
     return p
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def moto_s3(bucket: str):
+    """A real S3 API server (moto's server mode) on a free 127.0.0.1 port holding an empty
+    `bucket`; the standard AWS variables (AWS_ENDPOINT_URL, keys, region) point at it while the
+    block runs. Yields "s3://<bucket>"."""
+    from moto.server import ThreadedMotoServer
+
+    from ifmdm_data.io import storage
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)   # one log line per request otherwise
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+                         "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+                mp.setenv(k, v)
+            fs, _ = storage.filesystem(f"s3://{bucket}")
+            fs.mkdir(bucket)
+            yield f"s3://{bucket}"
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

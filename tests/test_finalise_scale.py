@@ -13,7 +13,9 @@ import pytest
 from ifmdm_data.filter import dedup
 from ifmdm_data.filter.dedup import dup_groups, popcount64
 from ifmdm_data.filter.fingerprint import audio_dup_pairs
-from ifmdm_data.filter.work import PartStore, concat_parts
+from ifmdm_data.filter import work
+from ifmdm_data.filter.work import PartStore, concat_parts, part_table
+from ifmdm_data.schema import write_parquet_atomic
 
 
 def _reference(hashes, max_distance, min_matches=2, bands=4, max_bucket=5000):
@@ -137,7 +139,7 @@ def test_audio_pairs_joining_groups_give_the_same_groups():
     assert list(dup_groups(hashes, extra_pairs=few)) == list(dup_groups(hashes, extra_pairs=every))
 
 
-def test_read_all_equals_concat_of_every_part(tmp_path):
+def test_read_all_equals_concat_of_every_part(tmp_path, monkeypatch):
     """Parts of several schemas (columns missing, all-null, int with and without nulls, bools,
     lists) read in bulk: the same frame, rows and columns in the same order, same dtypes."""
     rng = random.Random(0)
@@ -156,10 +158,16 @@ def test_read_all_equals_concat_of_every_part(tmp_path):
                 r.update(reasons=["probe_failed"], error="boom")
             rows.append(r)
         name = f"{rng.getrandbits(32):08x}_w0000"
-        store.write(name, rows)
         rows_of[name] = rows
+    # written in batches of 7 units (the layout since 2026-12-01); the reference: one part per
+    # unit (the layout before), each read back on its own
+    monkeypatch.setattr(work, "BATCH_UNITS", 7)
+    store.write_many(list(rows_of.items()))
+    assert len(list(store.parts.glob("*.parquet"))) == 9
+    for n, rows in rows_of.items():
+        write_parquet_atomic(part_table(rows), tmp_path / "old" / f"{n}.parquet")
     got = store.read_all()
-    want = pd.concat([pq.read_table(tmp_path / "_work" / "parts" / f"{n}.parquet").to_pandas() for n in sorted(rows_of)],
+    want = pd.concat([pq.read_table(tmp_path / "old" / f"{n}.parquet").to_pandas() for n in sorted(rows_of)],
                      ignore_index=True)
     pd.testing.assert_frame_equal(got, want, check_exact=True)
     assert list(got["segment_id"]) == [r["segment_id"] for n in sorted(rows_of) for r in rows_of[n]]

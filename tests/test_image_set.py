@@ -306,28 +306,15 @@ def test_levels_mix_video_and_image_shard_folders(image_shards, sample_shards, t
     assert "levels[1].shards must be a folder path" in capsys.readouterr().err
 
 
-def test_images_from_and_to_object_storage(image_folder, tmp_path, monkeypatch):
+def test_images_from_and_to_object_storage(image_folder, tmp_path):
     """An s3:// prefix in, an s3:// shard folder out (moto's S3 server), read by the loader."""
-    import logging
-    import socket
-
-    from moto.server import ThreadedMotoServer
+    from conftest import moto_s3
 
     from ifmdm_data.io import storage
     from ifmdm_data.loaders import list_shards
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        for k, v in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-                     "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-            monkeypatch.setenv(k, v)
+    with moto_s3("imgs"):
         fs, _ = storage.filesystem("s3://imgs")
-        fs.mkdir("imgs")
         for name in ("b.jpg", "d.png", "corrupt.jpg"):
             fs.put_file(str(image_folder / name), f"imgs/raw/{name}")
         assert data_main(["shard", "--images", "s3://imgs/raw", "-o", "s3://imgs/shards/set",
@@ -339,8 +326,6 @@ def test_images_from_and_to_object_storage(image_folder, tmp_path, monkeypatch):
         tars = list_shards("s3://imgs/shards/set", ("images",))
         assert tars and all(t.startswith("s3://imgs/shards/set/images/") for t in tars)
         assert not [n for n in fs.find("imgs/shards") if n.endswith(".tmp")]
-    finally:
-        server.stop()
 
 
 def test_float_images_rejected_and_size_bounded(tmp_path, capsys):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from ifmdm_model.stage1.learning import (Clip, baselines, box_psnr, mask_compactness, mouth_texture_image, psnr,
-                                  synthetic_local_motion, to_tensor)
+from ifmdm_model.stage1.learning import (Clip, baselines, box_psnr, mask_compactness, motion_probe,
+                                         mouth_texture_image, psnr, synthetic_local_motion, to_tensor)
 from ifmdm_model.stage1.local_flow import MASK_NORMS, log_spatial_masks
 
 
@@ -78,6 +78,36 @@ def test_mouth_texture_periodicity(kind, periodic):
     assert (min(dips) > 0.5) if periodic else (max(dips) < 0.2)
     with pytest.raises(ValueError, match="stripes or blobs"):
         mouth_texture_image(np.random.default_rng(0), 33, 15, "plaid")
+
+
+class _LookupEncoder(torch.nn.Module):
+    """A stand-in encoder whose motion code is chosen per frame (found by its pixels): what the
+    probe must read back. `columns` picks which true shifts the code carries, plus noise dims."""
+
+    def __init__(self, clips, columns):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        rng = np.random.default_rng(0)
+        self.codes = {}
+        for c in clips:
+            for f, s in zip(np.concatenate([c.train, c.heldout]), c.shifts):
+                self.codes[to_tensor(f[None]).numpy().tobytes()] = np.r_[s[columns], rng.normal(size=4)]
+
+    def encode(self, x):
+        m = [self.codes[x[i:i + 1].numpy().tobytes()] for i in range(len(x))]
+        return None, torch.tensor(np.stack(m), dtype=torch.float32)
+
+
+def test_motion_probe_reads_back_what_the_code_carries():
+    clips = synthetic_local_motion(n_clips=2, n_train=24, n_heldout=8, seed=5)
+    assert clips[0].shifts.shape == (32, 4)
+    assert np.abs(clips[0].shifts[:, :2]).max() <= 5.0 and np.abs(clips[0].shifts[:, 2:]).max() <= 4.0
+    full = motion_probe(_LookupEncoder(clips, [0, 1, 2, 3]), clips)
+    assert min(full.values()) > 0.99, full
+    head_only = motion_probe(_LookupEncoder(clips, [0, 1]), clips)
+    assert head_only["head_x"] > 0.99 and head_only["mouth_x"] < 0.3 and head_only["mouth_y"] < 0.3, head_only
+    with pytest.raises(ValueError, match="true shifts"):
+        motion_probe(_LookupEncoder(clips, [0]), [Clip("real", clips[0].train, clips[0].heldout)])
 
 
 def test_baselines_and_psnr_are_right_on_known_inputs():

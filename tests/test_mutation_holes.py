@@ -329,11 +329,12 @@ def _row_for(uid):
     return failure_row(uid.rsplit("_", 1)[0], f"/x/{uid}.mp4", "decode_error", "test")
 
 
-@pytest.mark.parametrize("where", ["write_table", "replace"])
+@pytest.mark.parametrize("where", ["write_table", "part_only", "replace"])
 def test_a_write_that_fails_midway_leaves_no_part_and_the_unit_is_redone(tmp_path, monkeypatch, where):
-    """A failure in the middle of writing a part (the Parquet writer has written some bytes,
-    or the final rename fails) leaves nothing under the final name and no temporary file, so
-    `done()` does not count the unit and a re-run writes it."""
+    """A failure in the middle of writing a batch (the Parquet writer has written some bytes of
+    the tracks file or of the part, or the final rename fails) leaves nothing under the final
+    name and no temporary file, so `done()` does not count the unit and a re-run writes it (a
+    tracks file whose part never came is superseded by the re-run's)."""
     import pyarrow.parquet as pq
     from ifmdm_data import schema
     from ifmdm_data.io import storage
@@ -341,6 +342,8 @@ def test_a_write_that_fails_midway_leaves_no_part_and_the_unit_is_redone(tmp_pat
 
     store = PartStore(tmp_path)
     store.write("a_w0000", [_row_for("a_w0000")])                  # a finished unit
+    first = sorted(p.name for p in store.parts.iterdir())
+    assert len(first) == 1 and first[0].startswith("batch-")
 
     class Killed(Exception):
         pass
@@ -356,27 +359,30 @@ def test_a_write_that_fails_midway_leaves_no_part_and_the_unit_is_redone(tmp_pat
     def half_writer(where_, schema_, **kw):                         # the unit tracks writer
         half_write(None, where_)
 
-    if where == "write_table":
-        monkeypatch.setattr(schema.pq, "write_table", half_write)
-        monkeypatch.setattr(schema.pq, "ParquetWriter", half_writer)
+    if where in ("write_table", "part_only"):
+        monkeypatch.setattr(schema.pq, "write_table", half_write)         # the part writer
+        if where == "write_table":
+            monkeypatch.setattr(schema.pq, "ParquetWriter", half_writer)  # the tracks writer
     else:
         monkeypatch.setattr(storage.os, "replace", no_replace)   # the atomic write (storage.py)
+    store.write_tracks("b_w0000", {"b_000000000": schema.tracks_table(_tracks(2), {"fps": 6.25})})
     with pytest.raises(Killed):
-        store.write("b_w0000", [_row_for("b_w0000")])
-    with pytest.raises(Killed):
-        store.write_tracks("b_w0000", {"b_000000000": schema.tracks_table(_tracks(), {"fps": 6.25})})
+        store.write("b_w0000", [_row_for("b_w0000")])                 # tracks, then part
     monkeypatch.undo()
 
-    assert sorted(p.name for p in store.parts.iterdir()) == ["a_w0000.parquet"]   # no half part
-    assert list(store.tracks.iterdir()) == []
+    assert sorted(p.name for p in store.parts.iterdir()) == first   # no half part
+    orphans = sorted(p.name for p in store.tracks.iterdir())
+    # the tracks writer failed: no tracks file; only the part failed: a complete tracks file
+    assert orphans == [] if where != "part_only" else (len(orphans) == 1 and not orphans[0].startswith("."))
     assert store.done() == {"a_w0000"}                              # b is not done: a re-run redoes it
+    store.write_tracks("b_w0000", {"b_000000000": schema.tracks_table(_tracks(), {"fps": 6.25})})
     store.write("b_w0000", [_row_for("b_w0000")])
     assert store.done() == {"a_w0000", "b_w0000"}
-    assert pq.read_table(store.parts / "b_w0000.parquet").num_rows == 1
+    new = sorted(set(p.name for p in store.parts.iterdir()) - set(first))
+    assert len(new) == 1 and pq.read_table(store.parts / new[0]).num_rows == 1
     assert sorted(store.read_all()["clip_id"]) == ["a", "b"]
-    store.write_tracks("b_w0000", {"b_000000000": schema.tracks_table(_tracks(), {"fps": 6.25})})
-    assert pq.read_table(store.tracks / "b_w0000.parquet").num_rows == 3
-    assert len(schema.read_segment_tracks(tmp_path, "b_000000000")[0]) == 3
+    assert pq.read_table(store.tracks / new[0]).num_rows == 3         # tracks and part: one name
+    assert len(schema.read_segment_tracks(tmp_path, "b_000000000")[0]) == 3   # the re-run's, not the orphan's
 
 
 def test_a_writer_killed_midway_leaves_no_part(tmp_path):
@@ -403,18 +409,19 @@ PartStore({str(tmp_path)!r}).write("b_w0000", [failure_row("b", "/x/b.mp4", "dec
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
     assert res.returncode == -signal.SIGKILL, res.stderr.decode()[-2000:]
     store = PartStore(tmp_path)
-    assert not (store.parts / "b_w0000.parquet").exists()
     assert all(p.name.startswith(".") for p in store.parts.iterdir())   # at most a hidden temp file
     assert store.done() == set()
     store.write("b_w0000", [_row_for("b_w0000")])
-    assert store.done() == {"b_w0000"} and pq.read_table(store.parts / "b_w0000.parquet").num_rows == 1
+    (part,) = [p for p in store.parts.iterdir() if not p.name.startswith(".")]
+    assert store.done() == {"b_w0000"} and pq.read_table(part).num_rows == 1
 
 
 # --- work units (issue 16: bash scripts/mutation.sh work) -----------------------------------
 
 def test_unit_and_segment_ids_are_the_names_resume_relies_on():
-    """A part is named by its unit id, a track file by its segment id: both are fixed-width, so
-    they sort in time order and a re-run finds the same names (start in whole milliseconds)."""
+    """A part's units are known by their unit ids (in its metadata; the parts of older runs by
+    name), a track row group by its segment id: both are fixed-width, so they sort in time
+    order and a re-run finds the same ids (start in whole milliseconds)."""
     from ifmdm_data.filter.work import segment_id, unit_id
 
     assert unit_id("clip", 7) == "clip_w0007"
@@ -471,14 +478,15 @@ def test_failure_row_keeps_the_probe_fields_and_the_window():
 
 def test_collected_results_commit_to_the_same_files_as_a_direct_write(tmp_path):
     """A worker's CollectingStore payload, committed by the driver, writes the tracks and the
-    part a PartStore would have written; an empty payload (nothing written) commits nothing."""
+    part a PartStore would have written (a batch of one: one tracks file and one part of the
+    same batch name); an empty payload (nothing written) commits nothing."""
     import pyarrow.parquet as pq
     from ifmdm_data.schema import read_segment_tracks, tracks_table
     from ifmdm_data.filter.work import CollectingStore, PartStore
 
     assert CollectingStore().payload() == b""
     store = PartStore(tmp_path / "out")
-    # the layout readers rely on: OUT/_work/parts/<unit_id>.parquet, OUT/tracks/<unit_id>.parquet
+    # the layout readers rely on: OUT/_work/parts/batch-*.parquet, OUT/tracks/batch-*.parquet
     assert (store.parts, store.tracks) == (tmp_path / "out" / "_work" / "parts", tmp_path / "out" / "tracks")
     assert store.parts.is_dir() and store.tracks.is_dir()
     assert store.commit(b"") is None and store.done() == set()
@@ -487,8 +495,9 @@ def test_collected_results_commit_to_the_same_files_as_a_direct_write(tmp_path):
     col.write("c_w0000", [_row_for("c_w0000")])
     assert store.commit(col.payload()) == "c_w0000"
     assert store.done() == {"c_w0000"}
-    assert pq.read_table(store.parts / "c_w0000.parquet").num_rows == 1
-    assert sorted(p.name for p in store.tracks.iterdir()) == ["c_w0000.parquet"]
+    (part,) = list(store.parts.iterdir())
+    assert part.name.startswith("batch-") and pq.read_table(part).num_rows == 1
+    assert [p.name for p in store.tracks.iterdir()] == [part.name]
     tracks, meta = read_segment_tracks(store.out, "c_000000000")
     assert len(tracks) == 3 and meta["fps"] == "6.25"
     assert store.read_all()["clip_id"].tolist() == ["c"]
@@ -534,8 +543,8 @@ def _unit(path="/v/c.mp4", start=20.0, end=40.0):
 def test_run_unit_rows_tracks_and_identity_signals(tmp_path, monkeypatch):
     """A unit that analyses: one row per segment with the probe fields, its segment id, the
     backend, the identity signals (called with the segment's window and the rotation), and its
-    tracks written under the segment id in the unit's one tracks file; the part is written last
-    under the unit id."""
+    tracks written under the segment id in one tracks file; the part is written last, with the
+    unit id (a PartStore writes the unit as a batch of one)."""
     from ifmdm_data.filter import analyse
     from ifmdm_data.filter.config import FilterConfig
     from ifmdm_data.filter.identify import failed_signals
@@ -575,7 +584,7 @@ def test_run_unit_rows_tracks_and_identity_signals(tmp_path, monkeypatch):
     assert math.isnan(rows[1].pop("identity_spread")) and math.isnan(want.pop("identity_spread"))
     assert {k: rows[1][k] for k in want} == want
     assert store.done() == {"c_w0001"}
-    assert sorted(p.name for p in store.tracks.iterdir()) == ["c_w0001.parquet"]   # one file per unit
+    assert [p.name for p in store.tracks.iterdir()] == [p.name for p in store.parts.iterdir()]  # one of each
     _, meta = read_segment_tracks(tmp_path, "c_000020000")
     assert meta == {"segment_id": "c_000020000", "path": "/v/c.mp4", "width": "640", "height": "480",
                     "landmark_scheme": "mp478", "analysis_fps": str(FilterConfig().analysis.fps)}

@@ -7,11 +7,9 @@ Three short clips of the sample set keep it small (the session's Ray is reused).
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +19,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import moto_s3
 from ifmdm_data.io import storage
 from ifmdm_data.filter.config import load_config
 from ifmdm_data.filter.pipeline import run_filter
@@ -36,29 +35,11 @@ BUCKET = "ifmdm-test"
 NOT_COMPARED = {"path", "error", "analysis_s", "identity_id", "dup_group", "identity_ids"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_server():
-    """A moto S3 server on a free port, with the standard variables pointing at it."""
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)   # one log line per request otherwise
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-                     "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-            mp.setenv(k, v)
-        fs, _ = storage.filesystem(f"s3://{BUCKET}")
-        fs.mkdir(BUCKET)
-        yield f"s3://{BUCKET}"
-    server.stop()
+    """A moto S3 server with an empty bucket (conftest.moto_s3)."""
+    with moto_s3(BUCKET) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +111,7 @@ def test_filter_and_shard_from_s3_equal_the_local_run(local_run, s3_run, clips_s
     saved = json.loads(storage.read_text(f"{sm}/summary.json"))
     assert saved["subsets"] == ssum["subsets"] and sum(saved["subsets"].values()) == int(ref["accepted"].sum())
     assert storage.exists(f"{sm}/curriculum.yaml")
-    # tracks: one object per unit, each segment's row group read back with the same content
+    # tracks: one object per batch (here one per part), each segment's row group read back with the same content
     from ifmdm_data.schema import read_segment_tracks
     assert len(storage.list_names(f"{sm}/tracks", ".parquet")) == len(storage.list_names(f"{sm}/_work/parts", ".parquet"))
     for seg in ref["segment_id"][ref["accepted"]]:
@@ -172,11 +153,11 @@ def test_stage1_loader_streams_s3_shards(local_run, s3_run):
 def test_killed_run_on_s3_resumes_to_the_same_manifests(ray_session, s3_run, clips_s3, s3_server):
     out = f"{s3_server}/killed/manifests"
     fs, _ = storage.filesystem(out)
-    parts = f"{BUCKET}/killed/manifests/_work/parts"
+    from ifmdm_data.filter.work import PartStore
 
-    def n_parts() -> int:
+    def n_parts() -> int:                        # units in a committed part (the workers write them)
         try:
-            return len([p for p in fs.ls(parts, detail=False) if p.endswith(".parquet")])
+            return len(PartStore(out).done())
         except FileNotFoundError:
             return 0
 

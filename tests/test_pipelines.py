@@ -12,7 +12,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINES = ROOT / "pipelines"
@@ -73,12 +73,6 @@ def test_every_example_is_well_formed():
 # ------------------------------------------------------------------------------------------
 # on a local head
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _job_id(out: str) -> str:
     m = re.search(r"raysubmit_\w+", out)
     assert m, out
@@ -114,12 +108,12 @@ def head(monkeypatch):
 
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    dash = _free_port()
+    dash = free_port()
     # the job agent's HTTP port is fixed (52365) by default: another Ray on the machine (a test
     # session's) holding it leaves the head without a job agent ("No available agent")
     cluster = Cluster(initialize_head=True, connect=False, head_node_args={
         "num_cpus": 2, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dash,
-        "dashboard_agent_listen_port": _free_port()})
+        "dashboard_agent_listen_port": free_port()})
     try:
         _wait_for_job_agent(f"http://127.0.0.1:{dash}")
         yield cluster.address, f"http://127.0.0.1:{dash}"
@@ -146,23 +140,14 @@ def _wait_for_job_agent(dash: str, timeout_s: float = 120) -> None:
 
 
 @pytest.fixture()
-def bucket(monkeypatch):
+def bucket():
     """A real S3 API server (moto's server mode) on 127.0.0.1 with an empty bucket."""
-    from moto.server import ThreadedMotoServer
+    from conftest import moto_s3
 
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    for k, v in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-                 "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(k, v)
-    import s3fs
-    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": f"http://127.0.0.1:{port}"})
-    fs.mkdir("ifmdm-pipelines")
-    try:
-        yield fs, "ifmdm-pipelines"
-    finally:
-        server.stop()
+    from ifmdm_data.io import storage
+
+    with moto_s3("ifmdm-pipelines") as url:
+        yield storage.filesystem(url)[0], "ifmdm-pipelines"
 
 
 @pytest.mark.slow

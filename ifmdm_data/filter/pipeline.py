@@ -3,8 +3,9 @@ whose actors load the face models once), then finalise the manifests on the driv
 
 Only small records travel through Ray: frames are decoded and analysed inside one task.
 The results (rows and tracks, a few hundred KB per unit) are written to object storage by the
-worker when OUT is a URL, and travel back to the driver through Ray when OUT is a local folder
-(`work.py`), so nodes need not share a file system; `preflight.check_nodes` makes sure, before
+worker when OUT is a URL (one batch per actor call of up to `work.BATCH_UNITS` units), and travel
+back to the driver through Ray when OUT is a local folder (the driver writes them in batches of
+up to `work.BATCH_UNITS` units, `work.py`), so nodes need not share a file system; `preflight.check_nodes` makes sure, before
 any work, that every node can read the inputs (and reach an object-storage output).
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ifmdm_data.filter.finalise import write_manifests
 from ifmdm_data.io.atomic import write_json_atomic
 from ifmdm_data.io.ray_runtime import init_ray
 from ifmdm_data.reasons import Reason
+from ifmdm_data.filter import work
 from ifmdm_data.filter.work import CollectingStore, PartStore, failure_row, plan_units, run_unit
 
 log = logging.getLogger("ifmdm_data")
@@ -57,7 +59,9 @@ def _probe_row(item: dict, env: dict | None = None) -> dict:
 
 class AnalyseActor:
     """Holds one set of face models, the VAD and (--syncnet) the SyncNet per actor, on CUDA
-    when the actor was given a GPU; analyses one unit per call."""
+    when the actor was given a GPU; analyses the units of a call one after the other. Object
+    storage OUT: writes them there as batches (`PartStore.commit_units`: the call's units, a
+    new batch after work.BATCH_SECONDS); a local OUT: returns each unit's payload for the driver."""
 
     def __init__(self, cfg: dict, out_dir: str, weights_dir: str | None, syncnet: str | None = None,
                  syncnet_gpus: float = 0.0, env: dict | None = None):
@@ -87,9 +91,19 @@ class AnalyseActor:
 
     def __call__(self, batch: dict) -> dict:
         out = {"unit_id": [], "segments": [], "accepted": [], "rejected": [], "payload": [], "storage_error": []}
+        pending, since = [], time.monotonic()     # object storage: this call's units not yet written
+
+        def flush():
+            try:
+                self.store.commit_units([u for _, u in pending])
+            except storage.StorageError as e:     # reported by the driver, never a worker_crash
+                for k, _ in pending:
+                    out["storage_error"][k] = out["storage_error"][k] or str(e)
+            pending.clear()
+
         for unit_json in batch["unit_json"]:
             unit = json.loads(unit_json)
-            store = self.store or CollectingStore()
+            store = CollectingStore()
             try:
                 rows = run_unit(unit, self.cfg, self.models, self.speech, store, self.backend,
                                 self.syncnet, self.identify)
@@ -101,8 +115,17 @@ class AnalyseActor:
             acc, rej = provisional_decisions(rows, self.cfg)   # for the progress line only
             out["accepted"].append(-1 if acc is None else acc)
             out["rejected"].append(-1 if rej is None else rej)
-            out["payload"].append(store.payload() if isinstance(store, CollectingStore) and not err else b"")
+            local = self.store is None and not err
+            out["payload"].append(store.payload() if local else b"")
             out["storage_error"].append(err)
+            if self.store is not None and not err and store.unit() is not None:
+                if not pending:
+                    since = time.monotonic()
+                pending.append((len(out["unit_id"]) - 1, store.unit()))
+                if len(pending) >= work.BATCH_UNITS or time.monotonic() - since >= work.BATCH_SECONDS:
+                    flush()
+        if pending:
+            flush()
         return out
 
 
@@ -140,18 +163,30 @@ def _check_resume(out, fp: dict, overwrite: bool) -> None:
     write_json_atomic(fp, marker)
 
 
+def _units_per_call(out, n_units: int, n_workers: int, in_flight: int) -> int:
+    """Units per actor call: 1 with a local OUT (the driver batches what comes back) and on the
+    retry round (in_flight 1: one unit per call isolates a unit that kills its worker); with
+    object storage (one batch per call) up to work.BATCH_UNITS, keeping >= 4 calls per worker."""
+    if not storage.is_url(out) or in_flight <= 1:
+        return 1
+    return max(1, min(work.BATCH_UNITS, n_units // (4 * max(1, n_workers))))
+
+
 def _analyse(units: list[dict], cfg: FilterConfig, out, weights_dir, n_workers: int,
              in_flight: int, store: PartStore, syncnet: str | None = None,
              syncnet_gpus: float = 0.0, bar: StageBar | None = None) -> None:
-    """Run the units on the actor pool; commit the results that come back (local OUT).
-    Raises StorageError when a worker could not read or write object storage."""
+    """Run the units on the actor pool; commit the results that come back (local OUT) in
+    batches of up to work.BATCH_UNITS units, a batch at the latest when its first unit has waited
+    work.BATCH_SECONDS, the rest at the end. Raises StorageError when a worker could not read or
+    write object storage."""
     import ray
 
+    per_call = _units_per_call(out, len(units), n_workers, in_flight)
     ds = ray.data.from_items([{"unit_json": json.dumps(u)} for u in units],
-                             override_num_blocks=len(units))
+                             override_num_blocks=-(-len(units) // per_call))
     with ray_remote_args():             # max_task_retries has no named parameter in Ray 2.60
         ds = ds.map_batches(
-            AnalyseActor, batch_size=1, num_cpus=1, **({"num_gpus": syncnet_gpus} if syncnet_gpus else {}),
+            AnalyseActor, batch_size=per_call, num_cpus=1, **({"num_gpus": syncnet_gpus} if syncnet_gpus else {}),
             compute=ray.data.ActorPoolStrategy(min_size=min(n_workers, len(units)), max_size=min(n_workers, len(units)),
                                                max_tasks_in_flight_per_actor=in_flight),
             fn_constructor_kwargs={"cfg": cfg.to_dict(),
@@ -163,19 +198,42 @@ def _analyse(units: list[dict], cfg: FilterConfig, out, weights_dir, n_workers: 
     left = {}
     for u in units:
         left[u["clip_id"]] = left.get(u["clip_id"], 0) + 1
-    for batch in ds.iter_batches(batch_size=None):
-        for err in batch["storage_error"]:
-            if err:
-                raise storage.StorageError(f"a worker could not use the storage: {err}")
-        for payload in batch["payload"]:
+    pending, since = [], time.monotonic()
+
+    def flush():
+        try:
+            store.commit_payloads(pending)
+        except storage.StorageError:
+            raise
+        except OSError as e:
+            raise storage.StorageError(f"cannot write the results to {out}: {e}") from None
+        pending.clear()
+
+    try:
+        for batch in ds.iter_batches(batch_size=None):
+            for payload in batch["payload"]:
+                if payload:
+                    if not pending:
+                        since = time.monotonic()
+                    pending.append(payload)
+                    if len(pending) >= work.BATCH_UNITS:
+                        flush()
+            for err in batch["storage_error"]:
+                if err:
+                    raise storage.StorageError(f"a worker could not use the storage: {err}")
+            if pending and time.monotonic() - since >= work.BATCH_SECONDS:
+                flush()
+            if bar is not None:
+                _update_bar(bar, batch, unit_file, left)
+    except BaseException:
+        if pending:                # keep what came back (a stopped run resumes after it)
             try:
-                store.commit(payload)
-            except storage.StorageError:
-                raise
-            except OSError as e:
-                raise storage.StorageError(f"cannot write the results to {out}: {e}") from None
-        if bar is not None:
-            _update_bar(bar, batch, unit_file, left)
+                flush()
+            except Exception as e:  # noqa: BLE001 - the first error is the one to report
+                log.warning("could not write %d finished units: %s", len(pending), e)
+        raise
+    if pending:
+        flush()
 
 
 def _update_bar(bar: StageBar, batch: dict, unit_file: dict, left: dict) -> None:
@@ -271,16 +329,17 @@ def run_filter(inputs: list[str], out_dir: str, cfg: FilterConfig, workers: int 
     # 2. plan work units; files that failed the probe are rows at once
     done = store.done()
     done_before = set(done)
-    units = []
+    units, failed = [], []
     for r in probed.itertuples():
         rec = json.loads(r.probe_json)
         if r.probe_error:
             uid = f"{r.clip_id}_w0000"
             if uid not in done:
-                store.write(uid, [failure_row(r.clip_id, r.path, r.probe_error, r.probe_detail, rec)])
+                failed.append((uid, [failure_row(r.clip_id, r.path, r.probe_error, r.probe_detail, rec)]))
             continue
         units += [u for u in plan_units(r.clip_id, r.path, rec, cfg.segment.max_duration_s)
                   if u["unit_id"] not in done]
+    store.write_many(failed)                  # in batches, like the analysed units
     log.info("%d files, %d work units to analyse (%d already done)", len(paths), len(units), len(done))
 
     # 3. analyse on an actor pool. Units lost to a dying worker (it takes the units in flight
@@ -298,11 +357,10 @@ def run_filter(inputs: list[str], out_dir: str, cfg: FilterConfig, workers: int 
             _analyse(lost, cfg, out, weights_dir, n_workers, in_flight=1, store=store, syncnet=syncnet,
                      syncnet_gpus=syncnet_gpus)
             done = store.done()
-        for u in units:
-            if u["unit_id"] not in done:
-                store.write(u["unit_id"], [failure_row(u["clip_id"], u["path"], Reason.WORKER_CRASH,
-                                                       "the worker process died on this unit twice",
-                                                       u["probe"], u["start_s"], u["end_s"])])
+        store.write_many([(u["unit_id"], [failure_row(u["clip_id"], u["path"], Reason.WORKER_CRASH,
+                                                      "the worker process died on this unit twice",
+                                                      u["probe"], u["start_s"], u["end_s"])])
+                          for u in units if u["unit_id"] not in done])
 
     # 4. finalise (identity_id and dup_group are clustered there, from the units' signals)
     df = store.read_all()

@@ -60,7 +60,8 @@ def add_stage1_arguments(ap: argparse.ArgumentParser, subsets) -> argparse.Argum
     """The flags of `ifmdm-eval stage1` (`subsets`: the known subsets, the --subsets default)."""
     ap.add_argument("--checkpoint", required=True,
                     help="run folder (runs/x: its stage1/latest) or a ckpt-XXXXXXXX folder")
-    ap.add_argument("--shards", required=True, help="held-out shard folder of `ifmdm-data shard`")
+    ap.add_argument("--shards", required=True, help="held-out shard folder of `ifmdm-data shard`, or its "
+                                                   "object-storage prefix (s3://bucket/shards)")
     ap.add_argument("--subsets", default=",".join(subsets),
                     help="comma-separated subsets to draw clips from (default: coarse,lip,hard)")
     ap.add_argument("--clips", type=int, default=50, help="clips to evaluate (default 50)")
@@ -70,7 +71,8 @@ def add_stage1_arguments(ap: argparse.ArgumentParser, subsets) -> argparse.Argum
     ap.add_argument("--lora", help="an `ifmdm-tune -o` folder: evaluate with its adapter merged in")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
-    ap.add_argument("-o", "--out", help="write the results JSON here (atomically)")
+    ap.add_argument("-o", "--out", help="write the results JSON here (atomically; a local path or an "
+                                        "object-storage URL)")
     ap.add_argument("-v", "--verbose", action="store_true")
     return ap
 
@@ -115,8 +117,18 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _local_runs(args) -> None:
+    """--checkpoint / --lora (and video's -o folder) must be local: one line, exit 2, before any
+    work (and before anything is created under a name like `s3:`)."""
+    from ifmdm_model.cli.run_folder import reject_url_run_folder
+
+    reject_url_run_folder("--checkpoint", args.checkpoint)
+    reject_url_run_folder("--lora", args.lora, example="runs/x-subject")
+
+
 def run_stage1(args) -> None:
     """`ifmdm-eval stage1`: evaluate, write the JSON (with -o), print the table."""
+    from ifmdm_data.io import storage
     from ifmdm_data.io.atomic import write_json_atomic
 
     from ifmdm_model.eval.stage1 import SUBSETS, EvalError, evaluate_stage1, format_table
@@ -126,13 +138,18 @@ def run_stage1(args) -> None:
     if unknown or not subsets:
         raise EvalError(f"--subsets: unknown subset(s) {unknown or [args.subsets]}; known: "
                         f"{list(SUBSETS)}")
-    if args.out and Path(args.out).is_dir():           # checked before the evaluation, not after it
+    _local_runs(args)
+    if args.out and storage.is_url(args.out):           # a results JSON on object storage
+        if args.out.endswith("/") or storage.isdir(args.out):
+            raise EvalError(f"-o {args.out} is a folder; give the JSON file to write")
+        storage.check_writable(storage.parent(args.out))  # a bad bucket: one line now, not after the evaluation
+    elif args.out and Path(args.out).is_dir():           # checked before the evaluation, not after it
         raise EvalError(f"-o {args.out} is a folder; give the JSON file to write")
     res = evaluate_stage1(args.checkpoint, args.shards, subsets=subsets, n_clips=args.clips,
                           pairs_per_clip=args.pairs, seed=args.seed, use_ema=not args.raw,
                           device=args.device, batch_size=args.batch_size, lora=args.lora)
     if args.out:
-        write_json_atomic(res, Path(args.out))
+        write_json_atomic(res, args.out if storage.is_url(args.out) else Path(args.out))
     print(format_table(res))
     if args.out:
         print(f"results: {args.out}")
@@ -142,8 +159,12 @@ def run_video(args) -> None:
     """`ifmdm-eval video`: generate and evaluate, write OUT/results.json, print the table."""
     from ifmdm_data.io.atomic import write_json_atomic
 
+    from ifmdm_model.cli.run_folder import reject_url_run_folder
     from ifmdm_model.eval.video import evaluate_videos, format_table
 
+    _local_runs(args)
+    reject_url_run_folder("-o", args.out, writes="the generated videos and results.json are", example="eval_out",
+                          what="the output folder")
     res = evaluate_videos(args.checkpoint, args.clips, args.out, inception=args.inception,
                           arcface=args.arcface, syncnet=args.syncnet, steps=args.steps,
                           cfg=args.cfg, seed=args.seed, max_frames=args.max_frames,

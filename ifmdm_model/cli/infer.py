@@ -79,6 +79,9 @@ def _need_file(path: str, what: str) -> None:
 
 def check_paths(args) -> None:
     """Inputs exist, the output can be written (the same checks `ifmdm_model.infer` repeats later)."""
+    from ifmdm_model.cli.run_folder import reject_url_run_folder
+    reject_url_run_folder("--checkpoint", args.checkpoint)         # run folders are local: one line, exit 2
+    reject_url_run_folder("--lora", args.lora, example="runs/x-subject")
     if not Path(args.checkpoint).is_dir():
         raise InputError(f"checkpoint folder {args.checkpoint} does not exist (give the run folder of "
                          f"`ifmdm-train -o`, e.g. runs/x)")

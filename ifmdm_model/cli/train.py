@@ -31,8 +31,9 @@ def train_parser() -> argparse.ArgumentParser:
                     "diffusion transformer on windows of them with the aligned speech. Checkpoints "
                     "(safetensors + EMA + optimizer + position) and TensorBoard logs go to "
                     "OUT/stage1/ and OUT/stage2/. Re-running the same command resumes where it stopped.")
-    ap.add_argument("--curriculum", required=True, help="manifests folder holding curriculum.yaml (or the file)")
-    ap.add_argument("-o", "--out", required=True, help="run folder")
+    ap.add_argument("--curriculum", required=True, help="manifests folder holding curriculum.yaml (or the file); "
+                                                        "a folder or file on object storage works too (s3://bucket/manifests/)")
+    ap.add_argument("-o", "--out", required=True, help="run folder (a local path: checkpoints and logs are written on disk)")
     ap.add_argument("--stage", choices=["1", "2", "all"], default="all",
                     help="1, 2 or all (default: stage 1, then stage 2)")
     ap.add_argument("--shards", help="shard folder or object-storage prefix (s3://bucket/shards; default: `shards` in "
@@ -55,6 +56,9 @@ def train_main(argv=None) -> int:
     if not args.verbose:
         logging.getLogger("ifmdm_model").setLevel(logging.INFO)
     try:
+        from ifmdm_model.cli.run_folder import reject_url_run_folder
+
+        reject_url_run_folder("-o", args.out, writes="checkpoints and TensorBoard logs are")
         from ifmdm_data.io import storage
         from ifmdm_data.shard.image_set import is_image_set_folder
 
@@ -72,7 +76,7 @@ def train_main(argv=None) -> int:
             cur.shards = args.shards.rstrip("/") if storage.is_url(args.shards) else Path(args.shards).resolve()
         if not storage.isfile(storage.join(str(cur.shards), "index.parquet")):
             raise IfmdmError(f"no shards at {cur.shards} (index.parquet missing): run "
-                             f"`ifmdm-data shard {Path(args.curriculum)} -o {cur.shards}` or pass --shards")
+                             f"`ifmdm-data shard {storage.parent(cur.path)} -o {cur.shards}` or pass --shards")
         for name, v in (("--max-steps", args.max_steps), ("--batch-size", args.batch_size)):
             if v is not None and v < 1:
                 raise IfmdmError(f"{name} must be >= 1")

@@ -35,7 +35,8 @@ def parser() -> argparse.ArgumentParser:
                     "with LoRA adapters on the stage-1 motion autoencoder (paper Fig. 6). The base run is "
                     "never modified; the adapter (safetensors + JSON) goes to OUT/lora/.")
     ap.add_argument("--base", required=True, help="run folder of `ifmdm-train -o` (or its stage1/ or a ckpt-* folder)")
-    ap.add_argument("--data", required=True, nargs="+", help="the subject's videos, images or folders of them")
+    ap.add_argument("--data", required=True, nargs="+", help="the subject's videos, images or folders of them "
+                                                             "(local, or object storage: s3://bucket/subject/)")
     ap.add_argument("-o", "--out", required=True, help="output folder (the adapter goes to OUT/lora/)")
     ap.add_argument("--stage", choices=["1", "2", "all"], default="1",
                     help="1 (default): stage-1 adapters from videos and images -> OUT/lora; 2: stage-2 (motion DiT) "
@@ -57,10 +58,23 @@ def parser() -> argparse.ArgumentParser:
 
 
 def check(args) -> None:
+    from ifmdm_data.io import storage
+
+    from ifmdm_model.cli.run_folder import reject_url_run_folder
+
+    reject_url_run_folder("--base", args.base)
+    reject_url_run_folder("-o", args.out, writes="the adapters are", example="runs/x-subject")
     if not Path(args.base).is_dir():
         raise InputError(f"base run {args.base} does not exist (give the run folder of `ifmdm-train -o`)")
     for d in args.data:
-        if not Path(d).exists():
+        if storage.is_url(d):      # a video / image / prefix on object storage: spooled when read
+            try:
+                found = storage.isfile(d) or storage.isdir(d)
+            except storage.StorageError as e:
+                raise InputError(f"--data {d}: cannot read it: {e}") from None
+            if not found:
+                raise InputError(f"--data {d} does not exist")
+        elif not Path(d).exists():
             raise InputError(f"--data {d} does not exist")
     if args.rank < 1:
         raise InputError(f"--rank must be >= 1, got {args.rank}")

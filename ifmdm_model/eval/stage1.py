@@ -118,20 +118,27 @@ def load_stage1(checkpoint, use_ema: bool = True, device="cpu", lora=None):
 # ------------------------------------------------------------------------------------------
 
 def _candidates(shards_root, subsets) -> List[tuple]:
-    """[(shard path, key, n_frames)] of every sample of `subsets`, sorted."""
+    """[(shard path or URL, key, n_frames)] of every sample of `subsets`, sorted. `shards_root`:
+    a shard folder, an object-storage prefix (s3://bucket/shards: the tars are read with ranged
+    reads, as by the training loaders) or a list of tars."""
+    from ifmdm_data.io import storage
     from ifmdm_data.loaders import TarShard, list_shards, read_meta
 
     shards = list_shards(shards_root, subsets)      # ShardFormatError when there are none
-    index = None if isinstance(shards_root, (list, tuple)) else Path(shards_root) / "index.parquet"
+    remote = not isinstance(shards_root, (list, tuple)) and storage.is_url(str(shards_root))
+    if isinstance(shards_root, (list, tuple)):
+        index = None
+    elif remote:
+        index = storage.join(str(shards_root).rstrip("/"), "index.parquet")
+    else:
+        index = Path(shards_root) / "index.parquet"
     rows = []
-    if index is not None and index.is_file():
-        import pyarrow.parquet as pq
-
-        root = Path(shards_root).absolute()
-        t = pq.read_table(index, columns=["key", "shard", "subset", "n_frames"]).to_pydict()
+    if index is not None and storage.isfile(index):
+        t = storage.read_parquet(index, columns=["key", "shard", "subset", "n_frames"]).to_pydict()
+        root = str(shards_root).rstrip("/") if remote else Path(shards_root).absolute()
         for key, shard, sub, n in zip(t["key"], t["shard"], t["subset"], t["n_frames"]):
             if sub in subsets:
-                rows.append((str(root / shard), key, int(n)))
+                rows.append((storage.join(root, shard) if remote else str(root / shard), key, int(n)))
     else:
         for path in shards:
             with TarShard(path) as sh:
@@ -281,7 +288,7 @@ def evaluate_stage1(checkpoint, shards_root, subsets=SUBSETS, n_clips: int = 50,
         "weights": "ema" if use_ema else "raw",
         "image_size": size,
         "shards": [str(p) for p in shards_root] if isinstance(shards_root, (list, tuple))
-        else str(shards_root),
+        else str(shards_root).rstrip("/") if "://" in str(shards_root) else str(shards_root),
         "subsets": list(subsets),
         "seed": seed,
         "n_clips": len(clips),

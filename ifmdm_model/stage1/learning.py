@@ -37,11 +37,14 @@ from ifmdm_model.stage1.model import STAGE1_CONFIGS, MotionAutoencoder, Stage1Co
 @dataclass
 class Clip:
     """One subject's frames: train (T1, H, W, 3) and held-out (T2, H, W, 3) uint8 RGB;
-    `heldout_boxes` (T2, 4): per held-out frame (y0, y1, x0, x1) of the independently moving region (synthetic only)."""
+    `heldout_boxes` (T2, 4): per held-out frame (y0, y1, x0, x1) of the independently moving region;
+    `shifts` (T1 + T2, 4): per frame (train, then held-out) the true head (dx, dy) and the mouth's own
+    (dx, dy) in px at the frames' size (synthetic only: what `motion_probe` regresses)."""
     name: str
     train: np.ndarray
     heldout: np.ndarray
     heldout_boxes: Optional[np.ndarray] = None
+    shifts: Optional[np.ndarray] = None
 
 
 #################################################################################
@@ -127,16 +130,17 @@ def synthetic_local_motion(n_clips: int = 6, n_train: int = 48, n_heldout: int =
         }
         mw, mh = int(0.26 * big), int(0.12 * big)
         ident["mouth"] = mouth_texture_image(rng, mw, mh, mouth_texture)
-        frames, boxes = [], []
+        frames, boxes, shifts = [], [], []
         for _ in range(n_train + n_heldout):
             head = tuple(rng.uniform(-head_px, head_px, 2))
             mouth = tuple(rng.uniform(-mouth_px, mouth_px, 2))
             f, b = _render_face(ident, head, mouth, size)
             frames.append(f)
             boxes.append(b)
+            shifts.append((*head, *mouth))
         frames = np.stack(frames)
         clips.append(Clip(f"synthetic{k}", frames[:n_train], frames[n_train:],
-                          np.asarray(boxes[n_train:], dtype=np.int64)))
+                          np.asarray(boxes[n_train:], dtype=np.int64), np.asarray(shifts, dtype=np.float64)))
     return clips
 
 
@@ -206,6 +210,33 @@ def mask_compactness(masks: Sequence[torch.Tensor]) -> float:
                          m[..., h // 2:, :w // 2].sum((2, 3)), m[..., h // 2:, w // 2:].sum((2, 3))])
         vals.append(q.amax(dim=0).mean().item())
     return float(np.mean(vals))
+
+
+@torch.no_grad()
+def motion_probe(model: MotionAutoencoder, clips: Sequence[Clip], ridge: float = 1e-3) -> Dict[str, float]:
+    """Linear probe of the motion code: a ridge regression (alpha `ridge`, with bias) from m = E(frame)
+    (the encoder's motion code) to the true shifts of `Clip.shifts`, fit on every training frame,
+    scored as R^2 on the held-out frames. Returns {"head_x", "head_y", "mouth_x", "mouth_y"}: near 1
+    when the code carries that motion linearly, <= 0 when it does not (a decoder cannot move what
+    the code lacks). Raises ValueError for clips without shifts (real clips)."""
+    if any(c.shifts is None for c in clips):
+        raise ValueError("motion_probe needs clips with true shifts (synthetic_local_motion)")
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+
+    def codes(frames):
+        return torch.cat([model.encode(to_tensor(frames[i:i + 64]).to(dev))[1].float().cpu()
+                          for i in range(0, len(frames), 64)]).double().numpy()
+    x_tr = np.concatenate([codes(c.train) for c in clips])
+    x_te = np.concatenate([codes(c.heldout) for c in clips])
+    y_tr = np.concatenate([c.shifts[:len(c.train)] for c in clips])
+    y_te = np.concatenate([c.shifts[len(c.train):] for c in clips])
+    model.train(was_training)
+    a, b = np.c_[x_tr, np.ones(len(x_tr))], np.c_[x_te, np.ones(len(x_te))]
+    w = np.linalg.solve(a.T @ a + ridge * np.eye(a.shape[1]), a.T @ y_tr)
+    r2 = 1 - ((y_te - b @ w) ** 2).sum(0) / ((y_te - y_te.mean(0)) ** 2).sum(0)
+    return dict(zip(("head_x", "head_y", "mouth_x", "mouth_y"), map(float, r2)))
 
 
 def baselines(clips: Sequence[Clip]) -> Dict[str, float]:

@@ -54,10 +54,37 @@ class SubjectData:
     heldout_kind: str = "train"                            # "held-out" or "train" (too little data)
 
 
-def subject_files(paths: Sequence[str]) -> List[Path]:
-    """The files named by `--data`: each file as given, each folder's images and videos (recursive, sorted)."""
-    out = []
-    for p in map(Path, paths):
+def file_ext(f) -> str:
+    """The lower-case suffix ('.mp4') of a local path or an object-storage URL."""
+    import os
+
+    from ifmdm_data.io import storage
+    return os.path.splitext(storage.name(f))[1].lower()
+
+
+def subject_files(paths: Sequence[str]) -> List[Path | str]:
+    """The files named by `--data`: each file as given, each folder's images and videos (recursive, sorted).
+    An object-storage URL (s3://bucket/subject.mp4, or a prefix: every image and video under it)
+    stays a str; `load_subject` / `subject_windows` read each through `storage.spool` (a private
+    local copy for the time it is decoded, always removed)."""
+    from ifmdm_data.io import storage
+
+    out: List[Path | str] = []
+    for d in paths:
+        if storage.is_url(str(d)):
+            u = str(d)
+            if storage.isfile(u):
+                out.append(u)
+                continue
+            found = storage.find(u, tuple(sorted(IMAGE_EXTS | VIDEO_EXTS))) if storage.isdir(u) else None
+            if found is None:
+                raise TuneError(f"--data {u} does not exist")
+            found = [h for h in found if not storage.name(h).startswith(".")]   # upload temporaries
+            if not found:
+                raise TuneError(f"{u} holds no image or video file ({', '.join(sorted(IMAGE_EXTS | VIDEO_EXTS))})")
+            out += found
+            continue
+        p = Path(d)
         if p.is_dir():
             found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS)
             if not found:
@@ -74,22 +101,28 @@ def load_subject(paths: Sequence[str], size: int, max_frames: int = 400) -> Subj
     """Read the subject's videos and images at `size` px and split off held-out frames."""
     from ifmdm_model.infer.media_io import InferenceError, load_image, video_frames
     from ifmdm_data.shard.crop import square_resize
+    from ifmdm_data.io import storage
     videos, images, skipped = [], [], []
     for f in subject_files(paths):
-        kind = f.suffix.lower()
+        kind = file_ext(f)
         if kind not in VIDEO_EXTS | IMAGE_EXTS:
             skipped.append(f"{f} (not an image or video: {', '.join(sorted(IMAGE_EXTS | VIDEO_EXTS))})")
             continue
+        lf = None
         try:
-            if kind in VIDEO_EXTS:
-                frames = np.concatenate(list(video_frames(f, size, 64)))
-                if len(frames) > max_frames:
-                    frames = frames[np.linspace(0, len(frames) - 1, max_frames).round().astype(int)]
-                videos.append(Source(f.name, frames, True))
-            else:
-                images.append(Source(f.name, square_resize(load_image(f), size)[None], False))
+            with storage.spool(str(f)) as lf:           # a local path as it is; an object: a local copy
+                if kind in VIDEO_EXTS:
+                    frames = np.concatenate(list(video_frames(lf, size, 64)))
+                    if len(frames) > max_frames:
+                        frames = frames[np.linspace(0, len(frames) - 1, max_frames).round().astype(int)]
+                    videos.append(Source(storage.name(f), frames, True))
+                else:
+                    images.append(Source(storage.name(f), square_resize(load_image(lf), size)[None], False))
         except (InferenceError, ValueError) as e:
-            skipped.append(f"{f} ({str(e).split('; give a png')[0]})")
+            msg = str(e).split('; give a png')[0]
+            skipped.append(f"{f} ({msg.replace(lf, str(f)) if lf and storage.is_url(str(f)) else msg})")
+        except (FileNotFoundError, storage.SpoolLimitError) as e:
+            skipped.append(f"{f} ({type(e).__name__}: {e})")
     if skipped:
         if not videos and not images:
             raise TuneError("no usable image or video in --data: " + "; ".join(skipped[:5])
@@ -110,6 +143,21 @@ def load_subject(paths: Sequence[str], size: int, max_frames: int = 400) -> Subj
     if not data.heldout:
         data.heldout = list(data.train)
     return data
+
+
+def data_location(p) -> str:
+    """A `--data` entry as the adapter records it: absolute local path, or the URL as given."""
+    from ifmdm_data.io import storage
+    return str(p) if storage.is_url(str(p)) else str(Path(p).resolve())
+
+
+def check_local_runs(base_run, out) -> None:
+    """Run folders (the base run, the output) are local paths: TuneError (one line) for a URL."""
+    from ifmdm_data.io import storage
+    for what, v in (("base run", base_run), ("output folder", out)):
+        if v is not None and storage.is_url(str(v)):
+            raise TuneError(f"the {what} {v} must be a local path (run folders and adapters are read and "
+                            "written on local disk; copy them to / from object storage yourself)")
 
 
 def check_finite(fit: dict) -> None:
@@ -232,6 +280,7 @@ def tune_stage1(base_run, data_paths: Sequence[str], out, rank: int = 8, alpha: 
     from ifmdm_model.lora import LoraConfig, save_adapter
     from ifmdm_model.checkpoint import weights_sha256
 
+    check_local_runs(base_run, out)
     out = Path(out)
     if (out / "lora").exists() and not overwrite:
         raise TuneError(f"{out}/lora exists: pass --overwrite to replace it")
@@ -248,7 +297,7 @@ def tune_stage1(base_run, data_paths: Sequence[str], out, rank: int = 8, alpha: 
         "base_checkpoint": str(ck.resolve()),
         "base_sha256": weights_sha256(ck / "ema.safetensors"),
         "model_config": model.cfg.to_dict(),
-        "data": [str(Path(p).resolve()) for p in data_paths],
+        "data": [data_location(p) for p in data_paths],
         "train_sources": [s.name for s in data.train],
         "train_frames": int(sum(len(s.frames) for s in data.train)),
         "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,

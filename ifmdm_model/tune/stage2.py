@@ -22,7 +22,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ifmdm_model.tune.stage1 import VIDEO_EXTS, TuneError, check_finite, subject_files
+from ifmdm_model.tune.stage1 import (VIDEO_EXTS, TuneError, check_finite, check_local_runs, data_location,
+                                     file_ext, subject_files)
 
 log = logging.getLogger("ifmdm_model")
 
@@ -33,6 +34,7 @@ def subject_windows(models, paths: Sequence[str], wav2vec2=None, train_fraction:
                     stride: int = 4, max_frames: int = 2000) -> tuple:
     """(train, held-out) window sets (numpy) of the subject's videos with audio, and the names
     of the videos used. TuneError when no video has both frames and audio."""
+    from ifmdm_data.io import storage
     from ifmdm_data.media.audio import load_audio
     from ifmdm_data.errors import ClipError
     from ifmdm_data.features import align_to_frames
@@ -46,19 +48,21 @@ def subject_windows(models, paths: Sequence[str], wav2vec2=None, train_fraction:
     feats = speech_extractor(models.speech_feature, cfg2.speech_dim, wav2vec2, models.device)
     train, held, used, skipped = [], [], [], []
     for f in subject_files(paths):
-        if f.suffix.lower() not in VIDEO_EXTS:
-            skipped.append(f"{f.name} (not a video)")
+        name = storage.name(f)
+        if file_ext(f) not in VIDEO_EXTS:
+            skipped.append(f"{name} (not a video)")
             continue
         try:
-            frames = np.concatenate(list(video_frames(f, models.image_size, 64)))
-            fps = video_fps(f)
-            wav = load_audio(f, sample_rate=16000)
-        except (InferenceError, ClipError, ValueError) as e:
-            skipped.append(f"{f.name} ({e})")
+            with storage.spool(str(f)) as lf:      # an object on object storage: a local copy while decoded
+                frames = np.concatenate(list(video_frames(lf, models.image_size, 64)))
+                fps = video_fps(lf)
+                wav = load_audio(lf, sample_rate=16000)
+        except (InferenceError, ClipError, ValueError, FileNotFoundError, storage.SpoolLimitError) as e:
+            skipped.append(f"{name} ({e})")
             continue
         n = min(int(len(frames) * STAGE2_FPS / fps), max_frames, int(len(wav) / 16000 * STAGE2_FPS))
         if n < 2 * n_f:
-            skipped.append(f"{f.name} ({n} frames at 25 fps with audio; needs >= {2 * n_f})")
+            skipped.append(f"{name} ({n} frames at 25 fps with audio; needs >= {2 * n_f})")
             continue
         idx = np.minimum(np.round(np.arange(n) * fps / STAGE2_FPS).astype(int), len(frames) - 1)
         with torch.no_grad():
@@ -70,7 +74,7 @@ def subject_windows(models, paths: Sequence[str], wav2vec2=None, train_fraction:
         cut = int(n * train_fraction)
         train.append(cut_windows(motion[:cut], speech[:cut], n_f, stride, cfg2.motion_stats))
         held.append(cut_windows(motion[cut:], speech[cut:], n_f, n_f, cfg2.motion_stats))
-        used.append(f.name)
+        used.append(name)
     if not used:
         raise TuneError("stage 2 needs videos of the subject with speech (>= "
                         f"{2 * n_f / STAGE2_FPS:.1f} s each); none usable: " + "; ".join(skipped))
@@ -136,6 +140,7 @@ def tune_stage2(base_run, data_paths: Sequence[str], out, rank: int = 8, alpha=N
     from ifmdm_model.lora import LoraConfig, apply_adapter, save_adapter
     from ifmdm_model.checkpoint import weights_sha256
 
+    check_local_runs(base_run, out)
     out = Path(out)
     if (out / "lora-stage2").exists() and not overwrite:
         raise TuneError(f"{out}/lora-stage2 exists: pass --overwrite to replace it")
@@ -156,7 +161,7 @@ def tune_stage2(base_run, data_paths: Sequence[str], out, rank: int = 8, alpha=N
         "stage1_checkpoint": str(Path(models.stage1_ckpt).resolve()),
         "stage1_lora": str(Path(stage1_lora).resolve()) if stage1_lora else None,
         "model_config": models.stage2.cfg.to_dict(),
-        "data": [str(Path(p).resolve()) for p in data_paths], "videos": used,
+        "data": [data_location(p) for p in data_paths], "videos": used,
         "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
         "train_windows": fit["train_windows"], "heldout_windows": fit["heldout_windows"],
         "adapter_parameters": fit["adapter_parameters"],
