@@ -18,8 +18,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import free_port
 from ifmdm_data.io import storage
-from test_object_storage import (NOT_COMPARED, _clips, _free_port, _index, _ours,  # noqa: F401
+from test_object_storage import (NOT_COMPARED, _clips, _index, _ours,  # noqa: F401
                                  clips_local, local_run)   # clips_local, local_run: fixtures
 
 CLI = [sys.executable, "-m", "ifmdm_data.cli"]
@@ -31,7 +32,7 @@ ENV = dict(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
 def unreachable_run(tmp_path_factory):
     """`filter` from a bucket whose endpoint is down (a port nobody listens on), started first:
     gcsfs retries 6 times (~35 s of back-off) before it gives up, which overlaps the rest."""
-    env = dict(os.environ, **ENV, STORAGE_EMULATOR_HOST=f"http://127.0.0.1:{_free_port()}")
+    env = dict(os.environ, **ENV, STORAGE_EMULATOR_HOST=f"http://127.0.0.1:{free_port()}")
     out = tmp_path_factory.mktemp("gcs-down") / "m"
     proc = subprocess.Popen(CLI + ["filter", f"gs://{BUCKET}/raw/videos", "-o", str(out), "--no-progress"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -47,7 +48,7 @@ def gcs_server():
     from gcp_storage_emulator.server import create_server
 
     logging.getLogger("gcp_storage_emulator").setLevel(logging.ERROR)
-    port = _free_port()
+    port = free_port()
     server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
     server.start()
     with pytest.MonkeyPatch.context() as mp:

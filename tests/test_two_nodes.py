@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import free_port
 
 CLIPS = ("lip_talk.mp4", "noaudio_talk.mp4", "short_talk.mp4")
 CLI = [sys.executable, "-m", "ifmdm_data.cli"]
@@ -30,12 +30,6 @@ COMPARED = ["segment_id", "clip_id", "start_s", "end_s", "subset", "accepted", "
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
                                 reason="needs root and unshare (a mount namespace for the second node)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 SCRIPT = r"""
@@ -84,7 +78,7 @@ def cluster(sample_dir, sample_manifests, tmp_path_factory):
         shutil.copy(sample_dir / name, shared_in / name)
     shutil.copy(sample_dir / CLIPS[0], hidden_in / CLIPS[0])
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled", RAY=RAY,
-               PY=sys.executable, PORT=str(_free_port()), LOGS=str(logs), SHARED_IN=str(shared_in),
+               PY=sys.executable, PORT=str(free_port()), LOGS=str(logs), SHARED_IN=str(shared_in),
                HIDDEN_OUT=str(hidden_out), HIDDEN_IN=str(hidden_in), MANIFESTS=str(sample_manifests[0]))
     env.pop("RAY_ADDRESS", None)
     res = subprocess.run(["unshare", "-m", "--propagation", "private", "bash", "-c", SCRIPT], env=env,
