@@ -79,6 +79,9 @@ def prepare_real(work: Path, media: Path, size: int) -> Path:
     return shards
 
 
+ORDER_MARGIN_DB = 0.1   # an ordering of two variants' patch PSNR counts when it exceeds this (the spread between
+                        # seeds and between EMA / raw weights at these budgets is ~0.1 dB: smaller gaps are ties)
+
 EMA = 0.999   # the trainer's default EMA decay; the models are measured with their EMA weights, as
               # `ifmdm-train`'s extraction and inference use ema.safetensors (raw weights: "PSNR raw")
 
@@ -271,11 +274,10 @@ def main(argv=None) -> int:
     best_base = max(base["copy"], base["median"])
     checks.append(("synthetic: default beats both baselines" + (" by >= 1 dB" if margin else ""),
                    d.psnr >= best_base + margin, f"{d.psnr:.2f} vs {best_base:.2f} dB"))
-    checks.append(("synthetic: patch PSNR default > groups: 1", d.psnr_patch > res["groups: 1"].psnr_patch,
-                   f"{d.psnr_patch:.2f} vs {res['groups: 1'].psnr_patch:.2f} dB"))
-    checks.append(("synthetic: patch PSNR default > mask_norm: paper",
-                   d.psnr_patch > res["mask_norm: paper"].psnr_patch,
-                   f"{d.psnr_patch:.2f} vs {res['mask_norm: paper'].psnr_patch:.2f} dB"))
+    for other in ("groups: 1", "mask_norm: paper"):
+        checks.append((f"synthetic: patch PSNR default > {other} by >= {ORDER_MARGIN_DB} dB",
+                       d.psnr_patch >= res[other].psnr_patch + ORDER_MARGIN_DB,
+                       f"{d.psnr_patch:.2f} vs {res[other].psnr_patch:.2f} dB"))
     checks.append(("mask compactness default > mask_norm: paper",
                    d.compactness > res["mask_norm: paper"].compactness,
                    f"{d.compactness:.3f} vs {res['mask_norm: paper'].compactness:.3f}"))
