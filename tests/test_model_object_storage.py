@@ -337,3 +337,20 @@ def test_url_run_folders_are_one_line_exit_2(s3, run, shards, tmp_path, capsys):
     _no_local_url_folders(tmp_path, Path.cwd())
     assert not storage.find(f"{s3}/runs")
     assert not (tmp_path / "t").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("bad", ["s3:/bkt/runs/x", "S3://bkt/runs/x", "s3:///bkt/x"])
+def test_mistyped_urls_are_one_line_and_create_nothing(bad, tmp_path, monkeypatch, capsys):
+    """A URL with one slash or a capital scheme would become a local folder `s3:` (or fail in the
+    S3 client): one line, exit 2, nothing created, before any work."""
+    from ifmdm_model.cli.eval import main as eval_main
+    from ifmdm_model.cli.train import train_main
+
+    monkeypatch.chdir(tmp_path)
+    assert train_main(["--curriculum", "manifests", "-o", bad]) == 2
+    assert train_main(["--curriculum", bad, "-o", "runs/x"]) == 2
+    assert eval_main(["stage1", "--checkpoint", "runs/x", "--shards", "shards", "-o", bad + "/r.json"]) == 2
+    assert eval_main(["stage1", "--checkpoint", "runs/x", "--shards", bad]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 4 and all("not a valid object-storage URL" in e for e in err), err
+    assert not list(tmp_path.iterdir())

@@ -120,10 +120,12 @@ def parser() -> argparse.ArgumentParser:
 def _local_runs(args) -> None:
     """--checkpoint / --lora (and video's -o folder) must be local: one line, exit 2, before any
     work (and before anything is created under a name like `s3:`)."""
-    from ifmdm_model.cli.run_folder import reject_url_run_folder
+    from ifmdm_model.cli.run_folder import reject_malformed_url, reject_url_run_folder
 
     reject_url_run_folder("--checkpoint", args.checkpoint)
     reject_url_run_folder("--lora", args.lora, example="runs/x-subject")
+    reject_malformed_url("--shards", getattr(args, "shards", None))      # stage1's shards and results file
+    reject_malformed_url("-o", getattr(args, "out", None))               # may be URLs: well-formed ones
 
 
 def run_stage1(args) -> None:

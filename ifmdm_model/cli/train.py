@@ -56,9 +56,11 @@ def train_main(argv=None) -> int:
     if not args.verbose:
         logging.getLogger("ifmdm_model").setLevel(logging.INFO)
     try:
-        from ifmdm_model.cli.run_folder import reject_url_run_folder
+        from ifmdm_model.cli.run_folder import reject_malformed_url, reject_url_run_folder
 
         reject_url_run_folder("-o", args.out, writes="checkpoints and TensorBoard logs are")
+        reject_malformed_url("--curriculum", args.curriculum)
+        reject_malformed_url("--shards", args.shards)
         from ifmdm_data.io import storage
         from ifmdm_data.shard.image_set import is_image_set_folder
 
