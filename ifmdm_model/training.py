@@ -114,3 +114,28 @@ def endless_epochs(loader, first_epoch: int, empty: str) -> Iterator[dict]:
             yield batch
         if n == 0:
             raise TrainingError(empty)
+
+
+def loader_workers(requested: int, world: int = 1) -> int:
+    """DataLoader worker processes per rank: `requested` (the plan's `num_workers` or
+    `--num-workers`), capped at the CPUs this process may use divided by the ranks on this node
+    (`os.sched_getaffinity`), so a small machine does not start more workers than it has cores
+    (PyTorch warns, and the workers only contend). 0 stays 0 (load in the training process)."""
+    if requested <= 0:
+        return 0
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:                    # not on Linux
+        cpus = os.cpu_count() or 1
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world) or 1)
+    return max(1, min(requested, cpus // max(1, local)))
+
+
+def log_first_step(log, trained: int, step: int, total: int, log_every: int, seconds: float) -> None:
+    """A console line after the first step this process trains (`trained` == 1; data loading,
+    worker start and warm-up are in it), so that a run whose next log line is `log_every` steps
+    away does not look hung. `step`: the global step reached; `total`: where the run stops."""
+    if trained == 1 and step != total and step % log_every != 0:
+        nxt = min(total, (step // log_every + 1) * log_every)
+        log.info("step %d/%d done in %.1f s (loaders started, first batch); next log at step %d",
+                 step, total, seconds, nxt)

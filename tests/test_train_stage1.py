@@ -251,3 +251,27 @@ def test_every_level_empty_is_a_clear_error(curriculum, sample_shards, tmp_path,
     err = capsys.readouterr().err.strip()
     assert err.startswith("ifmdm-train: error: no curriculum level") and "\n" not in err
     assert "Traceback" not in err
+
+
+def test_console_says_where_a_capped_run_stops_and_logs_its_first_step(curriculum, tmp_path, caplog):
+    """A new user's `--max-steps 3` run with log_every 50: the level line names the global step the
+    run stops at (not only the level's own length), and step 1 gets a line at once."""
+    import logging
+    cur = load_curriculum(curriculum)
+    cur.stage1.log_every = 50
+    with caplog.at_level(logging.INFO, logger="ifmdm_model"):
+        ts.train_stage1(cur, ts.TrainOptions(run_dir=tmp_path / "run", max_steps=3))
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any("level 2/3 'lip'" in m and "stops at global step 3 (--max-steps)" in m for m in msgs), msgs
+    assert not any("level 1/3" in m and "stops at" in m for m in msgs)      # level 1 ends before the cap
+    first = [m for m in msgs if m.startswith("step 1/3 done in")]
+    assert len(first) == 1 and "next log at step 3" in first[0], msgs
+
+
+def test_loader_workers_are_capped_at_the_cpus_of_this_rank(monkeypatch):
+    from ifmdm_model.training import loader_workers
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert loader_workers(4) == 2 and loader_workers(1) == 1 and loader_workers(0) == 0
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert loader_workers(4, world=2) == 1

@@ -32,7 +32,8 @@ import torch
 from ifmdm_model.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from ifmdm_model.curriculum import Curriculum
 from ifmdm_model.training import (TrainingError, TrainOptions, autocast_for, ema_update, endless_epochs, restore,
-                                  setup_distributed, tensorboard_writer, wrap_ddp)
+                                  loader_workers, log_first_step, setup_distributed, tensorboard_writer,
+                                  wrap_ddp)
 
 log = logging.getLogger("ifmdm_model")
 
@@ -203,7 +204,7 @@ def train_stage1(cur: Curriculum, opts: TrainOptions) -> dict:
     amp = autocast_for(device)
     total = stop_step(plan, skipped, opts.max_steps)
     batch_size = opts.batch_size or plan.batch_size
-    workers = plan.num_workers if opts.num_workers is None else opts.num_workers
+    workers = loader_workers(plan.num_workers if opts.num_workers is None else opts.num_workers, world)
     size = model_config.image_size
 
     def state_json(level_idx):
@@ -220,7 +221,7 @@ def train_stage1(cur: Curriculum, opts: TrainOptions) -> dict:
             save_checkpoint(run, step, model, ema, optim, state_json(level_idx))
 
     last_level, it, t_last, n_last, k_last = -1, None, time.perf_counter(), 0, 0
-    history = []
+    history, trained = [], 0
     while step < total:
         li, s_in = plan.position(step)
         level = plan.levels[li]
@@ -234,9 +235,11 @@ def train_stage1(cur: Curriculum, opts: TrainOptions) -> dict:
             last_level = li
             if rank == 0:
                 empty = [s for s in level.subsets if s not in subsets]
-                log.info("level %d/%d '%s' (subsets %s%s), step %d of %d", li + 1, len(plan.levels),
+                cap = (f"; this run stops at global step {total} (--max-steps)"
+                       if total < level_start(plan, li) + level.steps else "")
+                log.info("level %d/%d '%s' (subsets %s%s), at its step %d of %d%s", li + 1, len(plan.levels),
                          level.name, ",".join(subsets), f"; {','.join(empty)} empty" if empty else "",
-                         s_in, level.steps)
+                         s_in, level.steps, cap)
         lr = level.lr * min(1.0, (s_in + 1) / max(1, plan.warmup_steps))
         for g in opt.param_groups:
             g["lr"] = lr
@@ -266,6 +269,9 @@ def train_stage1(cur: Curriculum, opts: TrainOptions) -> dict:
         step += 1
         n_last += app.shape[0] * world
         k_last += 1
+        if rank == 0:
+            trained += 1
+            log_first_step(log, trained, step, total, plan.log_every, time.perf_counter() - t_last)
         if rank == 0 and (step % plan.log_every == 0 or step == total):
             dt = time.perf_counter() - t_last
             vals = {k: float(v.detach()) for k, v in losses.items()}

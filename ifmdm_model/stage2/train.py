@@ -26,7 +26,8 @@ from ifmdm_data.errors import IfmdmError
 from ifmdm_model.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from ifmdm_model.curriculum import Curriculum
 from ifmdm_model.training import (TrainingError, TrainOptions, autocast_for, ema_update, endless_epochs, restore,
-                                  setup_distributed, tensorboard_writer, wrap_ddp)
+                                  loader_workers, log_first_step, setup_distributed, tensorboard_writer,
+                                  wrap_ddp)
 
 log = logging.getLogger("ifmdm_model")
 
@@ -124,7 +125,7 @@ def train_stage2(cur: Curriculum, opts: TrainOptions) -> dict:
     amp = autocast_for(device)
     total = plan.steps if opts.max_steps is None else min(plan.steps, opts.max_steps)
     batch_size = opts.batch_size or plan.batch_size
-    workers = plan.num_workers if opts.num_workers is None else opts.num_workers
+    workers = loader_workers(plan.num_workers if opts.num_workers is None else opts.num_workers, world)
     gen = torch.Generator(device="cpu").manual_seed(opts.seed * 1000 + rank + step)
 
     def save():
@@ -139,7 +140,7 @@ def train_stage2(cur: Curriculum, opts: TrainOptions) -> dict:
 
     it = _windows(cur.shards, motion_root, plan, batch_size, workers, opts.seed, epoch, rank, world,
                   motion_stats=model.cfg.motion_stats)
-    history, t_last, n_last = [], time.perf_counter(), 0
+    history, t_last, n_last, trained = [], time.perf_counter(), 0, 0
     model.train()
     while step < total:
         lr = plan.lr * min(1.0, (step + 1) / max(1, plan.warmup_steps))
@@ -165,6 +166,9 @@ def train_stage2(cur: Curriculum, opts: TrainOptions) -> dict:
         ema_update(ema, ddp, plan.ema)
         step += 1
         n_last += x0.shape[0] * world
+        if rank == 0:
+            trained += 1
+            log_first_step(log, trained, step, total, plan.log_every, time.perf_counter() - t_last)
         if rank == 0 and (step % plan.log_every == 0 or step == total):
             dt = time.perf_counter() - t_last
             history.append({"step": step, "loss": float(loss.detach())})
