@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 import time
 
@@ -279,6 +280,24 @@ def _load_cfg(args):
     return cfg
 
 
+# arguments that name a file, folder or object-storage location (any sub-command that has them)
+_LOCATION_ARGS = (("inputs", "input"), ("manifests", "manifests"), ("out", "-o"), ("config", "--config"),
+                  ("labels", "--labels"), ("wav2vec2", "--wav2vec2"), ("syncnet", "--syncnet"),
+                  ("weights_dir", "--weights-dir"), ("images", "--images"))
+
+
+def _check_locations(args) -> None:
+    """A mistyped object-storage URL in any location argument is one line before any work
+    (`storage.check_location`)."""
+    from ifmdm_data.io.storage import check_location
+
+    for attr, flag in _LOCATION_ARGS:
+        v = getattr(args, attr, None)
+        for one in (v if isinstance(v, (list, tuple)) else [v]):
+            if isinstance(one, (str, os.PathLike)):
+                check_location(flag, one)
+
+
 def main(argv=None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
@@ -288,6 +307,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        _check_locations(args)
         if args.cmd == "sample":
             from ifmdm_data.sample import make_sample_set
             t0 = time.time()

@@ -339,7 +339,7 @@ def test_url_run_folders_are_one_line_exit_2(s3, run, shards, tmp_path, capsys):
     assert not (tmp_path / "t").exists() and not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("bad", ["s3:/bkt/runs/x", "S3://bkt/runs/x", "s3:///bkt/x"])
+@pytest.mark.parametrize("bad", ["s3:/bkt/runs/x", "S3://bkt/runs/x", "s3:///bkt/x", "s3://bkt//runs/x", "gs://"])
 def test_mistyped_urls_are_one_line_and_create_nothing(bad, tmp_path, monkeypatch, capsys):
     """A URL with one slash or a capital scheme would become a local folder `s3:` (or fail in the
     S3 client): one line, exit 2, nothing created, before any work."""
@@ -354,3 +354,36 @@ def test_mistyped_urls_are_one_line_and_create_nothing(bad, tmp_path, monkeypatc
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 4 and all("not a valid object-storage URL" in e for e in err), err
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("bad,why", [("s3:/bkt/x", "lower case, then two slashes"), ("S3://bkt/x", "lower case"),
+                                     ("s3:///x", "no bucket"), ("s3://", "no bucket"),
+                                     ("s3://bkt//x", "empty path component"), ("gs://bkt/a//b/", "empty path component")])
+def test_data_cli_rejects_mistyped_urls_in_every_location_argument(bad, why, tmp_path, monkeypatch, capsys):
+    """`ifmdm-data` and `ifmdm-tune` take the same check as the model CLIs
+    (`storage.check_location`): one line naming the argument, exit 2, nothing created."""
+    from ifmdm_data.cli import main as data_main
+    from ifmdm_model.cli.tune import main as tune_main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "clips").mkdir()
+    runs = [(["filter", bad, "-o", "m"], "input"), (["filter", "clips", "-o", bad], "-o"),
+            (["shard", bad, "-o", "s"], "manifests"), (["report", "m", "-o", bad], "-o"),
+            (["shard", "--images", bad, "-o", "s"], "--images")]
+    for argv, flag in runs:
+        assert data_main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{flag} {bad}: not a valid object-storage URL (" in err[0], (argv, err)
+        assert why in err[0], err
+    (tmp_path / "base").mkdir()
+    assert tune_main(["--base", "base", "--data", bad, "-o", "t"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--data {bad}: not a valid object-storage URL" in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "clips"]
+
+
+def test_well_formed_locations_pass_the_url_check():
+    from ifmdm_data.io.storage import check_location
+    for ok in ["s3://bkt/x", "s3://bkt/x/", "gs://bkt", "out/x", "/abs//double/slash", "file:///tmp/x", "C:/x",
+               "./s3:x", "memory://bkt/x"]:
+        check_location("-o", ok)

@@ -35,6 +35,7 @@ import contextlib
 import glob as _glob
 import logging
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -64,6 +65,40 @@ def is_url(loc) -> bool:
     s = os.fspath(loc) if not isinstance(loc, str) else loc
     head, sep, _ = s.partition("://")
     return bool(sep) and head.isidentifier() and head.lower() != "file" and len(head) > 1
+
+
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):(/*)(.*)", re.S)
+
+
+def check_location(flag: str, value) -> None:
+    """InputError (one line) for a command-line location that reads as a mistyped object-storage
+    URL, before anything is read or written: a scheme with one or three slashes (`s3:/bucket/x`,
+    `s3:///x`: no bucket), in capitals (`S3://bucket/x`), without a bucket (`s3://`, `s3:///x`)
+    or with an empty key component (`s3://bucket//x`, usually a join of a trailing slash: S3
+    would store a different key than the user meant). Left alone, the first would become a
+    local folder named `s3:`, the others fail deep in the client or read nothing. Local paths
+    (no `scheme:` prefix, or a one-letter one such as a Windows drive) and `file://` pass."""
+    from ifmdm_data.errors import InputError
+
+    if value is None:
+        return
+    v = os.fspath(value)
+    m = _SCHEME.match(v)
+    if m is None or len(m.group(1)) < 2 or not m.group(2):
+        return
+    scheme, slashes, rest = m.groups()
+    want = scheme.lower()
+    if want == "file":
+        return
+    why = None
+    if scheme == want and slashes == "///" or slashes == "//" and not rest.split("/", 1)[0]:
+        why = "no bucket after the scheme"
+    elif slashes != "//" or scheme != want:
+        why = "the scheme in lower case, then two slashes"
+    elif "//" in rest.rstrip("/"):
+        why = "an empty path component ('//') in the key"
+    if why:
+        raise InputError(f"{flag} {v}: not a valid object-storage URL ({why}; write {want}://bucket/key)")
 
 
 def local(loc) -> str:

@@ -3,10 +3,6 @@ adapters are read and written on disk); an object-storage URL there is a one-lin
 command that moves a run between disk and a bucket."""
 from __future__ import annotations
 
-import re
-
-_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):(/*)")
-
 
 def sync_hint(src: str, dst: str) -> str:
     """The copy command for a run folder between local disk and object storage."""
@@ -17,16 +13,10 @@ def sync_hint(src: str, dst: str) -> str:
 
 
 def reject_malformed_url(flag: str, value) -> None:
-    """InputError (one line) for a value that reads as a mistyped object-storage URL: a scheme
-    with one or three slashes (`s3:/bucket/x`) or in capitals (`S3://bucket/x`). Left alone, the
-    first would become a local folder named `s3:` and the second fails deep in the S3 client."""
-    from ifmdm_data.errors import InputError
+    """InputError (one line) for a mistyped object-storage URL (`ifmdm_data.io.storage.check_location`)."""
+    from ifmdm_data.io.storage import check_location
 
-    m = _SCHEME.match(str(value)) if value is not None else None
-    if m is None or not m.group(2) or (m.group(2) == "//" and m.group(1) == m.group(1).lower()):
-        return
-    raise InputError(f"{flag} {value}: not a valid object-storage URL (write {m.group(1).lower()}://bucket/key: "
-                     "the scheme in lower case, then two slashes)")
+    check_location(flag, value)
 
 
 def reject_url_run_folder(flag: str, value, writes: str | None = None, example: str = "runs/x",

@@ -67,6 +67,7 @@ def check(args) -> None:
     if not Path(args.base).is_dir():
         raise InputError(f"base run {args.base} does not exist (give the run folder of `ifmdm-train -o`)")
     for d in args.data:
+        storage.check_location("--data", d)
         if storage.is_url(d):      # a video / image / prefix on object storage: spooled when read
             try:
                 found = storage.isfile(d) or storage.isdir(d)
