@@ -213,6 +213,25 @@ def test_a_bad_bucket_is_one_clear_line(ray_session, clips_s3, s3_server, tmp_pa
     res = subprocess.run(CLI + ["filter", "s3://no-such-bucket-x/videos", "-o", str(tmp_path / "m"), "--no-progress"],
                          env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "bucket 'no-such-bucket-x' does not exist" in res.stderr, res.stderr
+
+
+def test_a_missing_bucket_reads_as_that_not_as_a_missing_file(s3_server, tmp_path, capsys):
+    """A mistyped bucket is named as such (not "no manifest here" / "no curriculum"); a missing key
+    in a bucket that exists is still a plain False / the command's own message."""
+    from ifmdm_data.cli import main as data_main
+    from ifmdm_model.cli.train import train_main
+
+    for query in (storage.exists, storage.isfile, storage.isdir, storage.find):
+        with pytest.raises(storage.StorageError, match="bucket 'no-such-bkt' does not exist at http://127.0.0.1"):
+            query("s3://no-such-bkt/manifests/clips.parquet")
+    assert not storage.exists(f"{s3_server}/nothing/here") and storage.find(f"{s3_server}/nothing/") == []
+    assert data_main(["shard", "s3://no-such-bkt/m", "-o", str(tmp_path / "s")]) == 2
+    assert train_main(["--curriculum", "s3://no-such-bkt/m", "-o", str(tmp_path / "r")]) == 2
+    assert train_main(["--curriculum", f"{s3_server}/m", "-o", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all("bucket 'no-such-bkt' does not exist" in e for e in err[:2]), err
+    assert "no curriculum at" in err[2], err
 
 
 def test_storage_writes_are_atomic_and_listings_fresh(s3_server):

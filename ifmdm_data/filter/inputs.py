@@ -126,7 +126,7 @@ def resolve_keyed(args: list[str]) -> list[tuple[str, str]]:
             else:
                 raise InputError(f"{arg}: no such file or folder")
         except storage.StorageError as e:
-            raise InputError(f"{arg}: cannot list it: {e}") from None
+            raise InputError(str(e) if str(e).startswith(arg) else f"{arg}: cannot list it: {e}") from None
     by_path: dict[str, str] = {}
     for f, key in found:
         loc = f if storage.is_url(f) else manifest_path(os.path.abspath(f))

@@ -211,18 +211,45 @@ def _wrap(loc, e: Exception) -> StorageError:
 # queries
 
 
+_BUCKETS_SEEN: set = set()      # (protocol, endpoint, bucket) known to exist in this process
+
+
+def _check_bucket(loc, fs, path: str) -> None:
+    """Called when a query found nothing at `loc`: a StorageError when its bucket itself does not
+    exist (so that a mistyped bucket reads as that, not as "no manifest here"). Asked once per
+    bucket and process; an error while asking (no permission to list buckets) says nothing."""
+    bucket = path.split("/", 1)[0]
+    protocol = os.fspath(loc).split("://", 1)[0].lower()
+    ep = _storage_options(protocol).get("endpoint_url", "")
+    key = (protocol, ep, bucket)
+    if not bucket or key in _BUCKETS_SEEN:
+        return
+    try:
+        there = fs.exists(bucket)
+    except Exception:  # noqa: BLE001 - cannot tell: leave the caller's "not found"
+        return
+    if there:
+        _BUCKETS_SEEN.add(key)
+        return
+    where = f" at {ep}" if ep else ""
+    raise StorageError(f"{loc}: bucket '{bucket}' does not exist{where} (or these credentials cannot see it)")
+
+
 def _ask(loc, local_test, method: str) -> bool:
     """A yes/no query: `local_test(path)` for a local path, `fs.<method>(path)` for a URL
-    (a missing object is False; a storage failure is a StorageError)."""
+    (a missing object is False; a missing bucket or a storage failure is a StorageError)."""
     if not is_url(loc):
         return local_test(local(loc))
     fs, p = filesystem(loc)
     try:
-        return getattr(fs, method)(p)
+        found = getattr(fs, method)(p)
     except FileNotFoundError:
-        return False
+        found = False
     except Exception as e:  # noqa: BLE001 - no bucket access, endpoint down
         raise _wrap(loc, e) from None
+    if not found:
+        _check_bucket(loc, fs, p)
+    return found
 
 
 def exists(loc) -> bool:
@@ -237,6 +264,7 @@ def isdir(loc) -> bool:
             try:
                 return fs.info(p)["type"] == "directory"
             except FileNotFoundError:
+                _check_bucket(loc, fs, p)
                 return False
             except Exception as e:  # noqa: BLE001
                 raise _wrap(loc, e) from None
@@ -253,6 +281,7 @@ def isfile(loc) -> bool:
     try:
         return fs.info(p)["type"] == "file"
     except FileNotFoundError:
+        _check_bucket(loc, fs, p)
         return False
     except Exception as e:  # noqa: BLE001 - no bucket access, endpoint down
         raise _wrap(loc, e) from None
@@ -280,6 +309,8 @@ def find(loc, suffixes: tuple[str, ...] | None = None) -> list[str]:
             hits = []
         except Exception as e:  # noqa: BLE001
             raise _wrap(loc, e) from None
+        if not hits:
+            _check_bucket(loc, fs, p)
     if suffixes:
         hits = [h for h in hits if h.lower().endswith(tuple(s.lower() for s in suffixes))]
     return sorted(hits)
@@ -293,9 +324,11 @@ def glob(pattern: str) -> list[str]:
     try:
         hits = fs.glob(p, detail=True)
     except FileNotFoundError:
-        return []
+        hits = {}
     except Exception as e:  # noqa: BLE001
         raise _wrap(pattern, e) from None
+    if not hits:
+        _check_bucket(pattern, fs, p)
     return sorted(_url(fs, h) for h, info in hits.items() if info.get("type") != "directory")
 
 
@@ -309,6 +342,7 @@ def list_names(folder, suffix: str) -> list[str]:
     try:
         names = [h.rstrip("/").rsplit("/", 1)[-1] for h in fs.ls(p, detail=False)]
     except FileNotFoundError:
+        _check_bucket(folder, fs, p)
         return []
     except Exception as e:  # noqa: BLE001
         raise _wrap(folder, e) from None
@@ -487,6 +521,9 @@ def check_writable(loc) -> None:
     """Write, read back and delete a small object under `loc`; StorageError (one line) if any
     step fails. Used before a run starts, so that a bad bucket fails fast."""
     probe = join(loc, "_work", f".write-check-{uuid.uuid4().hex[:12]}")
+    if is_url(loc):                           # a missing bucket reads as that (`_check_bucket`)
+        fs, p = filesystem(loc)
+        _check_bucket(loc, fs, p)
     try:
         write_bytes_atomic(b"ok", probe)
         if read_bytes(probe) != b"ok":

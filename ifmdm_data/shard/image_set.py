@@ -143,7 +143,7 @@ def resolve_images(arg: str) -> list[tuple[str, str]]:
         else:
             raise InputError(f"{arg}: no such file or folder")
     except storage.StorageError as e:
-        raise InputError(f"{arg}: cannot list it: {e}") from None
+        raise InputError(str(e) if str(e).startswith(arg) else f"{arg}: cannot list it: {e}") from None
     out = {}
     for loc, key in found:
         loc = loc if storage.is_url(loc) else manifest_path(os.path.abspath(loc))
