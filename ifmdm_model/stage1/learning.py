@@ -299,6 +299,31 @@ class RunResult:
     psnr_raw: Optional[float] = None          # the raw (non-EMA) weights' held-out PSNR when `ema` > 0
 
 
+def synthetic_curriculum(n_clips: int = 6, seed: int = 0, mouth_texture: str = "stripes",
+                         head_px: float = 5.0, mouth_px: float = 4.0) -> Dict[str, List[Clip]]:
+    """The synthetic set split like `ifmdm-data filter`'s curriculum subsets (DESIGN: `coarse` =
+    head moves, lips still; `lip` = lips move, head still; `hard` = both), n_clips subjects each:
+    {"coarse": mouth_px 0, "lip": head_px 0, "hard": both moving}. "hard" is exactly
+    `synthetic_local_motion(n_clips, seed=seed, ...)` (the set the benchmark evaluates on); the
+    other two are other subjects (seeds seed + 1000, seed + 2000)."""
+    return {"coarse": synthetic_local_motion(n_clips, seed=seed + 1000, mouth_texture=mouth_texture,
+                                             head_px=head_px, mouth_px=0.0),
+            "lip": synthetic_local_motion(n_clips, seed=seed + 2000, mouth_texture=mouth_texture,
+                                          head_px=0.0, mouth_px=mouth_px),
+            "hard": synthetic_local_motion(n_clips, seed=seed, mouth_texture=mouth_texture,
+                                           head_px=head_px, mouth_px=mouth_px)}
+
+
+def curriculum_levels(sets: Dict[str, List[Clip]], steps: int) -> List[tuple]:
+    """The shipped curriculum's levels over `synthetic_curriculum` sets (ifmdm_data/configs/
+    curriculum.yaml: coarse, then lip + coarse, then hard + lip + coarse), `steps` split in
+    three (the remainder goes to the last level). Returns [(name, clips, level_steps)]."""
+    k = steps // 3
+    return [("coarse", sets["coarse"], k),
+            ("lip", sets["lip"] + sets["coarse"], k),
+            ("hard", sets["hard"] + sets["lip"] + sets["coarse"], steps - 2 * k)]
+
+
 def model_config(base: str = "S1-tiny", **overrides) -> Stage1Config:
     return replace(STAGE1_CONFIGS[base], **overrides).validate()
 
@@ -332,11 +357,14 @@ def evaluate(model: MotionAutoencoder, clips: Sequence[Clip], batch: int = 32) -
 
 
 def train_small(cfg: Stage1Config, clips: Sequence[Clip], settings: TrainSettings,
-                name: str = "") -> tuple[MotionAutoencoder, RunResult]:
+                name: str = "", levels: Optional[Sequence[tuple]] = None) -> tuple[MotionAutoencoder, RunResult]:
     """Train a fresh model of `cfg` on the clips' training frames for `settings.steps` steps on
     `settings.device` (deterministic for a seed on one CPU thread; on CUDA up to its kernels).
     The frames live on the device; `augment` draws the trainer's pair augmentation
-    (`ifmdm_data.loaders.jitter_pair`: same flip and colour jitter on both frames) on the CPU."""
+    (`ifmdm_data.loaders.jitter_pair`: same flip and colour jitter on both frames) on the CPU.
+    `levels` ([(name, clips, steps)], e.g. `curriculum_levels`): train on each level's clips in
+    turn (pairs drawn from one clip of the level, uniformly over its clips; settings.steps is
+    ignored) and evaluate on `clips` (the held-out frames)."""
     from ifmdm_model.stage1.losses import Stage1Loss, Stage1LossConfig
 
     if settings.threads:
@@ -350,15 +378,26 @@ def train_small(cfg: Stage1Config, clips: Sequence[Clip], settings: TrainSetting
     ema = copy.deepcopy(model).requires_grad_(False) if settings.ema > 0 else None
     loss_fn = Stage1Loss(Stage1LossConfig(l1=settings.l1, perceptual=0.0, local_flow=settings.local_flow))
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr, betas=settings.betas)
-    frames = [to_tensor(c.train).to(dev) for c in clips]
+    if levels is None:
+        levels = [("all", clips, settings.steps)]
+    pools = [list(lv[1]) for lv in levels]
+    ends = np.cumsum([lv[2] for lv in levels])
+    total = int(ends[-1])
+    frames_of = {}                                          # one device copy per clip object
+    for pool in pools:
+        for c in pool:
+            if id(c) not in frames_of:
+                frames_of[id(c)] = to_tensor(c.train).to(dev)
     history, t0, recent = [], time.perf_counter(), []
-    for step in range(1, settings.steps + 1):
-        ci = rng.integers(len(clips), size=settings.batch_size)
+    for step in range(1, total + 1):
+        train_clips = pools[int(np.searchsorted(ends, step))]
+        frames = [frames_of[id(c)] for c in train_clips]
+        ci = rng.integers(len(train_clips), size=settings.batch_size)
         ia = [rng.integers(len(frames[c])) for c in ci]           # (this draw order keeps old seeds' runs)
         pick = [(c, i, rng.integers(len(frames[c]))) for c, i in zip(ci, ia)]
         if settings.augment:
             from ifmdm_data.loaders import jitter_pair
-            pairs = [jitter_pair(clips[c].train[i], clips[c].train[j], rng) for c, i, j in pick]
+            pairs = [jitter_pair(train_clips[c].train[i], train_clips[c].train[j], rng) for c, i, j in pick]
             a = to_tensor(np.stack([p[0] for p in pairs])).to(dev)
             m = to_tensor(np.stack([p[1] for p in pairs])).to(dev)
         else:
@@ -376,7 +415,7 @@ def train_small(cfg: Stage1Config, clips: Sequence[Clip], settings: TrainSetting
             if settings.log is not None:
                 settings.log({**history[-1], "seconds": time.perf_counter() - t0})
     ev = _evaluate_both(model, ema, clips)
-    res = RunResult(name=name, config=cfg.to_dict(), steps=settings.steps,
+    res = RunResult(name=name, config=cfg.to_dict(), steps=total,
                     seconds=time.perf_counter() - t0, train_loss=float(np.mean(recent[-50:])),
                     psnr=ev["psnr"], psnr_patch=ev["psnr_patch"], compactness=ev["compactness"],
                     local_flow_loss=ev["local_flow_loss"], history=history, psnr_raw=ev.get("psnr_raw"))
