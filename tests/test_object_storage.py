@@ -234,6 +234,24 @@ def test_a_missing_bucket_reads_as_that_not_as_a_missing_file(s3_server, tmp_pat
     assert "no curriculum at" in err[2], err
 
 
+def test_a_host_that_does_not_resolve_fails_at_once(monkeypatch, tmp_path, capsys):
+    """No network / no DNS / a mistyped endpoint: one line naming the host, before the clients'
+    credential lookups and retries (gcsfs took ~50 s for the same failure)."""
+    from ifmdm_data.cli import main as data_main
+    for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://no-such-host.invalid:9000")
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "no-such-host.invalid:4443")
+    for url in ("s3://bkt/m", "gs://bkt/m"):
+        with pytest.raises(storage.StorageError, match="cannot resolve no-such-host.invalid"):
+            storage.exists(url)
+    assert data_main(["shard", "s3://bkt/m", "-o", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot resolve no-such-host.invalid" in err[0] and "AWS_ENDPOINT_URL" in err[0], err
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # behind a proxy the name is not ours to resolve
+    storage._check_resolves("s3://bkt/m", "s3", "http://no-such-host.invalid:9000")
+
+
 def test_storage_writes_are_atomic_and_listings_fresh(s3_server):
     loc = f"{s3_server}/unit/a/x.bin"
     with pytest.raises(RuntimeError):

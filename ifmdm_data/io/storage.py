@@ -175,14 +175,48 @@ def _gcs_class(emulator: bool):
     return gcsfs.core.GCSFileSystem if emulator else gcsfs.GCSFileSystem
 
 
+_RESOLVED: set = set()        # storage hosts whose name resolved in this process
+
+
+def _check_resolves(loc, protocol: str, endpoint: str | None) -> None:
+    """StorageError at once when the storage service's host name does not resolve (no network or
+    no DNS here): gcsfs otherwise spends ~15 s looking for credentials and ~30 s retrying the
+    lookup, and s3fs retries too, before the same failure. Skipped behind an HTTP(S) proxy. The host: the endpoint's (AWS_ENDPOINT_URL,
+    STORAGE_EMULATOR_HOST) or the service's public one (storage.googleapis.com, s3.amazonaws.com)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if protocol not in ("s3", "s3a", "gs", "gcs"):
+        return
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                                       "all_proxy")):
+        return                                # a proxy resolves the name, not this machine
+    if endpoint:
+        parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    else:
+        host, port = ("storage.googleapis.com" if protocol in ("gs", "gcs") else "s3.amazonaws.com"), 443
+    if not host or host in _RESOLVED:
+        return
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        raise StorageError(f"{loc}: cannot resolve {host} ({e.strerror if isinstance(e, socket.gaierror) else e}): "
+                           "no network or DNS on this machine, or a wrong endpoint"
+                           + (" (AWS_ENDPOINT_URL / STORAGE_EMULATOR_HOST)" if endpoint else "")) from None
+    _RESOLVED.add(host)
+
+
 def filesystem(loc):
     """(fsspec filesystem, path without protocol) of a URL; listings are never cached (other
-    processes write the same prefixes). Raises StorageError when the scheme is unsupported."""
+    processes write the same prefixes). Raises StorageError when the scheme is unsupported or
+    the storage service's host name does not resolve (`_check_resolves`)."""
     import fsspec
 
     s = os.fspath(loc)
     protocol = s.split("://", 1)[0].lower()
     opts = _storage_options(protocol)
+    _check_resolves(s, protocol, opts.get("endpoint_url"))
     try:
         if protocol in ("gs", "gcs"):
             fs = _gcs_class(emulator="endpoint_url" in opts)(use_listings_cache=False, **opts)
