@@ -52,3 +52,11 @@ class ClipError(Exception):
         """Attach what was learned before the failure (probe fields) to the rejection row."""
         self.record = dict(record)
         return self
+
+
+class StorageError(IfmdmError):
+    """Object storage or a folder cannot be read or written (the message names the location)."""
+
+
+class SpoolLimitError(StorageError):
+    """One object is larger than the local spool may hold (a property of that file)."""

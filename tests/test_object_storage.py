@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import moto_s3
-from ifmdm_data.io import storage
+from ifmdm_data.io import clients, storage
 from ifmdm_data.filter.config import load_config
 from ifmdm_data.filter.pipeline import run_filter
 from ifmdm_data.shard.segment import ShardConfig
@@ -249,7 +249,7 @@ def test_a_host_that_does_not_resolve_fails_at_once(monkeypatch, tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot resolve no-such-host.invalid" in err[0] and "AWS_ENDPOINT_URL" in err[0], err
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # behind a proxy the name is not ours to resolve
-    storage._check_resolves("s3://bkt/m", "s3", "http://no-such-host.invalid:9000")
+    clients.check_resolves("s3://bkt/m", "s3", "http://no-such-host.invalid:9000")
 
 
 def test_storage_writes_are_atomic_and_listings_fresh(s3_server):

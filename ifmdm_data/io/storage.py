@@ -24,6 +24,8 @@ Errors of the storage itself (no bucket, no permission, endpoint unreachable) in
 location, never a per-clip rejection. Reads (`open_read`, `read_parquet`) raise
 FileNotFoundError for a missing object and the client's own error otherwise.
 
+The clients themselves (endpoint, credentials, gcsfs's class) are made in `ifmdm_data.io.clients`.
+
 Traps: fsspec caches directory listings by default (stale after another process writes), so
 every filesystem here is made with `use_listings_cache=False`; and a Ray worker started
 before the AWS_* / GCS variables were set does not see them, so the drivers pass `forward_env()` to
@@ -33,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import glob as _glob
-import logging
 import os
 import re
 import shutil
@@ -41,7 +42,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from ifmdm_data.errors import IfmdmError
+from ifmdm_data.errors import SpoolLimitError, StorageError  # noqa: F401  (re-exported)
+from ifmdm_data.io.clients import filesystem, is_gcs, storage_options, url_of
 
 # environment variables the object-storage clients read; forwarded to Ray workers
 ENV_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
@@ -50,14 +52,6 @@ ENV_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS
             "GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CONFIG", "GCSFS_DEFAULT_PROJECT", "STORAGE_EMULATOR_HOST")
 # largest file `spool` copies to local disk (bytes); IFMDM_SPOOL_MAX_BYTES overrides
 SPOOL_MAX_BYTES = 20 * 1024 ** 3
-
-
-class StorageError(IfmdmError):
-    """Object storage or a folder cannot be read or written (the message names the location)."""
-
-
-class SpoolLimitError(StorageError):
-    """One object is larger than the local spool may hold (a property of that file)."""
 
 
 def is_url(loc) -> bool:
@@ -127,115 +121,6 @@ def parent(loc) -> str:
     return os.path.dirname(local(s))
 
 
-def _storage_options(protocol: str) -> dict:
-    # the endpoint is part of the options so that fsspec's instance cache does not hand out a
-    # client made for another endpoint (tests start servers on fresh ports)
-    if protocol in ("s3", "s3a"):
-        ep = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        return {"endpoint_url": ep} if ep else {}
-    if protocol in ("gs", "gcs"):
-        ep = _gcs_emulator()
-        # an emulator takes no credentials (google-cloud-storage uses anonymous ones there too);
-        # otherwise gcsfs's default chain: GOOGLE_APPLICATION_CREDENTIALS, gcloud's login, metadata
-        return {"endpoint_url": ep, "token": "anon"} if ep else {}
-    return {}
-
-
-def _gcs_emulator() -> str | None:
-    """`STORAGE_EMULATOR_HOST` as a URL (`host:port` gets `http://`), or None."""
-    ep = os.environ.get("STORAGE_EMULATOR_HOST", "").strip().rstrip("/")
-    if not ep or ep == "default":
-        return None
-    return ep if "://" in ep else f"http://{ep}"
-
-
-class _DropRaised(logging.Filter):
-    """gcsfs logs, with its traceback, each error it then raises (`... out of retries`); the
-    caller reports that error in one line, so the log record is dropped."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.exc_info
-
-
-def _gcs_class(emulator: bool):
-    """The gcsfs filesystem class. gcsfs >= 2026 defaults to `ExtendedGcsFileSystem`, which
-    first asks the gRPC storage-control API for each bucket's layout (hierarchical / zonal);
-    emulators implement only the JSON API (that call waits 60 s, then falls back), so with
-    STORAGE_EMULATOR_HOST the plain JSON-API class is used (what the extended one falls back
-    to for an ordinary bucket)."""
-    import warnings
-
-    with warnings.catch_warnings():   # google.api_core's notice about Python 3.11's end of life
-        warnings.filterwarnings("ignore", message="You are using a Python version", category=FutureWarning)
-        import gcsfs
-        import gcsfs.core
-    log = logging.getLogger("gcsfs")
-    if not any(isinstance(f, _DropRaised) for f in log.filters):
-        log.addFilter(_DropRaised())
-    return gcsfs.core.GCSFileSystem if emulator else gcsfs.GCSFileSystem
-
-
-_RESOLVED: set = set()        # storage hosts whose name resolved in this process
-
-
-def _check_resolves(loc, protocol: str, endpoint: str | None) -> None:
-    """StorageError at once when the storage service's host name does not resolve (no network or
-    no DNS here): gcsfs otherwise spends ~15 s looking for credentials and ~30 s retrying the
-    lookup, and s3fs retries too, before the same failure. Skipped behind an HTTP(S) proxy. The host: the endpoint's (AWS_ENDPOINT_URL,
-    STORAGE_EMULATOR_HOST) or the service's public one (storage.googleapis.com, s3.amazonaws.com)."""
-    import socket
-    from urllib.parse import urlsplit
-
-    if protocol not in ("s3", "s3a", "gs", "gcs"):
-        return
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
-                                       "all_proxy")):
-        return                                # a proxy resolves the name, not this machine
-    if endpoint:
-        parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
-        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
-    else:
-        host, port = ("storage.googleapis.com" if protocol in ("gs", "gcs") else "s3.amazonaws.com"), 443
-    if not host or host in _RESOLVED:
-        return
-    try:
-        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as e:
-        raise StorageError(f"{loc}: cannot resolve {host} ({e.strerror if isinstance(e, socket.gaierror) else e}): "
-                           "no network or DNS on this machine, or a wrong endpoint"
-                           + (" (AWS_ENDPOINT_URL / STORAGE_EMULATOR_HOST)" if endpoint else "")) from None
-    _RESOLVED.add(host)
-
-
-def filesystem(loc):
-    """(fsspec filesystem, path without protocol) of a URL; listings are never cached (other
-    processes write the same prefixes). Raises StorageError when the scheme is unsupported or
-    the storage service's host name does not resolve (`_check_resolves`)."""
-    import fsspec
-
-    s = os.fspath(loc)
-    protocol = s.split("://", 1)[0].lower()
-    opts = _storage_options(protocol)
-    _check_resolves(s, protocol, opts.get("endpoint_url"))
-    try:
-        if protocol in ("gs", "gcs"):
-            fs = _gcs_class(emulator="endpoint_url" in opts)(use_listings_cache=False, **opts)
-        else:
-            fs = fsspec.filesystem(protocol, use_listings_cache=False, **opts)
-    except (ImportError, ValueError) as e:
-        raise StorageError(f"{s}: no support for {protocol}:// ({e}); "
-                           "for s3:// install s3fs, for gs:// gcsfs") from None
-    return fs, fs._strip_protocol(s)
-
-
-def _is_gcs(fs) -> bool:
-    return "gs" in (fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,))
-
-
-def _url(fs, path: str) -> str:
-    proto = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
-    return f"{proto}://{path}"
-
 
 def _wrap(loc, e: Exception) -> StorageError:
     return StorageError(f"{loc}: {type(e).__name__}: {e}".splitlines()[0][:400])
@@ -254,7 +139,7 @@ def _check_bucket(loc, fs, path: str) -> None:
     bucket and process; an error while asking (no permission to list buckets) says nothing."""
     bucket = path.split("/", 1)[0]
     protocol = os.fspath(loc).split("://", 1)[0].lower()
-    ep = _storage_options(protocol).get("endpoint_url", "")
+    ep = storage_options(protocol).get("endpoint_url", "")
     key = (protocol, ep, bucket)
     if not bucket or key in _BUCKETS_SEEN:
         return
@@ -294,7 +179,7 @@ def isdir(loc) -> bool:
     """A local folder, or an object-storage prefix that holds at least one object."""
     if is_url(loc):
         fs, p = filesystem(loc)
-        if _is_gcs(fs):   # gcsfs's isdir answers False to any OSError, an endpoint that is down included
+        if is_gcs(fs):   # gcsfs's isdir answers False to any OSError, an endpoint that is down included
             try:
                 return fs.info(p)["type"] == "directory"
             except FileNotFoundError:
@@ -338,7 +223,7 @@ def find(loc, suffixes: tuple[str, ...] | None = None) -> list[str]:
     else:
         fs, p = filesystem(loc)
         try:
-            hits = [_url(fs, h) for h in fs.find(p)]
+            hits = [url_of(fs, h) for h in fs.find(p)]
         except FileNotFoundError:
             hits = []
         except Exception as e:  # noqa: BLE001
@@ -363,7 +248,7 @@ def glob(pattern: str) -> list[str]:
         raise _wrap(pattern, e) from None
     if not hits:
         _check_bucket(pattern, fs, p)
-    return sorted(_url(fs, h) for h, info in hits.items() if info.get("type") != "directory")
+    return sorted(url_of(fs, h) for h, info in hits.items() if info.get("type") != "directory")
 
 
 def list_names(folder, suffix: str) -> list[str]:
@@ -511,7 +396,7 @@ def commit_file(local_file: str, loc) -> None:
     tmp_key = f"{folder}/.{base}.{uuid.uuid4().hex[:12]}.tmp"
     try:
         fs.put_file(local_file, tmp_key)
-        if _is_gcs(fs):
+        if is_gcs(fs):
             fs.cp_file(tmp_key, p)          # server-side rewrite: the final object appears whole
             fs.rm_file(tmp_key)
         else:

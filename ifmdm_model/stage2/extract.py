@@ -309,7 +309,12 @@ def _claim_out_root(out_root, record: dict) -> None:
     first write into `out_root`: a location that cannot be written fails here, in one line,
     before any clip is encoded."""
     path = storage.join(str(out_root), ENCODER_JSON)
-    if storage.isfile(path):
+    try:
+        claimed = storage.isfile(path)
+    except storage.StorageError as e:  # e.g. the bucket does not exist
+        raise ExtractionError(f"cannot write the motion sidecars to {out_root}: "
+                              f"{e}".splitlines()[0][:400]) from None
+    if claimed:
         try:
             old = json.loads(storage.read_text(path)).get("encoder_id")
         except (ValueError, AttributeError):
