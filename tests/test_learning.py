@@ -152,3 +152,24 @@ def test_train_small_ema_measures_and_returns_the_ema_weights():
     assert ema.psnr != ema.psnr_raw                        # the EMA lags the raw weights
     assert evaluate(model, clips)["psnr"] == ema.psnr      # the returned model is the EMA copy
     assert [h["step"] for h in ema.history] == [2, 4] and all("psnr_raw" in h for h in ema.history)
+
+
+STEPS_LIP = 200
+
+
+def test_local_flow_moves_the_mouth_where_one_flow_cannot():
+    """The learning bench's lip set at test scale (head still, mouth moving: `learning_bench.py`
+    section 1c): after a short run the default's patch PSNR is above `groups: 1`'s and above the
+    motion-blind median's, while `groups: 1` averages the mouth (its patch PSNR falls below the
+    median as it trains). Breaks if the local flow module's groups or masks stop working (checked
+    by forcing G = 1 in the default). Orderings, not numbers; 200 steps each, ~75 s on one core."""
+    from ifmdm_model.stage1.learning import TrainSettings, model_config, train_small
+    lip = synthetic_local_motion(n_clips=6, seed=0, mouth_texture="blobs", head_px=0.0)
+    base = baselines(lip)
+    patch = {}
+    for name, ov in (("default", {}), ("groups: 1", {"groups": 1})):
+        _, r = train_small(model_config("S1-tiny", **ov), lip, TrainSettings(steps=STEPS_LIP, seed=0, threads=1), name)
+        patch[name] = r.psnr_patch
+    assert patch["default"] > patch["groups: 1"] + 0.1, (patch, base)
+    assert patch["default"] > base["median_patch"], (patch, base)
+

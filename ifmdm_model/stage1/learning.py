@@ -218,7 +218,7 @@ def motion_probe(model: MotionAutoencoder, clips: Sequence[Clip], ridge: float =
     (the encoder's motion code) to the true shifts of `Clip.shifts`, fit on every training frame,
     scored as R^2 on the held-out frames. Returns {"head_x", "head_y", "mouth_x", "mouth_y"}: near 1
     when the code carries that motion linearly, <= 0 when it does not (a decoder cannot move what
-    the code lacks). Raises ValueError for clips without shifts (real clips)."""
+    the code lacks), nan for a shift that does not vary (the head of a `head_px=0` set). Raises ValueError for clips without shifts (real clips)."""
     if any(c.shifts is None for c in clips):
         raise ValueError("motion_probe needs clips with true shifts (synthetic_local_motion)")
     was_training = model.training
@@ -235,7 +235,8 @@ def motion_probe(model: MotionAutoencoder, clips: Sequence[Clip], ridge: float =
     model.train(was_training)
     a, b = np.c_[x_tr, np.ones(len(x_tr))], np.c_[x_te, np.ones(len(x_te))]
     w = np.linalg.solve(a.T @ a + ridge * np.eye(a.shape[1]), a.T @ y_tr)
-    r2 = 1 - ((y_te - b @ w) ** 2).sum(0) / ((y_te - y_te.mean(0)) ** 2).sum(0)
+    var = ((y_te - y_te.mean(0)) ** 2).sum(0)
+    r2 = np.where(var > 0, 1 - ((y_te - b @ w) ** 2).sum(0) / np.maximum(var, 1e-300), np.nan)  # nan: no motion
     return dict(zip(("head_x", "head_y", "mouth_x", "mouth_y"), map(float, r2)))
 
 
