@@ -77,6 +77,18 @@ def make_inputs(work: Path, n: int, seconds: float) -> Path:
     return out
 
 
+def _driver_rss() -> tuple:
+    """(VmRSS, RssAnon) of this process in bytes (/proc/self/status): RssAnon leaves out the
+    mapped files and shared memory (libraries, Ray's object store pages) that VmRSS counts."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("VmRSS", "RssAnon"):
+                out[k] = int(v.split()[0]) * 1024
+    return out.get("VmRSS", 0), out.get("RssAnon", 0)
+
+
 # ------------------------------------------------------------------------------ CPU of the tree
 class TreeCPU:
     """CPU seconds (user + system) of this process and all its descendants, last value seen per
@@ -85,6 +97,7 @@ class TreeCPU:
     def __init__(self, period: float = 0.25):
         import psutil
         self.psutil, self.me, self.seen, self.lock = psutil, psutil.Process(), {}, threading.Lock()
+        self.rss = []          # (wall time, driver RSS bytes, driver anonymous RSS bytes) per sample
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(period,), daemon=True)
         self.thread.start()
@@ -96,6 +109,7 @@ class TreeCPU:
             procs += self.me.children(recursive=True)
         except ps.Error:
             pass
+        self.rss.append((time.perf_counter(), *_driver_rss()))
         with self.lock:
             for p in procs:
                 try:
@@ -178,6 +192,8 @@ def one(n: int, seconds: float, workers: int, work: Path, keep: bool) -> dict:
            "filter_wall_s": round(span("start", "filter:end")[1], 1),
            "stages": {k: {"core_s_per_clip": round(c / n, 4), "wall_s": round(w, 1)} for k, (c, w) in stages.items()},
            "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+           # the driver's peak RSS / anonymous RSS (MB) within each stage, from the 0.25 s samples
+           "driver_rss_by_stage_mb": {k: _peak_in(cpu.rss, at, *bounds) for k, bounds in STAGE_BOUNDS.items()},
            "files_filter": _count_files(fout), "files_shard": _count_files(sout),
            "segments": {k: fsum.get(k) for k in ("segments", "accepted", "rejected") if k in fsum},
            "shard_summary": {k: ssum.get(k) for k in ("clips", "shards", "written", "failed") if k in ssum}}
@@ -185,6 +201,20 @@ def one(n: int, seconds: float, workers: int, work: Path, keep: bool) -> dict:
     if not keep:
         shutil.rmtree(work / f"out_{n}", ignore_errors=True)
     return res
+
+
+STAGE_BOUNDS = {"start": (None, "start"), "probe": ("start", "probe:end"), "analyse": ("probe:end", "analyse:end"),
+                "finalise": ("analyse:end", "filter:end"), "shard": ("shard:begin", "shard:done")}
+
+
+def _peak_in(samples: list, at: dict, a, b) -> list:
+    """[peak VmRSS, peak RssAnon] in MB over the samples between marks a and b (a None: from the start)."""
+    t0 = at[a][1] if a else float("-inf")
+    t1 = at[b][1]
+    inside = [(r, anon) for t, r, anon in samples if t0 <= t <= t1]
+    if not inside:
+        return [None, None]
+    return [round(max(r for r, _ in inside) / 2 ** 20), round(max(a for _, a in inside) / 2 ** 20)]
 
 
 def table(rows: list) -> str:
@@ -200,6 +230,12 @@ def table(rows: list) -> str:
                      f"| {r['driver_peak_rss_mb']:.0f} MB | {sum(r['files_filter'].values())} / "
                      f"{sum(r['files_shard'].values())} | {sum(r['files_filter'].values()) / r['clips']:.3f} "
                      f"({r['files_filter'].get('_work', 0)}, {r['files_filter'].get('tracks', 0)}) |")
+    lines.append("\ndriver RSS / anonymous RSS (MB), peak within each stage:\n")
+    lines.append("| clips | " + " | ".join(STAGE_BOUNDS) + " |\n|---|" + "---|" * len(STAGE_BOUNDS))
+    for r in rows:
+        by = r.get("driver_rss_by_stage_mb", {})
+        lines.append(f"| {r['clips']} | " + " | ".join(
+            f"{v[0]} / {v[1]}" if v and v[0] is not None else "" for v in (by.get(k) for k in STAGE_BOUNDS)) + " |")
     return "\n".join(lines)
 
 
