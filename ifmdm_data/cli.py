@@ -11,6 +11,7 @@ import os
 import sys
 import time
 
+from ifmdm_data.io.console import HelpFormatter
 from ifmdm_data.errors import IfmdmError
 
 EPILOG = """\
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="ifmdm-data",
         description="Curate raw talking-head videos into IF-MDM training data.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG, formatter_class=HelpFormatter)
     sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
 
     p = sub.add_parser("sample", help="write the labelled sample clip set (astronaut face + espeak-ng speech)",
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "segment, every statistic), coarse/lip/hard.parquet, rejected.parquet "
                                    "(reason codes), tracks/ (per-frame) and summary.json. Re-running "
                                    "with the same -o resumes: finished work units are skipped.",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=HelpFormatter)
     p.add_argument("inputs", nargs="+", help="folders (recursive), globs, video files, or .csv/.parquet "
                                              "lists with a 'path' column")
     p.add_argument("-o", "--out", required=True, help="manifest folder")

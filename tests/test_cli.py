@@ -25,6 +25,22 @@ def test_help_explains(cmd, capsys):
     assert len(capsys.readouterr().out) > 300
 
 
+def test_help_prose_is_wrapped_to_the_terminal(monkeypatch):
+    """Every CLI's description is wrapped to COLUMNS (argparse's default), while the example
+    blocks and epilogs keep their own lines (a command is not broken; prose there <= 100)."""
+    from ifmdm_data.cli import build_parser
+    from ifmdm_model.cli import eval as ev, infer, train, tune
+    monkeypatch.setenv("COLUMNS", "80")
+    parsers = {"ifmdm-data": build_parser(), "ifmdm-train": train.train_parser(), "ifmdm-infer": infer.parser(),
+               "ifmdm-tune": tune.parser(), "ifmdm-eval": ev.parser()}
+    sub = parsers["ifmdm-data"]._subparsers._group_actions[0].choices
+    parsers.update({f"ifmdm-data {k}": v for k, v in sub.items()})
+    for name, p in parsers.items():
+        text = p.format_help()
+        long = [ln for ln in text.splitlines() if len(ln) > 100 and not ln.startswith("  ")]
+        assert not long, (name, long)
+
+
 def test_missing_weights_is_one_clear_line(tmp_path, sample_dir):
     res = run("filter", str(sample_dir), "-o", str(tmp_path / "m"), "--backend", "fan",
               "--weights-dir", str(tmp_path))

@@ -14,6 +14,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+from ifmdm_data.io.console import HelpFormatter
 from ifmdm_data.errors import IfmdmError
 
 SUBCOMMANDS = ("stage1", "video")
@@ -101,7 +102,7 @@ def parser() -> argparse.ArgumentParser:
     from ifmdm_model.eval import stage1, video
 
     ap = argparse.ArgumentParser(
-        prog="ifmdm-eval", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="ifmdm-eval", epilog=EPILOG, formatter_class=HelpFormatter,
         description=textwrap.fill("Evaluate an IF-MDM run: `stage1` measures the motion autoencoder's "
                                   "reconstruction on held-out shards; `video` generates held-out clips from "
                                   "their first frame and audio and measures the talking-head metrics.", 95))
@@ -109,11 +110,11 @@ def parser() -> argparse.ArgumentParser:
     add_stage1_arguments(sub.add_parser(
         "stage1", help="stage-1 reconstruction PSNR / SSIM / L1 (same and cross identity) on held-out shards",
         description=textwrap.fill(STAGE1_DESCRIPTION, 95), epilog=STAGE1_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter), stage1.SUBSETS)
+        formatter_class=HelpFormatter), stage1.SUBSETS)
     add_video_arguments(sub.add_parser(
         "video", help="generated video vs held-out clips: PSNR / SSIM, AV agreement, FID / CSIM / LSE",
         description=VIDEO_DESCRIPTION, epilog=video.__doc__.split("\n", 1)[1].lstrip("\n"),
-        formatter_class=argparse.RawDescriptionHelpFormatter))
+        formatter_class=HelpFormatter))
     return ap
 
 

@@ -11,6 +11,7 @@ import math
 import sys
 from pathlib import Path
 
+from ifmdm_data.io.console import HelpFormatter
 from ifmdm_data.errors import IfmdmError, InputError
 
 DTYPE_NAMES = ("bf16", "fp16", "fp32")
@@ -31,7 +32,7 @@ alignment is done, so give a frontal portrait framed like the training crops.
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="ifmdm-infer", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="ifmdm-infer", epilog=EPILOG, formatter_class=HelpFormatter,
         description="Generate a talking-head video from one portrait image and speech with a trained "
                     "IF-MDM run (stage-1 motion autoencoder + stage-2 motion diffusion), or transfer "
                     "the motion of a driving video to the portrait (stage 1 only). Writes an H.264 "

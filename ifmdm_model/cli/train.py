@@ -9,6 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ifmdm_data.io.console import HelpFormatter
 from ifmdm_data.errors import IfmdmError
 
 TRAIN_EPILOG = """\
@@ -23,7 +24,7 @@ examples:
 
 def train_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="ifmdm-train", epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="ifmdm-train", epilog=TRAIN_EPILOG, formatter_class=HelpFormatter,
         description="Train IF-MDM. Stage 1 (the motion autoencoder with the local flow module) "
                     "goes level by level through manifests/curriculum.yaml (coarse -> lip -> hard) "
                     "on the shards of `ifmdm-data shard`. Stage 2 extracts the motion latents of "

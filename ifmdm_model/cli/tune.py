@@ -10,6 +10,7 @@ import math
 import sys
 from pathlib import Path
 
+from ifmdm_data.io.console import HelpFormatter
 from ifmdm_data.errors import IfmdmError, InputError
 
 EPILOG = """\
@@ -18,19 +19,20 @@ examples:
   ifmdm-tune --base runs/x --data photos/ clip1.mp4 clip2.mp4 -o runs/x-subject --rank 16 --steps 2000
   ifmdm-infer --checkpoint runs/x --lora runs/x-subject --image subject.png --audio speech.wav -o out.mp4
 
-Data: videos (every frame, at most 400 evenly spaced) and images or folders of them, centre-cropped square and resized
-like ifmdm-infer's portrait: frame the subject as the training crops are. A still image is
-paired with augmented copies of itself (affine + local elastic motion). The last 25% of each
-video (and of the images, from 4 up) are held out; the base and tuned reconstruction errors on
-them are printed and recorded in OUT/lora/adapter.json. `--stage 1` (the default) tunes stage 1
-(the adapter on the decoder by default keeps the motion space stage 2 was trained on); `--stage 2`
-tunes the motion DiT on the subject's videos, `--stage all` both.
+Data: videos (every frame, at most 400 evenly spaced) and images or folders of them,
+centre-cropped square and resized like ifmdm-infer's portrait: frame the subject as the
+training crops are. A still image is paired with augmented copies of itself (affine + local
+elastic motion). The last 25% of each video (and of the images, from 4 up) are held out; the
+base and tuned reconstruction errors on them are printed and recorded in OUT/lora/adapter.json.
+`--stage 1` (the default) tunes stage 1 (the adapter on the decoder by default keeps the motion
+space stage 2 was trained on); `--stage 2` tunes the motion DiT on the subject's videos,
+`--stage all` both.
 """
 
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="ifmdm-tune", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="ifmdm-tune", epilog=EPILOG, formatter_class=HelpFormatter,
         description="Personalise a trained IF-MDM run to one subject (a person, a character, an animal) "
                     "with LoRA adapters on the stage-1 motion autoencoder (paper Fig. 6). The base run is "
                     "never modified; the adapter (safetensors + JSON) goes to OUT/lora/.")
