@@ -11,7 +11,6 @@ import os
 import sys
 import time
 
-from ifmdm_data.io.console import HelpFormatter
 from ifmdm_data.errors import IfmdmError
 
 EPILOG = """\
@@ -26,6 +25,17 @@ examples:
   ifmdm-data shard splits/train.parquet -o shards/train   # then: ifmdm-train ... --shards shards/train
   ifmdm-data shard --images afhq/cat/ -o shards/cats --size 256   # stage 1 on still images
 """
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """`argparse` formatter of every CLI here: a description or epilog written as one long line
+    is wrapped to the terminal (argparse's default); one with its own line breaks (examples) is
+    kept as written (RawDescriptionHelpFormatter)."""
+
+    def _fill_text(self, text, width, indent):
+        if "\n" not in text.strip():
+            return argparse.HelpFormatter._fill_text(self, text, width, indent)
+        return super()._fill_text(text, width, indent)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:

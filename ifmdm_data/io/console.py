@@ -14,7 +14,6 @@ returns.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import logging
@@ -206,13 +205,3 @@ def ray_remote_args():
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
         yield
 
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """`argparse` formatter of every CLI here: a description or epilog written as one long line
-    is wrapped to the terminal (argparse's default); one with its own line breaks (examples) is
-    kept as written (RawDescriptionHelpFormatter)."""
-
-    def _fill_text(self, text, width, indent):
-        if "\n" not in text.strip():
-            return argparse.HelpFormatter._fill_text(self, text, width, indent)
-        return super()._fill_text(text, width, indent)

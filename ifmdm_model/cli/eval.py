@@ -14,7 +14,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from ifmdm_data.io.console import HelpFormatter
+from ifmdm_data.cli import HelpFormatter
 from ifmdm_data.errors import IfmdmError
 
 SUBCOMMANDS = ("stage1", "video")

@@ -11,7 +11,7 @@ import math
 import sys
 from pathlib import Path
 
-from ifmdm_data.io.console import HelpFormatter
+from ifmdm_data.cli import HelpFormatter
 from ifmdm_data.errors import IfmdmError, InputError
 
 DTYPE_NAMES = ("bf16", "fp16", "fp32")

@@ -9,7 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ifmdm_data.io.console import HelpFormatter
+from ifmdm_data.cli import HelpFormatter
 from ifmdm_data.errors import IfmdmError
 
 TRAIN_EPILOG = """\

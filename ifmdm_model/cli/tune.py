@@ -10,7 +10,7 @@ import math
 import sys
 from pathlib import Path
 
-from ifmdm_data.io.console import HelpFormatter
+from ifmdm_data.cli import HelpFormatter
 from ifmdm_data.errors import IfmdmError, InputError
 
 EPILOG = """\
