@@ -142,9 +142,14 @@ _TRACK_COLUMNS = [
 TRACKS_SCHEMA = pa.schema([pa.field(n, t, metadata={"description": d}) for n, t, d in _TRACK_COLUMNS])
 
 
-def clips_table(rows: list[dict]) -> pa.Table:
-    """Rows (dicts with any subset of the columns) -> a table with exactly CLIPS_SCHEMA."""
-    cols = {n: [r.get(n) for r in rows] for n in CLIP_COLUMNS}
+def clips_table(rows) -> pa.Table:
+    """Rows (dicts with any subset of the columns), or a DataFrame with any subset of the
+    columns, -> a table with exactly CLIPS_SCHEMA. A DataFrame is converted column by column
+    (no per-row dicts: `finalise` holds every segment of a run at once)."""
+    if hasattr(rows, "columns"):
+        cols = {n: (rows[n].tolist() if n in rows.columns else [None] * len(rows)) for n in CLIP_COLUMNS}
+    else:
+        cols = {n: [r.get(n) for r in rows] for n in CLIP_COLUMNS}
     for f in CLIPS_SCHEMA:
         if not pa.types.is_floating(f.type):   # NaN stands for "missing" in pandas: null here
             cols[f.name] = [None if isinstance(v, float) and v != v else v for v in cols[f.name]]

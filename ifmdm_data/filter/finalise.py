@@ -6,7 +6,6 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from ifmdm_data.filter.config import FilterConfig
@@ -21,18 +20,6 @@ def _index_segments(df: pd.DataFrame) -> pd.DataFrame:
     df["segment_index"] = df.groupby("clip_id").cumcount().astype("int32")
     df["n_segments"] = df.groupby("clip_id")["segment_id"].transform("size").astype("int32")
     return df
-
-
-def _records(df: pd.DataFrame) -> list[dict]:
-    recs = []
-    for rec in df.to_dict("records"):
-        for k, v in rec.items():
-            if isinstance(v, np.ndarray):
-                rec[k] = v.tolist()
-            elif isinstance(v, float) and np.isnan(v) and k in ("subset",):
-                rec[k] = None
-        recs.append(rec)
-    return recs
 
 
 def _identities(df: pd.DataFrame, cfg: FilterConfig) -> pd.DataFrame:
@@ -59,7 +46,7 @@ def write_manifests(df: pd.DataFrame, out_dir: str | Path, cfg: FilterConfig) ->
     df = _index_segments(df)
     df, thresholds = decide(df, cfg)
     df = _identities(df, cfg)
-    table = clips_table(_records(df))
+    table = clips_table(df)
     write_parquet_atomic(table, join(out, "clips.parquet"))
     for name in SUBSETS:
         write_parquet_atomic(table.filter(pd.Series(df["subset"] == name).to_numpy()), join(out, f"{name}.parquet"))
